@@ -1,0 +1,183 @@
+"""Training data in TRL's formats: read, validate, tokenize, collate.
+
+Rows are preference `{prompt, chosen, rejected}` or SFT `{prompt, completion}` /
+`{messages}`, each either standard (strings) or conversational (lists of
+`{role, content}` messages). Tokenization follows TRL: a conversational prompt gets the
+chat template with the generation prompt; the completion is what the full conversation
+adds after it; a standard completion gets the EOS token appended.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from engine.errors import DataError
+
+KIND_KEYS = {"preference": ("prompt", "chosen", "rejected"), "sft": ("prompt", "completion")}
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of a JSONL file or a folder written by `datasets.save_to_disk`."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_dir():
+        try:
+            from datasets import load_from_disk
+
+            dataset = load_from_disk(str(path))
+        except Exception as exc:  # datasets raises several types for a folder it can't read
+            raise DataError(f"{path}: not a dataset saved with save_to_disk ({exc})") from None
+        if hasattr(dataset, "keys"):  # a DatasetDict: take the train split
+            dataset = dataset["train"] if "train" in dataset else dataset[next(iter(dataset.keys()))]
+        rows = list(dataset)
+    else:
+        rows = []
+        try:
+            lines = path.read_bytes().decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{number}: a row must be a JSON object")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+def detect_kind(row: dict) -> str:
+    if {"chosen", "rejected"} <= row.keys():
+        return "preference"
+    if "messages" in row or {"prompt", "completion"} <= row.keys():
+        return "sft"
+    raise DataError("cannot tell the kind of row: expected keys prompt/chosen/rejected, prompt/completion or messages")
+
+
+def load_examples(path: str | Path, kind: str) -> list[dict]:
+    """Read and validate rows of the given kind ("preference" or "sft")."""
+    rows = read_rows(path)
+    for number, row in enumerate(rows, 1):
+        try:
+            validate(row, kind)
+        except DataError as exc:
+            raise DataError(f"{path}: row {number}: {exc}") from None
+    return rows
+
+
+def validate(row: dict, kind: str) -> None:
+    if kind == "sft" and "messages" in row:
+        messages = row["messages"]
+        _check_messages(messages, "messages")
+        if len(messages) < 2 or messages[-1]["role"] != "assistant":
+            raise DataError("messages must end with an assistant reply after at least one other message")
+        return
+    missing = [key for key in KIND_KEYS[kind] if key not in row]
+    if missing:
+        raise DataError(f"missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)} for {kind} data")
+    conversational = isinstance(row["prompt"], list)
+    for key in KIND_KEYS[kind]:
+        value = row[key]
+        if conversational:
+            _check_messages(value, key)
+        elif not isinstance(value, str):
+            raise DataError(f"{key} must be a string (or, in every field, a list of messages), got {type(value).__name__}")
+        elif key != "prompt" and not value:
+            raise DataError(f"{key} is empty")
+
+
+def _check_messages(value, key: str) -> None:
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{key} must be a non-empty list of {{role, content}} messages")
+    for message in value:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
+            raise DataError(f"{key}: each message needs string 'role' and 'content'")
+
+
+def split_messages(row: dict) -> dict:
+    """An SFT `{messages}` row as `{prompt, completion}`: the last reply is the completion."""
+    if "messages" in row:
+        return {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]}
+    return row
+
+
+def tokenize_pair(tokenizer, prompt, completions: list, max_length: int | None = None) -> tuple[list[int], list[list[int]]]:
+    """(prompt_ids, [completion_ids...]) for one prompt and its completions, as TRL does."""
+    if isinstance(prompt, list):
+        prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
+        fulls = [_chat_ids(tokenizer, prompt + completion) for completion in completions]
+    else:
+        eos = tokenizer.eos_token or ""
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        fulls = [
+            tokenizer(prompt + c + ("" if c.endswith(eos) else eos), add_special_tokens=False)["input_ids"]
+            for c in completions
+        ]
+    # The completion starts where prompt and prompt+completion diverge (tokens can merge).
+    start = min(_common_prefix(prompt_ids, full) for full in fulls)
+    prompt_ids = prompt_ids[:start]
+    completion_ids = [full[start:] for full in fulls]
+    if max_length is not None:
+        room = max(max_length - len(prompt_ids), 1)
+        if len(prompt_ids) >= max_length:  # keep the end of a too-long prompt: the completion must fit
+            prompt_ids = prompt_ids[-(max_length - 1):]
+        completion_ids = [ids[:room] for ids in completion_ids]
+    return prompt_ids, completion_ids
+
+
+def _chat_ids(tokenizer, messages, add_generation_prompt=False) -> list[int]:
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+    if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def collate(sequences: list[tuple[list[int], list[int]]], pad_id: int, device=None) -> dict[str, torch.Tensor]:
+    """Right-pad (prompt_ids, completion_ids) pairs into input_ids, attention_mask, completion_mask."""
+    width = max(len(p) + len(c) for p, c in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    completion_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, (prompt, completion) in enumerate(sequences):
+        ids = prompt + completion
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention_mask[i, : len(ids)] = 1
+        completion_mask[i, len(prompt): len(ids)] = 1
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+    return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
+
+
+def preference_batch(tokenizer, examples: list[dict], max_length: int | None, device=None) -> dict[str, torch.Tensor]:
+    """One batch holding every chosen sequence, then every rejected one: one forward for both."""
+    chosen, rejected = [], []
+    for ex in examples:
+        prompt_ids, (c, r) = tokenize_pair(tokenizer, ex["prompt"], [ex["chosen"], ex["rejected"]], max_length)
+        chosen.append((prompt_ids, c))
+        rejected.append((prompt_ids, r))
+    return collate(chosen + rejected, tokenizer.pad_token_id, device)
+
+
+def sft_batch(tokenizer, examples: list[dict], max_length: int | None, device=None) -> dict[str, torch.Tensor]:
+    sequences = []
+    for ex in map(split_messages, examples):
+        prompt_ids, (completion,) = tokenize_pair(tokenizer, ex["prompt"], [ex["completion"]], max_length)
+        sequences.append((prompt_ids, completion))
+    return collate(sequences, tokenizer.pad_token_id, device)

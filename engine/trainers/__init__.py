@@ -1,0 +1,5 @@
+from engine.trainers.config import TrainConfig
+from engine.trainers.dpo import DPOTrainer
+from engine.trainers.sft import SFTTrainer
+
+__all__ = ["TrainConfig", "DPOTrainer", "SFTTrainer"]

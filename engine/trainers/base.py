@@ -1,0 +1,112 @@
+"""What SFT and DPO share: the optimizer, one live step, and the batch `fit` loop.
+
+A subclass defines `loss(examples) -> (loss, metrics)`. `step` is the live loop's entry
+point: one optimizer update on a handful of examples, cheap to call again and again on
+the same model. `fit` runs the same loss under accelerate, so `accelerate launch` spreads
+it over GPUs or nodes unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from engine.errors import NonFiniteLoss
+from engine.trainers.config import TrainConfig
+
+
+class Trainer:
+    def __init__(self, model, tokenizer, config: TrainConfig | None = None):
+        self.model = model  # a PeftModel: base weights frozen, adapter trainable
+        self.tokenizer = tokenizer
+        self.config = config or TrainConfig()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        self.steps = 0
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def loss(self, examples: list[dict]) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def step(self, examples: list[dict]) -> dict:
+        """One optimizer update on `examples`; returns its metrics."""
+        started = time.perf_counter()
+        self.model.train()
+        try:
+            loss, metrics = self.loss(examples)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"loss is {loss.item()}: update discarded")
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                raise NonFiniteLoss(f"gradient norm is {grad_norm.item()}: update discarded")
+            self.optimizer.step()
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.model.eval()
+        self.steps += 1
+        return {**metrics, "loss": loss.item(), "grad_norm": grad_norm.item(),
+                "seconds": time.perf_counter() - started}
+
+    def fit(self, rows: list[dict], output_dir: str | Path | None = None, progress: bool = True,
+            on_step=None) -> dict:
+        """Batch training over `rows` with accelerate; returns the last logged metrics."""
+        from accelerate import Accelerator
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
+        torch.manual_seed(cfg.seed)
+        order = random.Random(cfg.seed)
+        model, optimizer = accelerator.prepare(self.model, self.optimizer)
+        self.model = model
+        batches_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+        total = cfg.max_steps or math.ceil(batches_per_epoch * cfg.epochs / cfg.grad_accum)
+        bar = tqdm(total=total, desc=type(self).__name__, disable=not (progress and accelerator.is_main_process))
+        metrics: dict = {}
+        window: list[float] = []
+        step = 0
+        model.train()
+        while step < total:
+            indices = list(range(len(rows)))
+            order.shuffle(indices)
+            shard = indices[accelerator.process_index::accelerator.num_processes]
+            for start in range(0, len(shard), cfg.batch_size):
+                batch = [rows[i] for i in shard[start:start + cfg.batch_size]]
+                with accelerator.accumulate(model):
+                    loss, batch_metrics = self.loss(batch)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                window = (window + [loss.item()])[-20:]
+                metrics = {**batch_metrics, "loss": loss.item(), "grad_norm": float(grad_norm), "step": step}
+                bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")
+                bar.update(1)
+                if on_step:
+                    on_step(metrics)
+                if output_dir and cfg.save_steps and step % cfg.save_steps == 0 and accelerator.is_main_process:
+                    self.save(Path(output_dir) / f"checkpoint-{step}", {"step": step, **metrics})
+                if step >= total:
+                    break
+        bar.close()
+        model.eval()
+        self.model = accelerator.unwrap_model(model)
+        self.steps += step
+        return metrics
+
+    def save(self, folder: str | Path, metadata: dict | None = None) -> Path:
+        from engine.versions import save_adapter
+
+        return save_adapter(self.model, folder, {"config": self.config.to_dict(), **(metadata or {})})

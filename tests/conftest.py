@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny random llama with the default model's tokenizer.
+
+Built once per test run; tests that spawn the engine pass its folder as --model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def build_tiny_model(folder: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engine.models import load_tokenizer
+
+    tokenizer = load_tokenizer(None)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def tiny_policy(tiny_model_dir):
+    """(policy with a fresh LoRA adapter, tokenizer) on the tiny model."""
+    import torch
+
+    from engine.models import LoRAConfig, add_lora, load_model
+
+    torch.manual_seed(0)
+    base, tokenizer = load_model(str(tiny_model_dir), device="cpu")
+    return add_lora(base, LoRAConfig(r=8, alpha=16)), tokenizer

@@ -1,0 +1,83 @@
+"""`tui-align train sft|dpo|...`: headless training on a dataset file, in this process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tui_align.cli.common import user_errors
+
+train_app = typer.Typer(help="Train a LoRA adapter headless, on a dataset (runs under `accelerate launch` too).", no_args_is_help=True)
+
+DATA = typer.Option(..., "--data", help="JSONL file or a folder saved by datasets.save_to_disk, in TRL's format.")
+OUTPUT = typer.Option(..., "--output", help="Folder to write the adapter to; must not exist yet.")
+MODEL = typer.Option(None, "--model", help="Model folder, GGUF file or hub id (default: bundled SmolLM2-135M-Instruct).")
+MAX_STEPS = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (overrides --epochs).")
+EPOCHS = typer.Option(1, "--epochs", help="Passes over the data.")
+BATCH_SIZE = typer.Option(4, "--batch-size", help="Examples per forward pass (per device).")
+GRAD_ACCUM = typer.Option(1, "--grad-accum", help="Forward passes per optimizer step.")
+LR = typer.Option(1e-4, "--lr", help="AdamW learning rate of the LoRA weights.")
+MAX_LENGTH = typer.Option(1024, "--max-length", help="Truncate prompt+completion to this many tokens.")
+LORA_R = typer.Option(16, "--lora-r", help="LoRA rank.")
+LORA_ALPHA = typer.Option(32, "--lora-alpha", help="LoRA scaling alpha.")
+SEED = typer.Option(0, "--seed", help="Random seed (shuffling and LoRA initialisation).")
+MERGE = typer.Option(False, "--merge", help="Also write OUTPUT/merged: a full model with the adapter merged in.")
+DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+BETA = typer.Option(0.1, "--beta", help="DPO temperature: how far the policy may move from the reference.")
+LOSS_TYPE = typer.Option("sigmoid", "--loss-type", help="DPO loss: sigmoid, hinge, ipo or robust.")
+LABEL_SMOOTHING = typer.Option(0.0, "--label-smoothing", help="Assumed label-flip rate (cDPO with sigmoid, robust).")
+RPO_ALPHA = typer.Option(None, "--rpo-alpha", help="Add this weight times the chosen reply's NLL (RPO); keeps small-data DPO from drifting.")
+
+
+@train_app.command()
+def sft(data: Path = DATA, output: Path = OUTPUT, model: str = MODEL, max_steps: int = MAX_STEPS,
+        epochs: int = EPOCHS, batch_size: int = BATCH_SIZE, grad_accum: int = GRAD_ACCUM, lr: float = LR,
+        max_length: int = MAX_LENGTH, lora_r: int = LORA_R, lora_alpha: int = LORA_ALPHA, seed: int = SEED,
+        merge: bool = MERGE, device: str = DEVICE) -> None:
+    """Supervised fine-tuning on {prompt, completion} or {messages} rows."""
+    run("sft", data, output, model, merge, device, lora_r, lora_alpha, dict(
+        max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+        max_length=max_length, seed=seed))
+
+
+@train_app.command()
+def dpo(data: Path = DATA, output: Path = OUTPUT, model: str = MODEL, max_steps: int = MAX_STEPS,
+        epochs: int = EPOCHS, batch_size: int = BATCH_SIZE, grad_accum: int = GRAD_ACCUM, lr: float = LR,
+        max_length: int = MAX_LENGTH, lora_r: int = LORA_R, lora_alpha: int = LORA_ALPHA, beta: float = BETA,
+        loss_type: str = LOSS_TYPE, label_smoothing: float = LABEL_SMOOTHING, rpo_alpha: float = RPO_ALPHA,
+        seed: int = SEED, merge: bool = MERGE, device: str = DEVICE) -> None:
+    """Direct preference optimisation on {prompt, chosen, rejected} rows."""
+    run("dpo", data, output, model, merge, device, lora_r, lora_alpha, dict(
+        max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+        max_length=max_length, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
+        rpo_alpha=rpo_alpha, seed=seed))
+
+
+def run(method: str, data: Path, output: Path, model: str | None, merge: bool, device: str,
+        lora_r: int, lora_alpha: int, options: dict, rows: list[dict] | None = None) -> dict:
+    """Validate everything cheap first, then train; shared with `replay`."""
+    with user_errors():
+        from engine.data import load_examples
+        from engine.errors import UserError
+        from engine.headless import check_output
+        from engine.losses import DPO_LOSS_TYPES
+
+        check_output(output)
+        if options.get("loss_type", "sigmoid") not in DPO_LOSS_TYPES:
+            raise UserError(f"--loss-type {options['loss_type']}: choose one of {', '.join(DPO_LOSS_TYPES)}")
+        for name in ("batch_size", "grad_accum", "epochs"):
+            if options.get(name) is not None and options[name] < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if rows is None:
+            rows = load_examples(data, "preference" if method == "dpo" else "sft")
+
+        from engine.headless import train
+        from engine.models import LoRAConfig
+        from engine.trainers import TrainConfig
+
+        metrics = train(method, rows, output, model, TrainConfig.from_dict(options),
+                        LoRAConfig(r=lora_r, alpha=lora_alpha), merge=merge, device=device)
+        summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+        typer.echo(f"trained {method} on {len(rows)} rows -> {output}  ({summary})")
+        return metrics

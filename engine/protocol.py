@@ -1,0 +1,137 @@
+"""The wire protocol between the TUI (or any client) and the engine: plain JSON, one object a line.
+
+Every message has `type`, `id` (the request it belongs to) and `v` (PROTOCOL_VERSION).
+Requests go client -> engine; events (token, progress, done, error) go engine -> client.
+This module imports nothing heavy: the person-facing process imports it at start-up.
+docs/protocol.md is the contract; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+
+class ProtocolError(ValueError):
+    """A line that is not a valid message; the text says what was wrong."""
+
+
+# Requests ---------------------------------------------------------------------------
+
+
+@dataclass
+class Hello:
+    token: str | None = None  # required on TCP: the content of --token-file
+
+
+@dataclass
+class Generate:
+    messages: list[dict] = field(default_factory=list)  # [{role, content}]
+    n: int = 2
+    max_new_tokens: int = 128
+    temperature: float = 0.8
+    top_p: float = 0.95
+    seed: int | None = None
+
+
+@dataclass
+class ScoreReference:
+    examples: list[dict] = field(default_factory=list)  # preference rows {prompt, chosen, rejected}
+
+
+@dataclass
+class Update:
+    method: str = "dpo"  # dpo | sft | ppo
+    examples: list[dict] = field(default_factory=list)
+    hyperparameters: dict = field(default_factory=dict)
+    session_dir: str | None = None  # where versions/vNNNN is written
+
+
+@dataclass
+class Versions:
+    pass
+
+
+@dataclass
+class Rollback:
+    version: int = 0
+
+
+@dataclass
+class Save:
+    path: str = ""
+    merge: bool = False
+
+
+@dataclass
+class Status:
+    pass
+
+
+@dataclass
+class Cancel:
+    target: str = ""  # id of the request to cancel
+
+
+@dataclass
+class Shutdown:
+    pass
+
+
+REQUESTS: dict[str, type] = {
+    "hello": Hello, "generate": Generate, "score_reference": ScoreReference, "update": Update,
+    "versions": Versions, "rollback": Rollback, "save": Save, "status": Status,
+    "cancel": Cancel, "shutdown": Shutdown,
+}
+EVENTS = ("token", "progress", "done", "error")
+
+
+def encode(type_: str, id_: str, **payload: Any) -> bytes:
+    """One message as a JSON line."""
+    return (json.dumps({"type": type_, "id": id_, "v": PROTOCOL_VERSION, **payload}, default=_jsonable) + "\n").encode()
+
+
+def encode_request(id_: str, request) -> bytes:
+    name = next(k for k, v in REQUESTS.items() if isinstance(request, v))
+    return encode(name, id_, **asdict(request))
+
+
+def decode(line: bytes | str) -> dict:
+    """Parse one line into a dict with at least type, id and v."""
+    try:
+        message = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"malformed JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("a message must be a JSON object")
+    if not isinstance(message.get("type"), str):
+        raise ProtocolError("missing 'type'")
+    message.setdefault("id", "")
+    return message
+
+
+def parse_request(message: dict):
+    """The request dataclass for a decoded message; unknown fields are refused."""
+    kind = REQUESTS.get(message["type"])
+    if kind is None:
+        raise ProtocolError(f"unknown request type {message['type']!r}")
+    if message.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {message.get('v')} not supported (engine speaks {PROTOCOL_VERSION})")
+    known = {f.name for f in fields(kind)}
+    payload = {k: v for k, v in message.items() if k not in ("type", "id", "v")}
+    unknown = sorted(set(payload) - known)
+    if unknown:
+        raise ProtocolError(f"{message['type']}: unknown field(s) {', '.join(unknown)}")
+    try:
+        return kind(**payload)
+    except TypeError as exc:
+        raise ProtocolError(f"{message['type']}: {exc}") from None
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):  # a 0-d tensor or numpy scalar
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

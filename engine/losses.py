@@ -58,3 +58,95 @@ def sft_loss(model, input_ids, attention_mask, completion_mask) -> torch.Tensor:
     logps = token_logps(model, input_ids, attention_mask, completion_mask)
     count = completion_mask[:, 1:].sum().clamp(min=1)
     return -logps.sum() / count
+
+
+# --- PPO and reward models -------------------------------------------------------------
+# Per-token tensors are [batch, T] with a 0/1 mask; positions where the mask is 0 (prompt,
+# padding) take no part. Formulas follow the PPO-for-LMs recipe of Ziegler et al. 2019 as
+# TRL's PPO trainers implemented it (GAE, clipped surrogate, clipped value loss x 0.5).
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Zero mean, unit variance over the masked entries; masked-out entries become 0."""
+    mask = mask.to(values.dtype)
+    mean = masked_mean(values, mask)
+    count = mask.sum()
+    variance = (((values - mean) ** 2) * mask).sum() / (count - 1).clamp(min=1)  # unbiased, as TRL
+    return (values - mean) * torch.rsqrt(variance + eps) * mask
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016), per token.
+
+    delta_t = r_t + gamma * V_next - V_t and A_t = delta_t + gamma * lam * A_next, where
+    "next" is the next position whose mask is 1 (V = 0 and A = 0 past the last one). Returns
+    (advantages, returns = advantages + values), both 0 where the mask is 0.
+    """
+    mask = mask.to(values.dtype)
+    advantages = torch.zeros_like(values)
+    next_value = torch.zeros_like(values[:, 0])
+    next_advantage = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        live = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantage = delta + gamma * lam * next_advantage
+        advantages[:, t] = advantage * live
+        # A masked position passes its successor's value and advantage through unchanged.
+        next_value = torch.where(live.bool(), values[:, t], next_value)
+        next_advantage = torch.where(live.bool(), advantage, next_advantage)
+    returns = (advantages + values) * mask
+    return advantages, returns
+
+
+def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                    mask: torch.Tensor, clip_range: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate (Schulman et al. 2017) as a loss, and the fraction clipped.
+
+    loss = mean over masked tokens of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)).
+    """
+    mask = mask.to(logprobs.dtype)
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).to(logprobs.dtype), mask).detach()
+    return loss, clipfrac
+
+
+def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                   mask: torch.Tensor, clip_range_value: float = 0.2) -> torch.Tensor:
+    """Clipped value loss: 0.5 * mean of max((V - R)^2, (clip(V, V_old +- eps) - R)^2)."""
+    mask = mask.to(values.dtype)
+    clipped = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
+    losses = torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    return 0.5 * masked_mean(losses, mask)
+
+
+KL_ESTIMATORS = ("k1", "k3")
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from sampled tokens (Schulman's k1, k3).
+
+    k1 = log p - log q (unbiased, can be negative); k3 = (q/p - 1) - log(q/p) (unbiased, >= 0).
+    """
+    log_ratio = ref_logprobs - logprobs  # log q/p
+    if kind == "k1":
+        return -log_ratio
+    if kind == "k3":
+        return torch.expm1(log_ratio) - log_ratio
+    raise ValueError(f"unknown KL estimator {kind!r}: choose one of {', '.join(KL_ESTIMATORS)}")
+
+
+def pairwise_reward_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor,
+                         margin: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Bradley-Terry loss of a reward model, mean of -logsigmoid(chosen - rejected - margin)."""
+    difference = chosen_scores - rejected_scores
+    if margin is not None:
+        difference = difference - margin
+    return -F.logsigmoid(difference).mean()

@@ -1,0 +1,455 @@
+"""SessionStore: every piece of feedback a person gives, committed to SQLite before we say so.
+
+A session is a folder `<sessions_dir>/<name>/` holding `session.db` (this store) and
+`versions/` (adapter versions written by the engine). The sessions dir is `./sessions`
+unless `--sessions-dir` or $TUI_ALIGN_SESSIONS says otherwise.
+
+Durability: WAL mode with synchronous=FULL; each method commits before it returns (one
+transaction per user action). One process writes a session at a time: the writer holds an
+exclusive `flock` on `session.lock` for the store's lifetime, and a second writer is
+refused; readers (`readonly=True`) are always allowed.
+
+How feedback becomes training data (`pending_feedback`, `export_rows`):
+- dpo: every preference pair whose outcome is `chosen`. Pairs come from picks (the chosen
+  reply over each rejected one), from edits (the edited reply over the original) and from
+  ratings: two responses to the same prompt turn, rated on the same scale with different
+  scores, yield a pair (higher over lower) when the second rating is recorded. Ties,
+  both-bad and skipped judgments are kept but excluded from DPO.
+- sft: every demonstration (a reply the person wrote or edited), as {prompt, completion}.
+- ppo: every rating, as {prompt, completion, score}; thumbs and 1-5 scores are mapped to
+  [-1, 1] (thumbs 0 -> -1, 1 -> 1; 1-5 -> (score - 3) / 2), numeric scores are kept as is.
+Feedback is consumed by an update that finished with status `done`; failed or cancelled
+updates leave it pending.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from engine.errors import UserError
+from tui_align import __version__
+from tui_align.migrations import MIGRATIONS, SCHEMA_VERSION, schema_version, unknown_migrations, upgrade
+
+OUTCOMES = ("chosen", "tie", "both_bad", "skipped")
+SCALES = ("thumbs", "1-5", "numeric")
+METHODS = ("dpo", "sft", "ppo")
+DB_FILE, LOCK_FILE = "session.db", "session.lock"
+
+
+class SessionError(UserError):
+    """A session that cannot be opened: missing, locked, corrupt, or from a newer tui-align."""
+
+
+def sessions_dir(option: str | Path | None = None) -> Path:
+    """--sessions-dir, else $TUI_ALIGN_SESSIONS, else ./sessions."""
+    return Path(option or os.environ.get("TUI_ALIGN_SESSIONS") or "sessions")
+
+
+def list_sessions(root: str | Path) -> list[str]:
+    root = Path(root)
+    return sorted(p.name for p in root.iterdir() if (p / DB_FILE).exists()) if root.is_dir() else []
+
+
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _reward(score: float, scale: str) -> float:
+    return {"thumbs": lambda s: 2 * s - 1, "1-5": lambda s: (s - 3) / 2}.get(scale, lambda s: s)(score)
+
+
+class SessionStore:
+    def __init__(self, db: Database, folder: Path, lock_fd: int | None, readonly: bool):
+        self.db, self.folder, self._lock_fd, self.readonly = db, folder, lock_fd, readonly
+
+    # Opening ----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, sessions_dir: str | Path, name: str, *, create: bool = True, readonly: bool = False,
+             model: str | None = None, method: str = "dpo", hyperparameters: dict | None = None) -> "SessionStore":
+        """Open (or create) the session `name`; raises SessionError with a one-line reason.
+
+        A writer upgrades an older schema in place (each migration in a transaction) and is
+        refused while another process writes. A newer schema is refused. `model`, `method`
+        and `hyperparameters` are recorded only when the session is created.
+        """
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or ""):
+            raise SessionError(f"session name {name!r}: use letters, digits, '.', '_' and '-'")
+        folder = Path(sessions_dir) / name
+        path = folder / DB_FILE
+        if not path.exists() and (readonly or not create):
+            raise SessionError(f"no session {name!r} in {sessions_dir} (no {path})")
+        lock_fd = None
+        try:
+            if readonly:
+                db = cls._connect(path, readonly=True)
+                if MIGRATIONS.pending(db) and not unknown_migrations(db):
+                    db.close()  # an older schema: upgrade it once, as a writer would
+                    cls.open(sessions_dir, name, create=False).close()
+                    db = cls._connect(path, readonly=True)
+                cls._check(db, path)
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
+                lock_fd = cls._lock(folder, name)
+                db = cls._connect(path, readonly=False)
+                cls._check(db, path)
+                upgrade(db)
+                if not db["session"].count:
+                    db["session"].insert({
+                        "id": 1, "model": model, "method": method, "hyperparameters": json.dumps(hyperparameters or {}),
+                        "created": time.time(), "tool_version": __version__, "schema_version": SCHEMA_VERSION,
+                    })
+                (folder / "versions").mkdir(exist_ok=True)
+        except sqlite3.DatabaseError as exc:
+            cls._unlock(lock_fd)
+            raise SessionError(f"{path}: not a readable SQLite database ({exc})") from None
+        except BaseException:
+            cls._unlock(lock_fd)
+            raise
+        return cls(db, folder, lock_fd, readonly)
+
+    @staticmethod
+    def _connect(path: Path, readonly: bool) -> Database:
+        if readonly:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10, check_same_thread=False)
+        else:
+            conn = sqlite3.connect(str(path), timeout=10, check_same_thread=False)
+        db = Database(conn)
+        db.execute("select count(*) from sqlite_master").fetchone()  # a corrupt file fails here
+        if not readonly:
+            db.enable_wal()
+            db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    @staticmethod
+    def _check(db: Database, path: Path) -> None:
+        tables = set(db.table_names())
+        if tables and not MIGRATIONS.applied(db):
+            raise SessionError(f"{path}: not a tui-align session database (tables: {', '.join(sorted(tables))})")
+        if not tables:
+            return
+        newer = unknown_migrations(db)
+        if newer:
+            raise SessionError(f"{path}: written by a newer tui-align (schema {schema_version(db)}, this one "
+                               f"knows up to {SCHEMA_VERSION}; unknown migration {newer[0]}): upgrade tui-align")
+
+    @staticmethod
+    def _lock(folder: Path, name: str) -> int:
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise SessionError(f"session {name!r} is open for writing in another process (pid {holder}); "
+                               "close it there first (reading it is fine)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
+
+    @staticmethod
+    def _unlock(fd: int | None) -> None:
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def close(self) -> None:
+        self.db.close()
+        self._unlock(self._lock_fd)
+        self._lock_fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.folder / "versions"
+
+    @property
+    def meta(self) -> dict:
+        """model, method, hyperparameters (dict), created, tool_version, schema_version, name."""
+        row = self.db["session"].get(1)
+        return {**row, "hyperparameters": json.loads(row["hyperparameters"] or "{}"), "name": self.name}
+
+    # Conversations ----------------------------------------------------------------------
+
+    def new_conversation(self, system: str | None = None) -> int:
+        return self.db["conversations"].insert({"created": time.time(), "system": system}).last_pk
+
+    def latest_conversation(self) -> int | None:
+        row = self.db.execute("select max(id) from conversations").fetchone()
+        return row[0]
+
+    def add_user_turn(self, conversation_id: int, text: str, parent_id: int | None = None) -> int:
+        """A user message; `parent_id` is the response it answers (default: the end of the chosen path).
+
+        If the chosen path ends in a turn nobody chose a reply for, the new turn becomes its
+        sibling (the person asked again instead).
+        """
+        if parent_id is None:
+            path = self._chosen_path(conversation_id)
+            if path:
+                turn, response = path[-1]
+                parent_id = response["id"] if response else turn["parent_id"]
+        return self.db["turns"].insert({
+            "conversation_id": conversation_id, "parent_id": parent_id, "text": text, "created": time.time(),
+        }).last_pk
+
+    def add_responses(self, turn_id: int, candidates: list[dict], version: int | None, sampling: dict,
+                      shown_order: list[int] | None = None, source: str = "model") -> list[int]:
+        """Store the engine's candidates (its `done` payload) under a turn; returns their ids.
+
+        `shown_order` lists candidate indices as shown, left to right (or top to bottom):
+        [1, 0] means candidate 1 was shown first.
+        """
+        order = shown_order or list(range(len(candidates)))
+        now, ids = time.time(), []
+        with self.db.atomic():
+            for i, c in enumerate(candidates):
+                ids.append(self.db["responses"].insert({
+                    "turn_id": turn_id, "text": c["text"], "source": source, "version": version,
+                    "sampling": json.dumps(sampling), "tokens": c.get("tokens"), "finish_reason": c.get("finish_reason"),
+                    "ttft_s": c.get("ttft_s"), "tokens_per_s": c.get("tokens_per_s"),
+                    "shown_position": order.index(i) if i in order else None, "chosen": 0, "created": now,
+                }).last_pk)
+        return ids
+
+    def record_ref_logps(self, response_ids: list[int], logps: list[float]) -> None:
+        """Cache reference log-probs (adapter off) so updates need not recompute them."""
+        with self.db.atomic():
+            for rid, value in zip(response_ids, logps):
+                self.db["responses"].update(rid, {"ref_logps": value})
+
+    def choose(self, turn_id: int, response_id: int) -> None:
+        """Mark the response that continues the conversation (its siblings stay in the tree)."""
+        self.db.execute("update responses set chosen = (id = ?) where turn_id = ?", [response_id, turn_id])
+
+    def responses(self, turn_id: int) -> list[dict]:
+        return list(self.db["responses"].rows_where("turn_id = ?", [turn_id], order_by="id"))
+
+    def _chosen_path(self, conversation_id: int) -> list[tuple[dict, dict | None]]:
+        """(turn, chosen response or None) from the first turn along chosen replies (latest sibling wins)."""
+        path, parent = [], None
+        while True:
+            where = "conversation_id = ? and parent_id is ?"
+            turns = list(self.db["turns"].rows_where(where, [conversation_id, parent], order_by="id desc", limit=1))
+            if not turns:
+                return path
+            chosen = list(self.db["responses"].rows_where("turn_id = ? and chosen = 1", [turns[0]["id"]], limit=1))
+            path.append((turns[0], chosen[0] if chosen else None))
+            if not chosen:
+                return path
+            parent = chosen[0]["id"]
+
+    def _system(self, conversation_id: int) -> list[dict]:
+        system = self.db["conversations"].get(conversation_id)["system"]
+        return [{"role": "system", "content": system}] if system else []
+
+    def history(self, conversation_id: int) -> list[dict]:
+        """The conversation as {role, content} messages along the chosen path (the next prompt)."""
+        messages = self._system(conversation_id)
+        for turn, response in self._chosen_path(conversation_id):
+            messages.append({"role": "user", "content": turn["text"]})
+            if response:
+                messages.append({"role": "assistant", "content": response["text"]})
+        return messages
+
+    def prompt(self, turn_id: int) -> list[dict]:
+        """The messages that led to this turn, ending with its user message (system first)."""
+        messages, turn = [], self.db["turns"].get(turn_id)
+        conversation_id = turn["conversation_id"]
+        while True:
+            messages.append({"role": "user", "content": turn["text"]})
+            if turn["parent_id"] is None:
+                break
+            response = self.db["responses"].get(turn["parent_id"])
+            messages.append({"role": "assistant", "content": response["text"]})
+            turn = self.db["turns"].get(response["turn_id"])
+        return self._system(conversation_id) + messages[::-1]
+
+    # Feedback ---------------------------------------------------------------------------
+
+    def record_preference(self, turn_id: int, chosen_id: int | None, rejected_ids: list[int],
+                          outcome: str = "chosen", shown_order: list[int] | None = None, origin: str = "pick") -> int:
+        """One judgment of a turn's candidates; returns its id (the judgment id).
+
+        outcome `chosen`: `chosen_id` beats each of `rejected_ids` (one pair each; with N>2
+        candidates that is a pick-one ranking), and it becomes the continuation. `tie`,
+        `both_bad`, `skipped`: kept, never trained on by default; `chosen_id` may be None.
+        `shown_order` is the response ids as shown, left first (default: as stored).
+        """
+        if outcome not in OUTCOMES:
+            raise UserError(f"outcome {outcome!r}: choose one of {', '.join(OUTCOMES)}")
+        if outcome == "chosen" and (chosen_id is None or not rejected_ids):
+            raise UserError("a `chosen` preference needs a chosen and at least one rejected response")
+        if shown_order is None:
+            rows = self.db["responses"].rows_where("turn_id = ?", [turn_id], order_by="shown_position, id")
+            shown_order = [r["id"] for r in rows]
+        candidates = ([chosen_id] if chosen_id is not None else []) + list(rejected_ids)
+        first, *others = candidates or [None]
+        pairs = [(first, r) for r in others] or [(first, None)]
+        now = time.time()
+        with self.db.atomic():
+            judgment = None
+            for chosen, rejected in pairs:
+                pk = self.db["preferences"].insert({
+                    "judgment_id": judgment, "turn_id": turn_id, "chosen_id": chosen, "rejected_id": rejected,
+                    "outcome": outcome, "origin": origin, "shown_order": json.dumps(shown_order), "created": now,
+                }).last_pk
+                if judgment is None:
+                    judgment = pk
+                    self.db["preferences"].update(pk, {"judgment_id": pk})
+            if outcome == "chosen":
+                self.choose(turn_id, chosen_id)
+        return judgment
+
+    def record_rating(self, response_id: int, score: float, scale: str = "1-5") -> int:
+        """Rate one response; pairs it with differently rated siblings (see the module docstring)."""
+        if scale not in SCALES:
+            raise UserError(f"scale {scale!r}: choose one of {', '.join(SCALES)}")
+        if (scale == "thumbs" and score not in (0, 1)) or (scale == "1-5" and not 1 <= score <= 5):
+            raise UserError(f"score {score} is outside the {scale} scale")
+        response = self.db["responses"].get(response_id)
+        with self.db.atomic():
+            rating_id = self.db["ratings"].insert({
+                "response_id": response_id, "score": score, "scale": scale, "created": time.time(),
+            }).last_pk
+            siblings = self.db.execute(
+                """select r.response_id, r.score from ratings r join responses s on s.id = r.response_id
+                   where s.turn_id = ? and r.scale = ? and r.response_id != ?
+                   and r.id = (select max(id) from ratings where response_id = r.response_id)""",
+                [response["turn_id"], scale, response_id]).fetchall()
+            for other, other_score in siblings:
+                paired = self.db.execute(
+                    "select 1 from preferences where origin = 'rating' and chosen_id in (?, ?) and rejected_id in (?, ?)",
+                    [other, response_id, other, response_id]).fetchone()
+                if other_score != score and not paired:
+                    better, worse = (response_id, other) if score > other_score else (other, response_id)
+                    self.record_preference(response["turn_id"], better, [worse], origin="rating")
+        return rating_id
+
+    def record_demonstration(self, turn_id: int, text: str, edited_from: int | None = None) -> int:
+        """A reply the person wrote (or edited from response `edited_from`); returns its id.
+
+        It is stored as a response that continues the conversation, as an SFT example, and,
+        when edited, as a preference pair: the edit over the original.
+        """
+        with self.db.atomic():
+            (response_id,) = self.add_responses(turn_id, [{"text": text}], None, {}, source="demonstration")
+            demo_id = self.db["demonstrations"].insert({
+                "turn_id": turn_id, "response_id": response_id, "edited_from": edited_from, "text": text,
+                "created": time.time(),
+            }).last_pk
+            if edited_from is not None:
+                self.record_preference(turn_id, response_id, [edited_from], origin="edit")
+            self.choose(turn_id, response_id)
+        return demo_id
+
+    # Training data ----------------------------------------------------------------------
+
+    def _feedback(self, method: str) -> list[tuple[int, dict]]:
+        """(feedback id, TRL-format example) for all feedback usable by `method`, oldest first."""
+        if method not in METHODS:
+            raise UserError(f"method {method!r}: choose one of {', '.join(METHODS)}")
+        if method == "dpo":
+            rows = self.db.query(
+                """select p.id, p.turn_id, c.text as chosen, r.text as rejected,
+                          c.ref_logps as ref_c, r.ref_logps as ref_r
+                   from preferences p join responses c on c.id = p.chosen_id join responses r on r.id = p.rejected_id
+                   where p.outcome = 'chosen' order by p.id""")
+            out = []
+            for row in rows:
+                example = {"prompt": self.prompt(row["turn_id"]), "chosen": _assistant(row["chosen"]),
+                           "rejected": _assistant(row["rejected"])}
+                if row["ref_c"] is not None and row["ref_r"] is not None:
+                    example.update(ref_chosen_logps=row["ref_c"], ref_rejected_logps=row["ref_r"])
+                out.append((row["id"], example))
+            return out
+        if method == "sft":
+            return [(row["id"], {"prompt": self.prompt(row["turn_id"]), "completion": _assistant(row["text"])})
+                    for row in self.db["demonstrations"].rows_where(order_by="id")]
+        rows = self.db.query("""select g.id, g.score, g.scale, s.turn_id, s.text from ratings g
+                                join responses s on s.id = g.response_id order by g.id""")
+        return [(row["id"], {"prompt": self.prompt(row["turn_id"]), "completion": _assistant(row["text"]),
+                             "score": _reward(row["score"], row["scale"])}) for row in rows]
+
+    def consumed(self, method: str) -> set[int]:
+        rows = self.db["updates"].rows_where("method = ? and status = 'done'", [method], select="feedback_ids")
+        return {i for row in rows for i in json.loads(row["feedback_ids"] or "[]")}
+
+    def pending_feedback(self, method: str) -> tuple[list[dict], list[int]]:
+        """(examples, feedback ids) not yet consumed by a finished update of `method`."""
+        used = self.consumed(method)
+        pending = [(i, ex) for i, ex in self._feedback(method) if i not in used]
+        return [ex for _, ex in pending], [i for i, _ in pending]
+
+    def recent_feedback(self, method: str, limit: int) -> tuple[list[dict], list[int]]:
+        """The last `limit` examples, consumed or not (a sliding window for live updates)."""
+        recent = self._feedback(method)[-limit:]
+        return [ex for _, ex in recent], [i for i, _ in recent]
+
+    def pending_count(self, method: str) -> int:
+        return len(self.pending_feedback(method)[1])
+
+    # Updates and versions ---------------------------------------------------------------
+
+    def start_update(self, method: str, feedback_ids: list[int]) -> int:
+        return self.db["updates"].insert({
+            "method": method, "feedback_ids": json.dumps(list(feedback_ids)), "status": "running",
+            "started": time.time(),
+        }).last_pk
+
+    def finish_update(self, update_id: int, status: str, version: int | None = None, metrics: dict | None = None,
+                      error: str | None = None) -> None:
+        """status: done (its feedback is consumed), failed or cancelled."""
+        self.db["updates"].update(update_id, {
+            "status": status, "version": version, "metrics": json.dumps(metrics or {}, default=str),
+            "error": error, "finished": time.time(),
+        })
+
+    def record_version(self, number: int, path: str | Path, metrics: dict | None = None) -> None:
+        self.db["versions"].upsert({"number": number, "path": str(path), "metrics": json.dumps(metrics or {}, default=str),
+                                    "created": time.time()}, pk="number")
+
+    def latest_version(self) -> int:
+        return self.db.execute("select coalesce(max(number), 0) from versions").fetchone()[0]
+
+    def metrics_history(self) -> list[dict]:
+        """One dict per finished update: update, method, version, examples, seconds, then its metrics."""
+        return [{"update": row["id"], "method": row["method"], "version": row["version"],
+                 "examples": len(json.loads(row["feedback_ids"] or "[]")),
+                 "seconds": (row["finished"] or 0) - row["started"], **json.loads(row["metrics"] or "{}")}
+                for row in self.db["updates"].rows_where("status = 'done'", order_by="id")]
+
+    def counts(self) -> dict:
+        """prompts (user turns), pairs (trainable preference pairs), ratings, demos, updates (done)."""
+        one = lambda sql: self.db.execute(sql).fetchone()[0]  # noqa: E731
+        return {"prompts": one("select count(*) from turns"),
+                "pairs": one("select count(*) from preferences where outcome = 'chosen'"),
+                "ratings": one("select count(*) from ratings"),
+                "demos": one("select count(*) from demonstrations"),
+                "updates": one("select count(*) from updates where status = 'done'")}
+
+    def last_activity(self) -> float:
+        tables = ("turns", "responses", "ratings", "preferences", "updates", "versions")
+        sql = " union all ".join(f"select max(created) from {t}" if t != "updates" else "select max(started) from updates"
+                                 for t in tables)
+        return max([r[0] for r in self.db.execute(sql).fetchall() if r[0]] + [self.meta["created"]])
+
+    def log(self, level: str, message: str) -> None:
+        """Append to the event log (the TUI logs its notifications and errors here)."""
+        self.db["events"].insert({"time": time.time(), "level": level, "message": message})

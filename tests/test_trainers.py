@@ -1,0 +1,183 @@
+"""The step-wise trainers: they learn, agree with TRL's DPO loss, and save what reloads."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from engine.data import preference_batch
+from engine.errors import NonFiniteLoss
+from engine.trainers import DPOTrainer, SFTTrainer, TrainConfig
+
+PAIRS = [
+    {"prompt": "Say yes.", "chosen": " yes", "rejected": " no, never, not at all"},
+    {"prompt": "Greet me.", "chosen": " hello", "rejected": " go away please"},
+    {"prompt": "Pick a colour.", "chosen": " blue", "rejected": " I will not pick anything"},
+    {"prompt": [{"role": "user", "content": "Count to three."}],
+     "chosen": [{"role": "assistant", "content": "1 2 3"}],
+     "rejected": [{"role": "assistant", "content": "I cannot count."}]},
+]
+DEMOS = [
+    {"prompt": "The capital of France is", "completion": " Paris."},
+    {"prompt": "Two plus two is", "completion": " four."},
+    {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there!"}]},
+]
+
+
+def perturb_adapter(model, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def logits_of(model, tokenizer, text="Hello, how are you?"):
+    ids = tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        return model(**ids).logits
+
+
+def test_dpo_raises_reward_accuracy_and_margin(tiny_policy):
+    model, tokenizer = tiny_policy
+    trainer = DPOTrainer(model, tokenizer, TrainConfig(lr=5e-3, beta=0.1))
+    first = trainer.step(PAIRS)
+    assert first["loss"] == pytest.approx(0.693147, abs=1e-5)  # LoRA B starts at 0: policy == reference
+    assert first["rewards/accuracy"] == 0.0 and first["rewards/margin"] == pytest.approx(0.0, abs=1e-6)
+    for _ in range(12):
+        last = trainer.step(PAIRS)
+    with torch.no_grad():
+        _, metrics = trainer.loss(PAIRS)
+    assert metrics["rewards/accuracy"] == 1.0
+    assert metrics["rewards/margin"] > 0.5
+    assert last["loss"] < 0.8 * first["loss"]
+    assert {"rewards/chosen", "rewards/rejected", "grad_norm", "tokens", "seconds"} <= last.keys()
+    assert trainer.steps == 13
+
+
+def test_sft_lowers_the_loss_on_its_data(tiny_policy):
+    model, tokenizer = tiny_policy
+    trainer = SFTTrainer(model, tokenizer, TrainConfig(lr=1e-2))
+    with torch.no_grad():
+        before, _ = trainer.loss(DEMOS)
+    for _ in range(10):
+        metrics = trainer.step(DEMOS)
+    with torch.no_grad():
+        after, _ = trainer.loss(DEMOS)
+    assert after.item() < before.item() - 0.5  # a tiny random model: ~10.9 -> ~10.0 nats
+    assert metrics["tokens"] > 0
+
+
+def test_precomputed_reference_logps_give_the_same_step(tiny_model_dir):
+    from engine.models import LoRAConfig, add_lora, load_model
+
+    results = []
+    for precompute in (False, True):
+        torch.manual_seed(0)
+        base, tokenizer = load_model(str(tiny_model_dir), device="cpu")
+        model = add_lora(base, LoRAConfig(r=8, alpha=16))
+        perturb_adapter(model)
+        trainer = DPOTrainer(model, tokenizer, TrainConfig(lr=1e-2))
+        examples = PAIRS
+        if precompute:
+            refs = trainer.reference_logps(PAIRS)
+            examples = [{**ex, "ref_chosen_logps": c, "ref_rejected_logps": r} for ex, (c, r) in zip(PAIRS, refs)]
+        metrics = trainer.step(examples)
+        results.append((metrics, [p.detach().clone() for p in trainer.params]))
+    (m0, p0), (m1, p1) = results
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "grad_norm"):
+        assert m0[key] == pytest.approx(m1[key], abs=1e-6)
+    assert all(torch.allclose(a, b) for a, b in zip(p0, p1))
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo", "robust"])
+def test_dpo_trainer_loss_matches_trl_on_a_real_model(tiny_model_dir, loss_type):
+    """Our trainer's loss == TRL's DPOTrainer._compute_loss on the same model and batch.
+
+    TRL runs its own forward: add_fused_lm_head on the base, the reference by disabling the
+    adapter, its own per-token sums and loss (ours reads the model through its backbone).
+    """
+    trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")
+    from accelerate import Accelerator
+    from trl.trainer.utils import add_fused_lm_head
+
+    from engine.models import LoRAConfig, add_lora, load_model
+
+    torch.manual_seed(0)
+    base, tokenizer = load_model(str(tiny_model_dir), device="cpu")
+    add_fused_lm_head(base, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    model = add_lora(base, LoRAConfig(r=8, alpha=16))
+    perturb_adapter(model)
+    config = TrainConfig(beta=0.2, loss_type=loss_type, label_smoothing=0.1 if loss_type == "robust" else 0.0)
+    ours = DPOTrainer(model, tokenizer, config)
+    with torch.no_grad():
+        our_loss, metrics = ours.loss(PAIRS)
+
+    theirs = trl_dpo.DPOTrainer.__new__(trl_dpo.DPOTrainer)
+    theirs.__dict__.update(
+        model=model, ref_model=None, accelerator=Accelerator(cpu=True), args=SimpleNamespace(gradient_checkpointing_kwargs=None),
+        beta=config.beta, label_smoothing=config.label_smoothing, loss_types=[loss_type], loss_weights=[1.0],
+        precompute_ref_logps=False, f_divergence_type="reverse_kl", ld_alpha=None, use_weighting=False,
+        aux_loss_enabled=False, _tp_size=1, _total_train_tokens=0, _metrics=defaultdict(lambda: defaultdict(list)),
+    )
+    batch = preference_batch(tokenizer, PAIRS, config.max_length)
+    model.eval()
+    with torch.no_grad():
+        trl_loss = theirs._compute_loss(model, batch, return_outputs=False)
+    assert our_loss.item() == pytest.approx(trl_loss.item(), abs=1e-5)
+    trl_metrics = {k: v[-1] for k, v in theirs._metrics["eval"].items()}
+    if loss_type != "ipo":  # TRL's reward metrics use summed log-probs, ours the averages IPO trains on
+        assert metrics["rewards/margin"] == pytest.approx(trl_metrics["rewards/margins"], abs=1e-5)
+        assert metrics["rewards/accuracy"] == pytest.approx(trl_metrics["rewards/accuracies"])
+
+
+def test_non_finite_loss_discards_the_update(tiny_policy):
+    model, tokenizer = tiny_policy
+    trainer = DPOTrainer(model, tokenizer, TrainConfig(lr=1e-2))
+    before = [p.detach().clone() for p in trainer.params]
+    bad = [{**ex, "ref_chosen_logps": float("nan"), "ref_rejected_logps": 0.0} for ex in PAIRS]
+    with pytest.raises(NonFiniteLoss):
+        trainer.step(bad)
+    assert all(torch.equal(a, p) for a, p in zip(before, trainer.params))
+    assert all(p.grad is None for p in trainer.params)
+    trainer.step(PAIRS)  # and the trainer still works afterwards
+
+
+def test_fit_trains_and_writes_checkpoints(tiny_policy, tmp_path):
+    model, tokenizer = tiny_policy
+    trainer = DPOTrainer(model, tokenizer, TrainConfig(lr=5e-3, batch_size=2, grad_accum=2, epochs=6, save_steps=3))
+    seen = []
+    metrics = trainer.fit(PAIRS, output_dir=tmp_path, progress=False, on_step=seen.append)
+    assert [m["step"] for m in seen] == list(range(1, 7))  # 4 rows / (2 x 2) = 1 step per epoch
+    assert metrics["step"] == 6 and metrics["loss"] < 0.693
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    assert (tmp_path / "checkpoint-6" / "adapter_config.json").exists()
+
+
+def test_saved_adapter_reloads_to_identical_outputs(tiny_policy, tiny_model_dir, tmp_path):
+    from peft import PeftModel
+
+    from engine.models import LoRAConfig, add_lora, load_model
+    from engine.versions import load_adapter
+
+    model, tokenizer = tiny_policy
+    trainer = DPOTrainer(model, tokenizer, TrainConfig(lr=1e-2))
+    for _ in range(3):
+        trainer.step(PAIRS)
+    expected = logits_of(model, tokenizer)
+    folder = trainer.save(tmp_path / "v0001", {"note": "three steps"})
+
+    fresh, _ = load_model(str(tiny_model_dir), device="cpu")
+    assert not torch.allclose(logits_of(fresh, tokenizer), expected)  # the adapter changes the outputs
+    reloaded = PeftModel.from_pretrained(fresh, str(folder))
+    assert torch.equal(logits_of(reloaded, tokenizer), expected)
+
+    torch.manual_seed(123)  # a different fresh adapter, overwritten in place
+    live, _ = load_model(str(tiny_model_dir), device="cpu")
+    live = add_lora(live, LoRAConfig(r=8, alpha=16))
+    meta = load_adapter(live, folder)
+    assert torch.equal(logits_of(live, tokenizer), expected)
+    assert meta["note"] == "three steps" and meta["config"]["lr"] == 1e-2

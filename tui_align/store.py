@@ -9,7 +9,7 @@ transaction per user action). One process writes a session at a time: the writer
 exclusive `flock` on `session.lock` for the store's lifetime, and a second writer is
 refused; readers (`readonly=True`) are always allowed.
 
-How feedback becomes training data (`pending_feedback`, `export_rows`):
+How feedback becomes training data (`feedback`, `pending_feedback`, `tui-align sessions export`):
 - dpo: every preference pair whose outcome is `chosen`. Pairs come from picks (the chosen
   reply over each rejected one), from edits (the edited reply over the original) and from
   ratings: two responses to the same prompt turn, rated on the same scale with different
@@ -257,7 +257,7 @@ class SessionStore:
 
     def _system(self, conversation_id: int) -> list[dict]:
         system = self.db["conversations"].get(conversation_id)["system"]
-        return [{"role": "system", "content": system}] if system else []
+        return [{"role": "system", "content": system}] if system is not None else []
 
     def history(self, conversation_id: int) -> list[dict]:
         """The conversation as {role, content} messages along the chosen path (the next prompt)."""
@@ -361,7 +361,7 @@ class SessionStore:
 
     # Training data ----------------------------------------------------------------------
 
-    def _feedback(self, method: str) -> list[tuple[int, dict]]:
+    def feedback(self, method: str) -> list[tuple[int, dict]]:
         """(feedback id, TRL-format example) for all feedback usable by `method`, oldest first."""
         if method not in METHODS:
             raise UserError(f"method {method!r}: choose one of {', '.join(METHODS)}")
@@ -382,10 +382,14 @@ class SessionStore:
         if method == "sft":
             return [(row["id"], {"prompt": self.prompt(row["turn_id"]), "completion": _assistant(row["text"])})
                     for row in self.db["demonstrations"].rows_where(order_by="id")]
+        return [(row["id"], {"prompt": row["prompt"], "completion": _assistant(row["text"]),
+                             "score": _reward(row["score"], row["scale"])}) for row in self.rated_responses()]
+
+    def rated_responses(self) -> list[dict]:
+        """Every rating with its prompt and reply: {id, prompt, text, score, scale}, oldest first."""
         rows = self.db.query("""select g.id, g.score, g.scale, s.turn_id, s.text from ratings g
                                 join responses s on s.id = g.response_id order by g.id""")
-        return [(row["id"], {"prompt": self.prompt(row["turn_id"]), "completion": _assistant(row["text"]),
-                             "score": _reward(row["score"], row["scale"])}) for row in rows]
+        return [{**row, "prompt": self.prompt(row["turn_id"])} for row in rows]
 
     def consumed(self, method: str) -> set[int]:
         rows = self.db["updates"].rows_where("method = ? and status = 'done'", [method], select="feedback_ids")
@@ -394,12 +398,12 @@ class SessionStore:
     def pending_feedback(self, method: str) -> tuple[list[dict], list[int]]:
         """(examples, feedback ids) not yet consumed by a finished update of `method`."""
         used = self.consumed(method)
-        pending = [(i, ex) for i, ex in self._feedback(method) if i not in used]
+        pending = [(i, ex) for i, ex in self.feedback(method) if i not in used]
         return [ex for _, ex in pending], [i for i, _ in pending]
 
     def recent_feedback(self, method: str, limit: int) -> tuple[list[dict], list[int]]:
         """The last `limit` examples, consumed or not (a sliding window for live updates)."""
-        recent = self._feedback(method)[-limit:]
+        recent = self.feedback(method)[-limit:]
         return [ex for _, ex in recent], [i for i, _ in recent]
 
     def pending_count(self, method: str) -> int:

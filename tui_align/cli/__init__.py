@@ -6,6 +6,8 @@ Nothing heavy is imported at module level: `tui-align --help` must start instant
 import typer
 
 from tui_align.cli.models import models
+from tui_align.cli.replay import replay
+from tui_align.cli.sessions import sessions_app
 from tui_align.cli.train import train_app
 
 app = typer.Typer(
@@ -17,6 +19,8 @@ app = typer.Typer(
 )
 app.command()(models)
 app.add_typer(train_app, name="train")
+app.add_typer(sessions_app, name="sessions")
+app.command()(replay)
 
 
 def main() -> None:

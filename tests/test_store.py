@@ -1,0 +1,158 @@
+"""SessionStore: conversation trees, feedback -> training rows, migrations, locking, durability."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from sqlite_utils import Database
+
+from engine.errors import UserError
+from tui_align.migrations import MIGRATIONS, SCHEMA_VERSION
+from tui_align.store import SessionError, SessionStore
+
+CANDIDATES = [{"text": "Short.", "tokens": 2, "finish_reason": "stop", "ttft_s": 0.1, "tokens_per_s": 20.0},
+              {"text": "A much longer reply", "tokens": 5, "finish_reason": "length", "ttft_s": 0.1, "tokens_per_s": 20.0}]
+
+
+@pytest.fixture
+def store(tmp_path):
+    with SessionStore.open(tmp_path, "s", model="tiny", hyperparameters={"lr": 1e-4}) as s:
+        yield s
+
+
+def test_tree_history_and_training_rows(store):
+    conv = store.new_conversation(system="Be brief.")
+    t1 = store.add_user_turn(conv, "Hi")
+    a, b = store.add_responses(t1, CANDIDATES, 0, {"temperature": 0.8}, shown_order=[1, 0])
+    assert store.responses(t1)[1]["shown_position"] == 0  # candidate 1 was shown left
+    store.record_preference(t1, a, [b])
+    assert store.history(conv)[-1] == {"role": "assistant", "content": "Short."}
+    t2 = store.add_user_turn(conv, "More")  # continues after the chosen reply
+    c, d = store.add_responses(t2, CANDIDATES, 0, {})
+    store.record_preference(t2, None, [c, d], outcome="tie")
+    store.record_rating(c, 2)
+    store.record_rating(d, 5)  # different scores on one turn: a pair, d over c
+    store.record_demonstration(t2, "Edited.", edited_from=c)  # a demo and a pair
+    assert store.history(conv) == [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Short."}, {"role": "user", "content": "More"},
+        {"role": "assistant", "content": "Edited."}]
+    assert store.counts() == {"prompts": 2, "pairs": 3, "ratings": 2, "demos": 1, "updates": 0}
+    examples, ids = store.pending_feedback("dpo")
+    assert [e["chosen"][0]["content"] for e in examples] == ["Short.", "A much longer reply", "Edited."]
+    assert examples[1]["prompt"][-1] == {"role": "user", "content": "More"} and len(examples[1]["prompt"]) == 4
+    sft, _ = store.pending_feedback("sft")
+    assert sft == [{"prompt": examples[1]["prompt"], "completion": [{"role": "assistant", "content": "Edited."}]}]
+    assert [e["score"] for e in store.pending_feedback("ppo")[0]] == [-0.5, 1.0]
+    store.record_ref_logps([a, b], [-1.5, -9.0])
+    assert store.pending_feedback("dpo")[0][0]["ref_chosen_logps"] == -1.5
+
+    failed = store.start_update("dpo", ids[:2])
+    store.finish_update(failed, "failed", error="boom")
+    assert store.pending_count("dpo") == 3  # a failed update consumes nothing
+    done = store.start_update("dpo", ids[:2])
+    store.finish_update(done, "done", version=1, metrics={"loss": 0.6})
+    store.record_version(1, store.versions_dir / "v0001", {"loss": 0.6})
+    assert store.pending_feedback("dpo")[1] == ids[2:]
+    assert store.latest_version() == 1 and store.metrics_history()[0]["loss"] == 0.6
+    assert store.recent_feedback("dpo", 2)[1] == ids[1:]
+    assert store.latest_conversation() == conv
+    store.log("warning", "engine restarted")
+    assert store.meta["hyperparameters"] == {"lr": 1e-4} and store.meta["schema_version"] == SCHEMA_VERSION
+
+
+def test_bad_feedback_is_refused(store):
+    turn = store.add_user_turn(store.new_conversation(), "Hi")
+    a, _ = store.add_responses(turn, CANDIDATES, 0, {})
+    with pytest.raises(UserError, match="outcome"):
+        store.record_preference(turn, a, [], outcome="maybe")
+    with pytest.raises(UserError, match="outside"):
+        store.record_rating(a, 7, "1-5")
+
+
+def test_older_schema_is_upgraded(tmp_path):
+    folder = tmp_path / "old"
+    folder.mkdir()
+    db = Database(folder / "session.db")
+    MIGRATIONS.apply(db, stop_before="m002_system_prompts_events_reference")  # a version-1 session
+    db["session"].insert({"id": 1, "model": "tiny", "method": "dpo", "hyperparameters": "{}", "created": 1.0,
+                          "tool_version": "0.0.1", "schema_version": 1})
+    db["conversations"].insert({"id": 1, "created": 1.0})
+    db["turns"].insert({"id": 1, "conversation_id": 1, "parent_id": None, "text": "Hi", "created": 1.0})
+    db.close()
+    with SessionStore.open(tmp_path, "old") as store:
+        assert store.meta["schema_version"] == SCHEMA_VERSION == 2
+        assert store.history(1) == [{"role": "user", "content": "Hi"}]
+        store.log("info", "the events table exists now")
+
+
+def test_newer_corrupt_and_foreign_files_are_refused(tmp_path):
+    SessionStore.open(tmp_path, "new").close()
+    Database(tmp_path / "new" / "session.db")["_sqlite_migrations"].insert(
+        {"migration_set": "tui-align-session", "name": "m099_from_the_future", "applied_at": "2030"})
+    with pytest.raises(SessionError, match="newer tui-align"):
+        SessionStore.open(tmp_path, "new")
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "session.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(SessionError, match="not a readable SQLite database"):
+        SessionStore.open(tmp_path, "corrupt", readonly=True)
+    (tmp_path / "foreign").mkdir()
+    sqlite3.connect(tmp_path / "foreign" / "session.db").execute("create table t (x)")
+    with pytest.raises(SessionError, match="not a tui-align session"):
+        SessionStore.open(tmp_path, "foreign")
+    with pytest.raises(SessionError, match="no session"):
+        SessionStore.open(tmp_path, "missing", create=False)
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from tui_align.store import SessionStore
+    store = SessionStore.open(sys.argv[1], "live")
+    conv = store.new_conversation()
+    print("ready", flush=True)
+    if sys.argv[2] == "hold":
+        sys.stdin.readline()
+    else:
+        while True:
+            turn = store.add_user_turn(conv, "prompt")
+            a, b = store.add_responses(turn, [{"text": "a"}, {"text": "b"}], 0, {})
+            print(store.record_preference(turn, a, [b]), flush=True)  # told only after the commit
+""")
+
+
+def _writer(tmp_path, mode):
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), mode], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+
+
+def test_second_writer_is_refused_readers_are_not(tmp_path):
+    holder = _writer(tmp_path, "hold")
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(SessionError, match=f"open for writing in another process \\(pid {holder.pid}\\)"):
+            SessionStore.open(tmp_path, "live")
+        with SessionStore.open(tmp_path, "live", readonly=True) as reader:
+            assert reader.latest_conversation() == 1
+    finally:
+        holder.communicate("\n", timeout=30)
+    SessionStore.open(tmp_path, "live").close()  # the lock went with the process
+
+
+def test_kill_9_loses_no_committed_row(tmp_path):
+    writer = _writer(tmp_path, "loop")
+    assert writer.stdout.readline().strip() == "ready"
+    acknowledged = [int(writer.stdout.readline()) for _ in range(25)]
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(timeout=30)
+    with SessionStore.open(tmp_path, "live") as store:  # writable again: the kernel dropped the lock
+        stored = {row["judgment_id"] for row in store.db["preferences"].rows}
+        assert set(acknowledged) <= stored
+        assert store.pending_count("dpo") >= 25
+        assert json.loads(store.db["preferences"].get(acknowledged[-1])["shown_order"])

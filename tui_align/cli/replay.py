@@ -1,0 +1,75 @@
+"""`tui-align replay NAME [NAME...]`: batch training on all the feedback of saved sessions.
+
+The same trainer and flags as `tui-align train`, in this process (so `accelerate launch`
+works); the rows come from the sessions instead of a file. Cached reference log-probs are
+dropped: the reference is recomputed for the model being trained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tui_align.cli import train as t
+from tui_align.cli.common import fail, user_errors
+from tui_align.cli.sessions import SESSIONS_DIR
+
+METHODS = {"dpo": "dpo", "sft": "sft"}
+
+
+def collect(store, method: str) -> tuple[list[dict], dict[str, int]]:
+    """(rows, skipped reason -> count) of one session for `method`."""
+    skipped: dict[str, int] = {}
+    if method == "dpo":
+        for outcome, n in store.db.execute(
+                "select outcome, count(distinct judgment_id) from preferences where outcome != 'chosen' group by outcome"):
+            skipped[f"{outcome} (not a preference)"] = n
+        rows = []
+        for _, ex in store.feedback("dpo"):
+            if ex["chosen"] == ex["rejected"]:
+                skipped["identical replies"] = skipped.get("identical replies", 0) + 1
+            else:
+                rows.append({k: ex[k] for k in ("prompt", "chosen", "rejected")})
+        return rows, skipped
+    return [ex for _, ex in store.feedback("sft")], skipped
+
+
+def replay(
+    names: list[str] = typer.Argument(..., help="One or more session names."),
+    method: str = typer.Option("dpo", "--method", help="dpo (preference pairs) or sft (demonstrations)."),
+    output: Path = t.OUTPUT, model: str = typer.Option(None, "--model", help="Model folder, GGUF file or hub id "
+                                                       "(default: the sessions' model, else the bundled one)."),
+    max_steps: int = t.MAX_STEPS, epochs: int = t.EPOCHS, batch_size: int = t.BATCH_SIZE, grad_accum: int = t.GRAD_ACCUM,
+    lr: float = t.LR, max_length: int = t.MAX_LENGTH, lora_r: int = t.LORA_R, lora_alpha: int = t.LORA_ALPHA,
+    beta: float = t.BETA, loss_type: str = t.LOSS_TYPE, label_smoothing: float = t.LABEL_SMOOTHING,
+    rpo_alpha: float = t.RPO_ALPHA, seed: int = t.SEED, merge: bool = t.MERGE, device: str = t.DEVICE,
+    sessions_dir: Path = SESSIONS_DIR,
+) -> None:
+    """Train a LoRA adapter in batch on the feedback of one or several sessions."""
+    with user_errors():
+        from tui_align.store import SessionStore, sessions_dir as resolve
+
+        if method not in METHODS:
+            fail(f"--method {method}: choose dpo or sft")
+        rows, skipped, models = [], {}, set()
+        for name in names:
+            with SessionStore.open(resolve(sessions_dir), name, readonly=True) as store:
+                session_rows, session_skipped = collect(store, method)
+                models.add(store.meta["model"])
+            typer.echo(f"{name}: {len(session_rows)} {'pairs' if method == 'dpo' else 'demonstrations'}")
+            rows += session_rows
+            for reason, n in session_skipped.items():
+                skipped[reason] = skipped.get(reason, 0) + n
+        if not rows:
+            fail(f"no {'preference pairs' if method == 'dpo' else 'demonstrations'} to train on in {', '.join(names)}")
+        if model is None and len(models) == 1:
+            model = models.pop()  # the model the feedback was given on
+        options = dict(max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+                       max_length=max_length, seed=seed)
+        if method == "dpo":
+            options.update(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, rpo_alpha=rpo_alpha)
+        metrics = t.run(method, Path(names[0]), output, model, merge, device, lora_r, lora_alpha, options, rows=rows)
+        typer.echo(f"used {len(rows)} {'pairs' if method == 'dpo' else 'demonstrations'} from {len(names)} session(s)")
+        typer.echo("skipped: " + (", ".join(f"{n} {reason}" for reason, n in skipped.items()) or "none"))
+        typer.echo("final: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))))

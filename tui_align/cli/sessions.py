@@ -1,0 +1,252 @@
+"""`tui-align sessions list|show|export|import`: look at saved sessions and move them in and out.
+
+Exports use TRL's conversational dataset formats, so any TRL trainer reads them:
+  preference  {prompt, chosen, rejected}   (DPOTrainer; pairs with outcome `chosen` only)
+  sft         {messages}                   (SFTTrainer; the person's demonstrations)
+  ratings     {prompt, completion, label}  (KTOTrainer's unpaired format)
+A rating's label is True for thumbs up, 4-5 on the 1-5 scale and numeric scores > 0;
+False for thumbs down, 1-2 and numeric <= 0; a 3 on the 1-5 scale is neutral and left out.
+Import reads the same formats (and SFT {prompt, completion}, and plain strings) into a
+new session; export -> import -> export gives the same rows.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+from pathlib import Path
+
+import typer
+
+from tui_align.cli.common import fail, user_errors
+
+sessions_app = typer.Typer(help="List, inspect, export and import saved sessions.", no_args_is_help=True)
+
+KINDS = ("preference", "sft", "ratings")
+SESSIONS_DIR = typer.Option(None, "--sessions-dir", envvar="TUI_ALIGN_SESSIONS", show_envvar=True,
+                            help="Folder holding the sessions (default: ./sessions).")
+
+
+def _when(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+
+
+@sessions_app.command("list")
+def list_(sessions_dir: Path = SESSIONS_DIR) -> None:
+    """One line per session: model, counts of feedback, latest version, last activity."""
+    from tui_align.store import SessionError, SessionStore, list_sessions, sessions_dir as resolve
+
+    root = resolve(sessions_dir)
+    names = list_sessions(root)
+    if not names:
+        typer.echo(f"no sessions in {root}")
+        return
+    typer.echo(f"{'name':<20} {'model':<24} {'prompts':>7} {'pairs':>6} {'ratings':>7} {'demos':>6} "
+               f"{'updates':>7} {'version':>7}  last activity")
+    for name in names:
+        try:
+            with SessionStore.open(root, name, readonly=True) as store:
+                c = store.counts()
+                model = store.meta["model"] or "(default)"
+                typer.echo(f"{name:<20} {model[-24:]:<24} {c['prompts']:>7} {c['pairs']:>6} {c['ratings']:>7} "
+                           f"{c['demos']:>6} {c['updates']:>7} {store.latest_version():>7}  {_when(store.last_activity())}")
+        except SessionError as exc:
+            typer.echo(f"{name:<20} unreadable: {exc}")
+
+
+@sessions_app.command()
+def show(name: str = typer.Argument(..., help="Session name."),
+         last: int = typer.Option(3, "--last", help="How many of the latest exchanges to show."),
+         sessions_dir: Path = SESSIONS_DIR) -> None:
+    """A session's summary, its updates, and its last few exchanges."""
+    with user_errors():
+        from tui_align.store import SessionStore, sessions_dir as resolve
+
+        with SessionStore.open(resolve(sessions_dir), name, readonly=True) as store:
+            meta, counts = store.meta, store.counts()
+            typer.echo(f"session   {name}  ({store.folder})")
+            typer.echo(f"model     {meta['model'] or '(default)'}   method {meta['method']}   "
+                       f"created {_when(meta['created'])}   schema v{meta['schema_version']}")
+            typer.echo("feedback  " + "   ".join(f"{k} {v}" for k, v in counts.items()))
+            typer.echo(f"version   {store.latest_version()}   last activity {_when(store.last_activity())}")
+            for row in store.metrics_history()[-5:]:
+                figures = "  ".join(f"{k}={v:.3g}" for k, v in row.items() if k in ("loss", "rewards/accuracy", "rewards/margin"))
+                typer.echo(f"  update {row['update']}: {row['method']} on {row['examples']} -> v{row['version']}  {figures}")
+            turns = list(store.db["turns"].rows_where(order_by="id desc", limit=last))[::-1]
+            for turn in turns:
+                typer.echo(f"\n> {_short(turn['text'])}")
+                for r in store.responses(turn["id"]):
+                    mark = "*" if r["chosen"] else " "
+                    source = f"v{r['version']}" if r["version"] is not None else r["source"]
+                    typer.echo(f"  {mark} [{source}, {r['finish_reason'] or '-'}] {_short(r['text'])}")
+
+
+def _short(text: str, width: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# Export -------------------------------------------------------------------------------------
+
+
+def export_rows(store, kind: str) -> list[dict]:
+    """The session's feedback as rows of `kind` in TRL's conversational format."""
+    if kind == "preference":
+        return [{k: ex[k] for k in ("prompt", "chosen", "rejected")} for _, ex in store.feedback("dpo")]
+    if kind == "sft":
+        return [{"messages": ex["prompt"] + ex["completion"]} for _, ex in store.feedback("sft")]
+    rows = []
+    for r in store.rated_responses():
+        label = _label(r["score"], r["scale"])
+        if label is not None:
+            rows.append({"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["text"]}], "label": label})
+    return rows
+
+
+def _label(score: float, scale: str) -> bool | None:
+    if scale == "1-5":
+        return None if score == 3 else score > 3
+    return score > 0  # thumbs: 1 up, 0 down; numeric: the sign
+
+
+@sessions_app.command()
+def export(name: str = typer.Argument(..., help="Session name."),
+           kind: str = typer.Option("preference", "--kind", help="preference, sft or ratings."),
+           fmt: str = typer.Option("jsonl", "--format", help="jsonl (one JSON row a line) or hf (datasets.save_to_disk folder)."),
+           out: Path = typer.Option(..., "--out", help="File (jsonl) or folder (hf) to write; must not exist yet."),
+           sessions_dir: Path = SESSIONS_DIR) -> None:
+    """Export a session's feedback as a dataset TRL trainers read directly."""
+    with user_errors():
+        if kind not in KINDS:
+            fail(f"--kind {kind}: choose one of {', '.join(KINDS)}")
+        if fmt not in ("jsonl", "hf"):
+            fail(f"--format {fmt}: choose jsonl or hf")
+        if out.exists():
+            fail(f"--out {out} already exists: choose a new path (nothing was written)")
+        from tui_align.store import SessionStore, sessions_dir as resolve
+
+        with SessionStore.open(resolve(sessions_dir), name, readonly=True) as store:
+            rows = export_rows(store, kind)
+        if not rows:
+            fail(f"session {name!r} has no {kind} rows to export")
+        write_rows(rows, out, fmt)
+        typer.echo(f"exported {len(rows)} {kind} rows from {name} -> {out}")
+
+
+def write_rows(rows: list[dict], out: Path, fmt: str) -> None:
+    """Write to a temporary path, then rename: a failure leaves nothing at `out`."""
+    import json
+
+    partial = out.with_name(out.name + ".partial")
+    if fmt == "jsonl":
+        partial.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    else:
+        from datasets import Dataset
+
+        shutil.rmtree(partial, ignore_errors=True)
+        Dataset.from_list(rows).save_to_disk(str(partial))
+    partial.rename(out)
+
+
+# Import -------------------------------------------------------------------------------------
+
+
+def detect_kind(row: dict) -> str:
+    if "label" in row:
+        return "ratings"
+    from engine.data import detect_kind as data_kind
+
+    return data_kind(row)
+
+
+def _messages(value, role: str) -> list[dict]:
+    return [{"role": role, "content": value}] if isinstance(value, str) else value
+
+
+def _validate(row: dict, kind: str) -> None:
+    from engine.data import validate
+    from engine.errors import DataError
+
+    if kind == "ratings":
+        if not isinstance(row.get("label"), bool):
+            raise DataError("ratings rows need a boolean 'label'")
+        validate({k: row.get(k) for k in ("prompt", "completion") if k in row}, "sft")
+    else:
+        validate(row, kind)
+    prompt = _messages(row["messages"][:-1] if "messages" in row else row["prompt"], "user")
+    roles = [m["role"] for m in prompt if m["role"] != "system" or m is not prompt[0]]
+    if not roles or roles[-1] != "user" or any(r != ("user", "assistant")[i % 2] for i, r in enumerate(roles)):
+        raise DataError("the prompt must alternate user and assistant messages (after an optional system message) "
+                        "and end with a user message")
+
+
+def _add_prompt(store, prompt: list[dict]) -> int:
+    """A new conversation holding `prompt`; returns the turn of its last user message."""
+    system = prompt[0]["content"] if prompt[0]["role"] == "system" else None
+    conversation = store.new_conversation(system)
+    turn = parent = None
+    for message in prompt[1 if system is not None else 0:]:
+        if message["role"] == "user":
+            turn = store.add_user_turn(conversation, message["content"], parent_id=parent)
+        else:
+            (parent,) = store.add_responses(turn, [{"text": message["content"]}], None, {}, source="import")
+            store.choose(turn, parent)
+    return turn
+
+
+def import_row(store, row: dict, kind: str) -> None:
+    text = lambda value: _messages(value, "assistant")[-1]["content"]  # noqa: E731
+    if kind == "sft":
+        prompt = row["messages"][:-1] if "messages" in row else _messages(row["prompt"], "user")
+        completion = row["messages"][-1:] if "messages" in row else row["completion"]
+        store.record_demonstration(_add_prompt(store, prompt), text(completion))
+        return
+    turn = _add_prompt(store, _messages(row["prompt"], "user"))
+    if kind == "preference":
+        chosen, rejected = store.add_responses(turn, [{"text": text(row["chosen"])}, {"text": text(row["rejected"])}],
+                                               None, {}, source="import")
+        store.record_preference(turn, chosen, [rejected])
+    else:
+        (response,) = store.add_responses(turn, [{"text": text(row["completion"])}], None, {}, source="import")
+        store.record_rating(response, 1 if row["label"] else 0, "thumbs")
+
+
+@sessions_app.command("import")
+def import_(file: Path = typer.Argument(..., help="JSONL file or datasets.save_to_disk folder to import."),
+            name: str = typer.Option(..., "--name", help="Name of the new session."),
+            kind: str = typer.Option(None, "--kind", help="preference, sft or ratings (default: detected from the rows)."),
+            model: str = typer.Option(None, "--model", help="Model to record for the session (default: the bundled one)."),
+            sessions_dir: Path = SESSIONS_DIR) -> None:
+    """Import a dataset in TRL's formats into a new session (written completely or not at all)."""
+    with user_errors():
+        from engine.data import read_rows
+        from engine.errors import DataError
+        from tui_align.store import SessionStore, list_sessions, sessions_dir as resolve
+
+        if kind is not None and kind not in KINDS:
+            fail(f"--kind {kind}: choose one of {', '.join(KINDS)}")
+        root = resolve(sessions_dir)
+        if name in list_sessions(root) or (root / name).exists():
+            fail(f"session {name!r} already exists in {root}: choose a new name")
+        rows = read_rows(file)
+        try:
+            kind = kind or detect_kind(rows[0])
+        except DataError as exc:
+            raise DataError(f"{file}: row 1: {exc}") from None
+        for number, row in enumerate(rows, 1):
+            try:
+                _validate(row, kind)
+            except DataError as exc:
+                raise DataError(f"{file}: row {number}: {exc}") from None
+        staging = root / f".importing-{name}-{os.getpid()}"
+        try:
+            with SessionStore.open(staging, name, model=model) as store:
+                for row in rows:
+                    import_row(store, row, kind)
+                counts = store.counts()
+            (staging / name).rename(root / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        typer.echo(f"imported {len(rows)} {kind} rows from {file} into session {name} "
+                   f"({counts['pairs']} pairs, {counts['ratings']} ratings, {counts['demos']} demos)")

@@ -162,8 +162,9 @@ def add_lora(model, lora: LoRAConfig | None = None, adapter_path: str | Path | N
 
 
 def parameter_count(model) -> int:
+    """Parameters of the base model, not counting a LoRA adapter injected into it."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return sum(p.numel() for p in base.parameters())
+    return sum(p.numel() for name, p in base.named_parameters() if "lora_" not in name)
 
 
 def model_name(spec: str | None) -> str:

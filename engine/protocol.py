@@ -44,10 +44,9 @@ class ScoreReference:
 
 @dataclass
 class Update:
-    method: str = "dpo"  # dpo | sft | ppo
+    method: str = ""  # dpo | sft | ppo; "" = the engine's --method
     examples: list[dict] = field(default_factory=list)
     hyperparameters: dict = field(default_factory=dict)
-    session_dir: str | None = None  # where versions/vNNNN is written
 
 
 @dataclass
@@ -73,7 +72,7 @@ class Status:
 
 @dataclass
 class Cancel:
-    target: str = ""  # id of the request to cancel
+    target: str = ""  # id of the request to cancel; "" = every generate of this client
 
 
 @dataclass
@@ -125,10 +124,28 @@ def parse_request(message: dict):
     unknown = sorted(set(payload) - known)
     if unknown:
         raise ProtocolError(f"{message['type']}: unknown field(s) {', '.join(unknown)}")
-    try:
-        return kind(**payload)
-    except TypeError as exc:
-        raise ProtocolError(f"{message['type']}: {exc}") from None
+    for f in fields(kind):
+        if f.name in payload and not _fits(payload[f.name], f.type):
+            raise ProtocolError(f"{message['type']}: {f.name} must be {f.type}, got {json.dumps(payload[f.name])[:60]}")
+    return kind(**payload)
+
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,), "None": (type(None),)}
+
+
+def _fits(value, annotation: str) -> bool:
+    """Does a JSON value fit a field annotation such as "int | None" or "list[dict]"?"""
+    for option in annotation.split("|"):
+        option = option.strip()
+        if option.startswith("list"):
+            inner = option[5:-1] if "[" in option else ""
+            if isinstance(value, list) and all(_fits(v, inner) for v in value) if inner else isinstance(value, list):
+                return True
+            continue
+        allowed = _TYPES.get(option, (object,))
+        if isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed):
+            return True
+    return False
 
 
 def _jsonable(value):

@@ -5,6 +5,7 @@ Nothing heavy is imported at module level: `tui-align --help` must start instant
 
 import typer
 
+from tui_align.cli.engine import engine_app
 from tui_align.cli.models import models
 from tui_align.cli.replay import replay
 from tui_align.cli.sessions import sessions_app
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 app.command()(models)
 app.add_typer(train_app, name="train")
+app.add_typer(engine_app, name="engine")
 app.add_typer(sessions_app, name="sessions")
 app.command()(replay)
 

@@ -1,0 +1,161 @@
+"""Batched, streamed sampling: n candidates for one conversation as ONE batch.
+
+The prompt is run once (batch 1), its KV cache repeated n times, then every step feeds
+one token per live candidate. A candidate that ends (EOS or max_new_tokens) leaves the
+batch, so the others stop paying for it. `Generation` is a plain iterator: each `next()`
+is one decoding step and returns the text each candidate added, so the caller (the
+server's scheduler) can interleave other work and cancel between any two tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.data import _check_messages, _chat_ids
+
+
+@dataclass
+class Candidate:
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None  # stop | length | cancelled
+    first_token_at: float | None = None
+    finished_at: float | None = None
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """One token per row from [rows, vocab] logits; temperature 0 is greedy."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, -1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # the most likely token always stays
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def stop_ids(model, tokenizer) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return {i for i in ids if i is not None}
+
+
+class Generation:
+    """Iterate to decode; each step yields [(candidate, new_text), ...]; then read `results()`."""
+
+    def __init__(self, model, tokenizer, messages: list[dict], n: int = 2, max_new_tokens: int = 128,
+                 temperature: float = 0.8, top_p: float = 0.95, seed: int | None = None,
+                 started: float | None = None):
+        _check_messages(messages, "messages")
+        if not 1 <= n <= 16:
+            raise ValueError("n must be between 1 and 16")
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        if not (temperature >= 0 and 0 < top_p <= 1):
+            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        self.model, self.tokenizer = model, tokenizer
+        self.n, self.max_new_tokens, self.temperature, self.top_p = n, max_new_tokens, temperature, top_p
+        self.seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
+        self.device = next(model.parameters()).device
+        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        self.prompt_ids = _chat_ids(tokenizer, messages, add_generation_prompt=True)
+        self.stops = stop_ids(model, tokenizer)
+        self.candidates = [Candidate() for _ in range(n)]
+        self.live = list(range(n))  # candidate index of each row still in the batch
+        self.cache = None
+        self.next_input: torch.Tensor | None = None
+        self.started = started if started is not None else time.perf_counter()
+
+    @property
+    def done(self) -> bool:
+        return not self.live
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[tuple[int, str]]:
+        if self.done:
+            raise StopIteration
+        with torch.no_grad():  # per step: grad mode must not leak into work interleaved between steps
+            logits = self._forward()
+            tokens = sample(logits, self.temperature, self.top_p, self.generator).tolist()
+        now = time.perf_counter()
+        deltas, keep = [], []
+        for row, (index, token) in enumerate(zip(self.live, tokens)):
+            cand = self.candidates[index]
+            if cand.first_token_at is None:
+                cand.first_token_at = now
+            cand.tokens.append(token)
+            if token in self.stops:
+                deltas += self._finish(index, "stop", now)
+                continue
+            text = self.tokenizer.decode(cand.tokens, skip_special_tokens=True)
+            if not text.endswith("\ufffd"):  # an incomplete UTF-8 sequence waits for its next byte-token
+                if text[len(cand.text):]:
+                    deltas.append((index, text[len(cand.text):]))
+                cand.text = text
+            if len(cand.tokens) >= self.max_new_tokens:
+                deltas += self._finish(index, "length", now)
+            else:
+                keep.append(row)
+        if len(keep) < len(self.live):
+            if keep:
+                self.cache.batch_select_indices(torch.tensor(keep, device=self.device))
+            self.live = [self.live[row] for row in keep]
+        self.next_input = torch.tensor([[tokens[row]] for row in keep], device=self.device)
+        return deltas
+
+    def _forward(self) -> torch.Tensor:
+        if self.cache is None:  # prefill once, then share the prompt's cache between the n rows
+            from transformers import DynamicCache
+
+            self.cache = DynamicCache()
+            ids = torch.tensor([self.prompt_ids], device=self.device)
+            out = self.model(input_ids=ids, cache=self.cache, use_cache=True, logits_to_keep=1)
+            self.cache.batch_repeat_interleave(self.n)
+            return out.logits[:, -1].expand(self.n, -1)
+        out = self.model(input_ids=self.next_input, cache=self.cache, use_cache=True)
+        return out.logits[:, -1]
+
+    def _finish(self, index: int, reason: str, now: float) -> list[tuple[int, str]]:
+        """Close a candidate; returns the text not streamed yet (a held-back partial character)."""
+        cand = self.candidates[index]
+        text = self.tokenizer.decode([t for t in cand.tokens if t not in self.stops], skip_special_tokens=True)
+        rest = text[len(cand.text):] if text.startswith(cand.text) else ""
+        cand.text, cand.finish_reason, cand.finished_at = text, reason, now
+        return [(index, rest)] if rest else []
+
+    def cancel(self) -> None:
+        now = time.perf_counter()
+        for index in self.live:
+            self._finish(index, "cancelled", now)
+        self.live = []
+        self.cache = None
+
+    def results(self) -> list[dict]:
+        out = []
+        for cand in self.candidates:
+            elapsed = (cand.finished_at or time.perf_counter()) - self.started
+            out.append({
+                "text": cand.text,
+                "tokens": len(cand.tokens),
+                "finish_reason": cand.finish_reason or "cancelled",
+                "ttft_s": round(cand.first_token_at - self.started, 4) if cand.first_token_at else None,
+                "tokens_per_s": round(len(cand.tokens) / elapsed, 2) if elapsed > 0 and cand.tokens else 0.0,
+            })
+        return out
+
+
+def generate(model, tokenizer, messages: list[dict], **options) -> list[dict]:
+    """Run a whole generation without streaming (tests, benchmarks)."""
+    gen = Generation(model, tokenizer, messages, **options)
+    for _ in gen:
+        pass
+    return gen.results()

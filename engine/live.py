@@ -1,0 +1,327 @@
+"""The engine's model-side state: one policy (base + LoRA), its trainers and its versions.
+
+Every method that touches the model is a job body: a generator whose each `next()` is one
+unit of work, run by the scheduler's single worker thread (see engine/scheduler.py).
+The `check_*` methods are pure validation, called on the server's event loop before a
+job is queued, so a bad request is answered at once and never reaches the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+
+from engine import versions as vs
+from engine.data import DataError, _check_messages, validate
+from engine.errors import NonFiniteLoss
+from engine.models import LoRAConfig, add_lora, load_model, model_name, parameter_count
+from engine.protocol import PROTOCOL_VERSION
+from engine.trainers import DPOTrainer, SFTTrainer, TrainConfig
+
+METHODS = ("dpo", "sft", "ppo")
+# Live defaults (DESIGN.md "The live loop"): DPO on a handful of pairs drifts unless the
+# chosen reply's NLL is added (RPO, rpo_alpha 1.0); one optimizer step per update.
+LIVE_DEFAULTS = {
+    "dpo": {"lr": 2e-4, "beta": 0.1, "rpo_alpha": 1.0, "max_length": 512},
+    "sft": {"lr": 2e-4, "max_length": 512},
+    "ppo": {"max_length": 512},
+}
+MAX_STEPS_PER_UPDATE = 64
+REFERENCE_CACHE = 4096  # reference log-probs kept from score_reference, by example
+
+
+class UpdateCancelled(Exception):
+    pass
+
+
+@dataclass
+class EngineOptions:
+    model: str | None = None
+    method: str = "dpo"
+    device: str = "auto"
+    dtype: str = "auto"
+    session_dir: str | None = None
+    lora_r: int = 16
+    lora_alpha: int = 32
+
+
+class LiveEngine:
+    def __init__(self, options: EngineOptions):
+        self.options = options
+        self.started = time.time()
+        base, self.tokenizer = load_model(options.model, device=options.device, dtype=options.dtype)
+        torch.manual_seed(0)  # the same fresh adapter on every start: version 0 is reproducible
+        self.policy = add_lora(base, LoRAConfig(r=options.lora_r, alpha=options.lora_alpha))
+        self.policy.eval()
+        self.initial_state = vs.adapter_state(self.policy)
+        self.device = str(next(self.policy.parameters()).device)
+        self.dtype = str(next(self.policy.parameters()).dtype).removeprefix("torch.")
+        self.parameters = parameter_count(self.policy)
+        if options.session_dir:
+            self.session_dir = Path(options.session_dir)
+        else:
+            self.session_dir = Path(tempfile.mkdtemp(prefix="tui-align-engine-"))
+        self.root = self.session_dir / "versions"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.trainers: dict = {}
+        self.reference_cache: OrderedDict = OrderedDict()
+        self.version = 0
+        saved = vs.list_versions(self.root)
+        if saved:  # resume where the last run stopped
+            vs.load_adapter(self.policy, vs.version_dir(self.root, saved[-1]))
+            self.version = saved[-1]
+
+    # --- answers that need no model work ------------------------------------------------
+
+    def hello(self) -> dict:
+        return {"model": model_name(self.options.model), "parameters": self.parameters, "device": self.device,
+                "dtype": self.dtype, "method": self.options.method, "version": self.version,
+                "protocol": PROTOCOL_VERSION, "session_dir": str(self.session_dir), "pid": os.getpid()}
+
+    def versions(self) -> list[dict]:
+        out = [{"version": 0, "parent": None, "method": None, "metrics": {}, "saved": None, "examples": 0}]
+        for number in vs.list_versions(self.root):
+            meta_file = vs.version_dir(self.root, number) / vs.METADATA
+            meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+            out.append({"version": number, "parent": meta.get("parent"), "method": meta.get("method"),
+                        "metrics": meta.get("metrics", {}), "saved": meta.get("saved"),
+                        "examples": meta.get("examples", 0)})
+        return out
+
+    # --- validation (event loop, no model) ---------------------------------------------
+
+    def check_generate(self, req) -> None:
+        _check_messages(req.messages, "messages")
+        if not 1 <= req.n <= 16:
+            raise DataError("n must be between 1 and 16")
+        if not 1 <= req.max_new_tokens <= 4096:
+            raise DataError("max_new_tokens must be between 1 and 4096")
+        if not (math.isfinite(req.temperature) and req.temperature >= 0):
+            raise DataError("temperature must be a finite number >= 0 (0 is greedy)")
+        if not 0 < req.top_p <= 1:
+            raise DataError("top_p must be in (0, 1]")
+
+    def check_examples(self, method: str, examples: list) -> list[dict]:
+        if method not in METHODS:
+            raise DataError(f"method {method!r}: choose dpo, sft or ppo")
+        if not examples:
+            raise DataError("examples is empty")
+        rows = []
+        for number, row in enumerate(examples, 1):
+            try:
+                if not isinstance(row, dict):
+                    raise DataError("must be a JSON object")
+                row = conversational(row)
+                validate(row, "preference" if method == "dpo" else "sft")
+                if method == "ppo":
+                    score = row.get("score")
+                    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+                        raise DataError("score must be a finite number")
+            except DataError as exc:
+                raise DataError(f"example {number}: {exc}") from None
+            rows.append(row)
+        return rows
+
+    def check_hyperparameters(self, method: str, values: dict) -> tuple[object, int]:
+        """(trainer config, optimizer steps) for one update: live defaults + `values`."""
+        values = dict(values)
+        steps = values.pop("steps", 1)
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS_PER_UPDATE:
+            raise DataError(f"hyperparameters.steps must be an integer from 1 to {MAX_STEPS_PER_UPDATE}")
+        config_type = self._config_type(method)
+        known = {f.name: f for f in fields(config_type)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise DataError(f"unknown hyperparameter(s) {', '.join(unknown)} for {method}; "
+                            f"known: steps, {', '.join(sorted(known))}")
+        for key, value in values.items():
+            if value is not None and not isinstance(value, (int, float, str)):
+                raise DataError(f"hyperparameters.{key} must be a number or a string")
+        config = replace(config_type.from_dict(LIVE_DEFAULTS[method]), **values)
+        return config, steps
+
+    def check_rollback(self, version: int) -> None:
+        if version != 0 and version not in vs.list_versions(self.root):
+            raise DataError(f"no version {version}: the versions are 0, "
+                            + ", ".join(map(str, vs.list_versions(self.root))))
+
+    # --- jobs (worker thread) ----------------------------------------------------------
+
+    def generate_job(self, job, req, emit, received: float):
+        from engine.generation import Generation
+
+        gen = Generation(self.policy, self.tokenizer, req.messages, n=req.n, max_new_tokens=req.max_new_tokens,
+                         temperature=req.temperature, top_p=req.top_p, seed=req.seed, started=received)
+        while not gen.done:
+            if job.cancelled.is_set():
+                gen.cancel()
+                break
+            for candidate, text in next(gen):
+                emit("token", candidate=candidate, text=text)
+            yield
+        emit("done", candidates=gen.results(), version=self.version, seed=gen.seed,
+             seconds=round(time.perf_counter() - received, 4))
+
+    def score_reference_job(self, job, rows: list[dict], emit):
+        trainer = self.trainer("dpo")
+        out = []
+        for start in range(0, len(rows), 8):  # bounded batches; other jobs may run in between
+            chunk = rows[start:start + 8]
+            for row, (chosen, rejected) in zip(chunk, trainer.reference_logps(chunk)):
+                self._remember_reference(row, chosen, rejected)
+                out.append({**row, "ref_chosen_logps": chosen, "ref_rejected_logps": rejected})
+            yield
+        emit("done", examples=out)
+
+    def update_job(self, job, method: str, rows: list[dict], config, steps: int, emit):
+        started = time.perf_counter()
+        trainer = self.trainer(method)
+        trainer.config = config
+        for group in trainer.optimizer.param_groups:
+            group["lr"], group["weight_decay"] = config.lr, config.weight_decay
+        if method == "dpo":
+            rows = [self._with_reference(row) for row in rows]
+        before = self._snapshot(trainer)
+        metrics: dict = {}
+        try:
+            for step in range(1, steps + 1):
+                if job.cancelled.is_set():
+                    raise UpdateCancelled(f"update cancelled before step {step}: discarded")
+                metrics = trainer.step_examples(rows) if method == "ppo" else trainer.step(rows)
+                if not all(torch.isfinite(p).all() for p in trainer.params):
+                    raise NonFiniteLoss("the weights became NaN or infinite (learning rate too high?): update discarded")
+                emit("progress", step=step, steps=steps, metrics=_plain(metrics))
+                yield
+        except BaseException:
+            self._restore(trainer, before)
+            raise
+        parent, self.version = self.version, max(vs.list_versions(self.root) + [0]) + 1
+        value_head = trainer.value_head if method == "ppo" else None
+        vs.save_adapter(self.policy, vs.version_dir(self.root, self.version), value_head=value_head, metadata={
+            "method": method, "parent": parent, "examples": len(rows), "steps": steps,
+            "metrics": _plain(metrics), "config": asdict(config)})
+        emit("done", version=self.version, metrics=_plain(metrics), seconds=round(time.perf_counter() - started, 4))
+
+    def rollback_job(self, job, version: int, emit):
+        yield  # one unit of work, done (and answered) in the second
+        if version == 0:
+            vs.reset_adapter(self.policy, self.initial_state)
+        else:
+            vs.load_adapter(self.policy, vs.version_dir(self.root, version),
+                            value_head=getattr(self.trainers.get("ppo"), "value_head", None))
+        for trainer in self.trainers.values():  # Adam's moments belong to the abandoned weights
+            trainer.optimizer.state.clear()
+        self.version = version
+        emit("done", version=version)
+
+    def save_job(self, job, path: str, merge: bool, emit):
+        folder = Path(path).expanduser()
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise DataError(f"save: {folder} already exists and is not empty")
+        value_head = getattr(self.trainers.get("ppo"), "value_head", None)
+        vs.save_adapter(self.policy, folder, value_head=value_head, metadata={
+            "version": self.version, "model": model_name(self.options.model)})
+        self.tokenizer.save_pretrained(folder)
+        yield
+        if merge:  # merge into a fresh copy of the base: the live model keeps its adapter
+            from peft import PeftModel
+
+            base, _ = load_model(self.options.model, device="cpu", dtype=self.options.dtype)
+            merged = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+            merged.save_pretrained(folder / "merged")
+            self.tokenizer.save_pretrained(folder / "merged")
+        emit("done", path=str(folder), version=self.version, merged=merge)
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def trainer(self, method: str):
+        """One trainer per method, built on first use and kept (its optimizer state too)."""
+        if method not in self.trainers:
+            if method == "dpo":
+                self.trainers[method] = DPOTrainer(self.policy, self.tokenizer, TrainConfig.from_dict(LIVE_DEFAULTS["dpo"]))
+            elif method == "sft":
+                self.trainers[method] = SFTTrainer(self.policy, self.tokenizer, TrainConfig.from_dict(LIVE_DEFAULTS["sft"]))
+            else:
+                try:
+                    from engine.trainers.ppo import PPOTrainer
+                except ImportError:
+                    raise NotAvailable("ppo not available yet") from None
+                if not hasattr(PPOTrainer, "step_examples"):
+                    raise NotAvailable("ppo not available yet")
+                trainer = PPOTrainer(self.policy, self.tokenizer)
+                trainer.value_head.to(self.device)
+                if self.version:
+                    vs.load_adapter(self.policy, vs.version_dir(self.root, self.version), value_head=trainer.value_head)
+                self.trainers[method] = trainer
+        return self.trainers[method]
+
+    def _config_type(self, method: str):
+        if method == "ppo":
+            try:
+                from engine.trainers.ppo import PPOConfig
+            except ImportError:
+                raise NotAvailable("ppo not available yet") from None
+            return PPOConfig
+        return TrainConfig
+
+    def _snapshot(self, trainer) -> tuple:
+        head = getattr(trainer, "value_head", None)
+        return (vs.adapter_state(self.policy), copy.deepcopy(trainer.optimizer.state_dict()),
+                copy.deepcopy(head.state_dict()) if head is not None else None)
+
+    def _restore(self, trainer, snapshot) -> None:
+        adapter, optimizer, head = snapshot
+        vs.reset_adapter(self.policy, adapter)
+        trainer.optimizer.load_state_dict(optimizer)
+        if head is not None:
+            trainer.value_head.load_state_dict(head)
+
+    def _remember_reference(self, row: dict, chosen: float, rejected: float) -> None:
+        self.reference_cache[_key(row)] = (chosen, rejected)
+        while len(self.reference_cache) > REFERENCE_CACHE:
+            self.reference_cache.popitem(last=False)
+
+    def _with_reference(self, row: dict) -> dict:
+        if "ref_chosen_logps" in row and "ref_rejected_logps" in row:
+            return row
+        cached = self.reference_cache.get(_key(row))
+        return {**row, "ref_chosen_logps": cached[0], "ref_rejected_logps": cached[1]} if cached else row
+
+
+class NotAvailable(Exception):
+    pass
+
+
+def conversational(row: dict) -> dict:
+    """A conversational prompt with plain-string replies: wrap each reply as one assistant message."""
+    if not isinstance(row.get("prompt"), list):
+        return row
+    out = dict(row)
+    for key in ("chosen", "rejected", "completion"):
+        if isinstance(out.get(key), str):
+            out[key] = [{"role": "assistant", "content": out[key]}]
+    return out
+
+
+def _key(row: dict) -> str:
+    return json.dumps([row.get("prompt"), row.get("chosen"), row.get("rejected")], sort_keys=True)
+
+
+def _plain(metrics: dict) -> dict:
+    """Metrics as JSON numbers (NaN/inf, which JSON lacks, become null)."""
+    out = {}
+    for key, value in metrics.items():
+        value = value.item() if hasattr(value, "item") else value
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        out[key] = value
+    return out

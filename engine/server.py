@@ -1,0 +1,299 @@
+"""The engine process: load the model once, then serve one client at a time.
+
+Transport: newline-delimited JSON (engine/protocol.py, docs/protocol.md) over a Unix
+socket created 0600, or TCP on loopback with a token. The asyncio loop only reads,
+validates and answers cheap requests; everything that touches the model is a job for the
+scheduler's single worker thread, whose events come back to the loop thread-safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import os
+import signal
+import stat
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import DataError, ModelError, NonFiniteLoss, UserError
+from engine.live import EngineOptions, LiveEngine, NotAvailable, UpdateCancelled
+from engine.protocol import REQUESTS, ProtocolError, decode, encode, parse_request
+from engine.scheduler import GENERATE, OTHER, REFERENCE, Job, Scheduler
+
+LINE_LIMIT = 64 * 1024 * 1024  # one message; updates carry whole conversations
+
+
+@dataclass
+class ServeOptions(EngineOptions):
+    socket: str | None = None
+    listen: str | None = None  # HOST:PORT on loopback
+    token_file: str | None = None
+
+
+def check_transport(options: ServeOptions) -> tuple[str | None, tuple[str, int] | None, str | None]:
+    """(socket path, (host, port), token) from the options; fails before the model loads."""
+    if options.socket and options.listen:
+        raise UserError("--socket and --listen exclude each other: choose one")
+    token = None
+    if options.token_file:
+        try:
+            token = Path(options.token_file).expanduser().read_text().strip()
+        except OSError as exc:
+            raise UserError(f"--token-file {options.token_file}: {exc.strerror}") from None
+        if not token:
+            raise UserError(f"--token-file {options.token_file}: the file is empty")
+    if options.listen:
+        host, _, port = options.listen.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+            port_number = int(port)
+        except ValueError:
+            raise UserError(f"--listen {options.listen}: expected HOST:PORT, e.g. 127.0.0.1:7860") from None
+        if not loopback:
+            raise UserError(f"--listen {options.listen}: only loopback addresses (use an SSH tunnel to reach it)")
+        if token is None:
+            raise UserError("--listen needs --token-file: a TCP engine refuses clients without the token")
+        return None, (host, port_number), token
+    path = Path(options.socket or Path.cwd() / "engine.sock").expanduser()
+    if len(str(path)) > 100:
+        raise UserError(f"--socket {path}: path too long for a Unix socket (keep it under 100 characters)")
+    if not path.parent.is_dir():
+        raise UserError(f"--socket {path}: folder {path.parent} does not exist")
+    if path.exists() and not stat.S_ISSOCK(path.stat().st_mode):
+        raise UserError(f"--socket {path}: a file that is not a socket is in the way")
+    return str(path), None, token
+
+
+class Connection:
+    def __init__(self, reader, writer, loop, authed: bool):
+        self.reader, self.writer, self.loop, self.authed = reader, writer, loop, authed
+        self.closed = False
+
+    def send(self, data: bytes) -> None:
+        if not self.closed and not self.writer.is_closing():
+            self.writer.write(data)
+
+    def send_threadsafe(self, data: bytes) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.send, data)
+        except RuntimeError:  # the loop has closed: the engine is shutting down
+            pass
+
+    def error(self, id_: str, code: str, message: str) -> None:
+        self.send(encode("error", id_, code=code, message=message))
+
+    async def close(self) -> None:
+        self.closed = True
+        try:
+            self.writer.close()
+            await self.writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+
+
+class Server:
+    def __init__(self, engine: LiveEngine, token: str | None):
+        self.engine, self.token = engine, token
+        self.scheduler = Scheduler(self._job_failed)
+        self.client: Connection | None = None
+        self.stopped = asyncio.Event()
+
+    # --- connections -------------------------------------------------------------------
+
+    async def handle(self, reader, writer) -> None:
+        conn = Connection(reader, writer, asyncio.get_running_loop(), authed=self.token is None)
+        if self.client is not None:
+            conn.error("", "busy", "another client is connected; the engine serves one at a time")
+            await conn.close()
+            return
+        self.client = conn
+        try:
+            while not conn.closed:
+                try:
+                    line = await reader.readline()
+                except ValueError:  # longer than LINE_LIMIT: the stream cannot be resynchronised
+                    conn.error("", "bad_request", f"message longer than {LINE_LIMIT} bytes; closing")
+                    break
+                except (ConnectionError, OSError):
+                    break
+                if not line:
+                    break
+                if line.strip():
+                    await self.dispatch(conn, line)
+                    await writer.drain()
+        finally:
+            self.scheduler.cancel(None, kinds=("generate", "score_reference"), conn=conn)
+            if self.client is conn:
+                self.client = None
+            await conn.close()
+
+    async def dispatch(self, conn: Connection, line: bytes) -> None:
+        try:
+            message = decode(line)
+        except ProtocolError as exc:
+            conn.error("", "bad_request", str(exc))
+            return
+        id_ = str(message.get("id", ""))
+        if not conn.authed:
+            given = message.get("token") if message["type"] == "hello" else None
+            if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self.token.encode()):
+                conn.error(id_, "unauthorized", "send hello with the engine's token first; closing")
+                await conn.writer.drain()
+                await conn.close()
+                return
+            conn.authed = True
+        if message["type"] not in REQUESTS:
+            conn.error(id_, "unknown_type", f"unknown request type {message['type']!r}; "
+                                            f"known: {', '.join(REQUESTS)}")
+            return
+        try:
+            request = parse_request(message)
+            getattr(self, "on_" + message["type"])(conn, id_, request)
+        except (ProtocolError, UserError) as exc:
+            conn.error(id_, "bad_request", str(exc))
+        except NotAvailable as exc:
+            conn.error(id_, "not_available", str(exc))
+
+    # --- requests ----------------------------------------------------------------------
+
+    def on_hello(self, conn, id_, req) -> None:
+        conn.send(encode("done", id_, **self.engine.hello()))
+
+    def on_generate(self, conn, id_, req) -> None:
+        self.engine.check_generate(req)
+        job = Job(id_, "generate", GENERATE, conn)
+        self.scheduler.submit(job, self.engine.generate_job(job, req, self._emitter(job), time.perf_counter()))
+
+    def on_score_reference(self, conn, id_, req) -> None:
+        rows = self.engine.check_examples("dpo", req.examples)
+        job = Job(id_, "score_reference", REFERENCE, conn)
+        self.scheduler.submit(job, self.engine.score_reference_job(job, rows, self._emitter(job)))
+
+    def on_update(self, conn, id_, req) -> None:
+        method = req.method or self.engine.options.method
+        rows = self.engine.check_examples(method, req.examples)
+        config, steps = self.engine.check_hyperparameters(method, req.hyperparameters or {})
+        job = Job(id_, "update", OTHER, conn)
+        self.scheduler.submit(job, self.engine.update_job(job, method, rows, config, steps, self._emitter(job)))
+
+    def on_versions(self, conn, id_, req) -> None:
+        conn.send(encode("done", id_, versions=self.engine.versions(), current=self.engine.version))
+
+    def on_rollback(self, conn, id_, req) -> None:
+        self.engine.check_rollback(req.version)
+        job = Job(id_, "rollback", OTHER, conn)
+        self.scheduler.submit(job, self.engine.rollback_job(job, req.version, self._emitter(job)))
+
+    def on_save(self, conn, id_, req) -> None:
+        if not req.path:
+            raise DataError("save: path is empty")
+        job = Job(id_, "save", OTHER, conn)
+        self.scheduler.submit(job, self.engine.save_job(job, req.path, req.merge, self._emitter(job)))
+
+    def on_status(self, conn, id_, req) -> None:
+        engine = self.engine
+        conn.send(encode("done", id_, version=engine.version, method=engine.options.method, device=engine.device,
+                         dtype=engine.dtype, jobs=self.scheduler.snapshot(), session_dir=str(engine.session_dir),
+                         uptime_s=round(time.time() - engine.started, 3)))
+
+    def on_cancel(self, conn, id_, req) -> None:
+        kinds = ("generate",)
+        cancelled = self.scheduler.cancel(req.target or None, kinds=kinds, conn=None if req.target else conn)
+        conn.send(encode("done", id_, cancelled=cancelled))
+
+    def on_shutdown(self, conn, id_, req) -> None:
+        conn.send(encode("done", id_))
+        self.stopped.set()
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _emitter(self, job: Job):
+        def emit(type_: str, **payload) -> None:
+            job.conn.send_threadsafe(encode(type_, job.id, **payload))
+        return emit
+
+    def _job_failed(self, job: Job, exc: BaseException) -> None:
+        """Worker thread: a job raised; tell its client, keep serving."""
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            code, message = "out_of_memory", f"out of memory during {job.kind}: {_first_line(exc)}"
+        elif isinstance(exc, NonFiniteLoss):
+            code, message = "non_finite_loss", f"{exc} (version {self.engine.version} stays active)"
+        elif isinstance(exc, UpdateCancelled):
+            code, message = "cancelled", str(exc)
+        elif isinstance(exc, NotAvailable):
+            code, message = "not_available", str(exc)
+        elif isinstance(exc, UserError | ValueError | KeyError | TypeError):
+            code, message = "bad_request", f"{job.kind}: {_first_line(exc)}"
+        else:
+            code, message = "model_error", f"{job.kind}: {type(exc).__name__}: {_first_line(exc)}"
+        print(f"engine: {job.kind} {job.id} failed: {code}: {message}", file=sys.stderr, flush=True)
+        job.conn.send_threadsafe(encode("error", job.id, code=code, message=message))
+
+    async def run(self, socket_path: str | None, address: tuple[str, int] | None) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopped.set)
+        if socket_path:
+            if os.path.exists(socket_path):
+                os.unlink(socket_path)  # a stale socket from a killed engine
+            old = os.umask(0o177)  # the socket exists 0600 from its first instant
+            try:
+                server = await asyncio.start_unix_server(self.handle, socket_path, limit=LINE_LIMIT)
+            finally:
+                os.umask(old)
+            os.chmod(socket_path, 0o600)
+            where = f"socket={socket_path}"
+        else:
+            server = await asyncio.start_server(self.handle, address[0], address[1], limit=LINE_LIMIT)
+            host, port = server.sockets[0].getsockname()[:2]
+            where = f"listen={host}:{port}"
+        print(f"ready {where} version={self.engine.version} protocol={_protocol()} pid={os.getpid()}", flush=True)
+        try:
+            await self.stopped.wait()
+        finally:
+            server.close()
+            if self.client is not None:
+                await self.client.writer.drain()
+                await self.client.close()
+            await asyncio.get_running_loop().run_in_executor(None, self.scheduler.stop)
+            if socket_path and os.path.exists(socket_path):
+                os.unlink(socket_path)
+
+
+def serve(options: ServeOptions) -> None:
+    """Validate, load the model, print the ready line, serve until shutdown."""
+    socket_path, address, token = check_transport(options)
+    if options.method not in ("dpo", "sft", "ppo"):
+        raise UserError(f"--method {options.method}: choose dpo, sft or ppo")
+    engine = LiveEngine(options)
+    asyncio.run(Server(engine, token).run(socket_path, address))
+
+
+def main(options: ServeOptions) -> int:
+    """Run `serve`, turning user errors into one line on stderr and exit code 2."""
+    try:
+        serve(options)
+    except (UserError, ModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+def _protocol() -> int:
+    from engine.protocol import PROTOCOL_VERSION
+
+    return PROTOCOL_VERSION
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

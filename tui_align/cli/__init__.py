@@ -9,6 +9,7 @@ from tui_align.cli.engine import engine_app
 from tui_align.cli.models import models
 from tui_align.cli.replay import replay
 from tui_align.cli.sessions import sessions_app
+from tui_align.cli.simulate import simulate
 from tui_align.cli.train import train_app
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(engine_app, name="engine")
 app.add_typer(sessions_app, name="sessions")
 app.command()(replay)
+app.command()(simulate)
 
 
 def main() -> None:

@@ -1,0 +1,94 @@
+"""Pairwise judges for `tui-align simulate`: `(prompt, response_a, response_b) -> 0 | 1 | None`.
+
+0 picks a, 1 picks b, None declines (stored as a tie, never trained on). The responses are
+`Reply` objects: plain strings that also carry `finish_reason` ("stop" when the model ended
+the reply, "length" when max_new_tokens cut it off) and `tokens`, so a judge can see what
+a person sees in the TUI. A cut-off reply's real length is unknown: the built-in judges
+decline to compare two of them rather than teach the model noise.
+
+`--judge` takes `shorter`, `longer`, `package.module:function` or `path/to/file.py:function`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+from engine.errors import UserError
+
+
+class Reply(str):
+    """A reply's text, with `finish_reason` and `tokens` attached."""
+
+    finish_reason: str | None = None
+    tokens: int | None = None
+
+    def __new__(cls, text: str, finish_reason: str | None = None, tokens: int | None = None):
+        reply = super().__new__(cls, text)
+        reply.finish_reason, reply.tokens = finish_reason, tokens
+        return reply
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason != "length"
+
+
+def shorter(prompt: str, a: Reply, b: Reply) -> int | None:
+    """The shorter reply; a finished reply is shorter than a cut-off one; two cut-off: no pick."""
+    return _compare(a, b, sign=-1)
+
+
+def longer(prompt: str, a: Reply, b: Reply) -> int | None:
+    """The longer reply; a cut-off reply is longer than a finished one; two cut-off: no pick."""
+    return _compare(a, b, sign=1)
+
+
+def _compare(a: Reply, b: Reply, sign: int) -> int | None:
+    finished_a, finished_b = getattr(a, "finished", True), getattr(b, "finished", True)
+    if not finished_a and not finished_b:
+        return None
+    if finished_a != finished_b:  # only the finished one's length is known, and it is the smaller
+        return (0 if finished_a else 1) if sign < 0 else (1 if finished_a else 0)
+    if len(a) == len(b):
+        return None
+    return 0 if (len(a) - len(b)) * sign > 0 else 1
+
+
+BUILT_IN = {"shorter": shorter, "longer": longer}
+
+
+def load_judge(spec: str):
+    """A judge by name, `module:function` or `file.py:function`; UserError if it can't be found."""
+    if spec in BUILT_IN:
+        return BUILT_IN[spec]
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name:
+        raise UserError(f"--judge {spec}: use shorter, longer, module:function or path.py:function")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise UserError(f"--judge {spec}: no such file {path}")
+        loader = importlib.util.spec_from_file_location(f"tui_align_judge_{path.stem}", path)
+        module = importlib.util.module_from_spec(loader)
+        try:
+            loader.loader.exec_module(module)
+        except Exception as exc:
+            raise UserError(f"--judge {spec}: {path} failed to import ({type(exc).__name__}: {exc})") from None
+    else:
+        try:
+            module = importlib.import_module(where)
+        except Exception as exc:
+            raise UserError(f"--judge {spec}: cannot import {where} ({type(exc).__name__}: {exc})") from None
+    judge = getattr(module, name, None)
+    if not callable(judge):
+        raise UserError(f"--judge {spec}: {where} has no function {name}")
+    return judge
+
+
+def checked_pick(judge, spec: str, prompt: str, a: Reply, b: Reply) -> int | None:
+    """Call the judge; a result other than 0, 1 or None is a UserError naming the judge."""
+    pick = judge(prompt, a, b)
+    if pick not in (0, 1, None) or isinstance(pick, bool):
+        raise UserError(f"--judge {spec} returned {pick!r}: a judge returns 0, 1 or None")
+    return pick

@@ -39,7 +39,7 @@ MAX_STEPS_PER_UPDATE = 64
 REFERENCE_CACHE = 4096  # reference log-probs kept from score_reference, by example
 
 
-class UpdateCancelled(Exception):
+class Cancelled(Exception):
     pass
 
 
@@ -175,6 +175,8 @@ class LiveEngine:
         trainer = self.trainer("dpo")
         out = []
         for start in range(0, len(rows), 8):  # bounded batches; other jobs may run in between
+            if job.cancelled.is_set():
+                raise Cancelled("score_reference cancelled")
             chunk = rows[start:start + 8]
             for row, (chosen, rejected) in zip(chunk, trainer.reference_logps(chunk)):
                 self._remember_reference(row, chosen, rejected)
@@ -195,7 +197,7 @@ class LiveEngine:
         try:
             for step in range(1, steps + 1):
                 if job.cancelled.is_set():
-                    raise UpdateCancelled(f"update cancelled before step {step}: discarded")
+                    raise Cancelled(f"update cancelled before step {step}: discarded")
                 metrics = trainer.step_examples(rows) if method == "ppo" else trainer.step(rows)
                 if not all(torch.isfinite(p).all() for p in trainer.params):
                     raise NonFiniteLoss("the weights became NaN or infinite (learning rate too high?): update discarded")

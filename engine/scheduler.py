@@ -43,9 +43,9 @@ class Scheduler:
         return job
 
     def cancel(self, target: str | None = None, kinds=("generate",), conn=None) -> list[str]:
-        """Flag the job with id `target` (or, with None, every job of `kinds`); it stops at its next step."""
+        """Flag the job of `kinds` with id `target` (None: all of them); it stops before its next step."""
         with self.cond:
-            hits = [j for j in self.jobs if (j.id == target if target else j.kind in kinds)
+            hits = [j for j in self.jobs if (j.id == target or not target) and j.kind in kinds
                     and (conn is None or j.conn is conn)]
             for job in hits:
                 job.cancelled.set()

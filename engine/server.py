@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import DataError, ModelError, NonFiniteLoss, UserError
-from engine.live import EngineOptions, LiveEngine, NotAvailable, UpdateCancelled
+from engine.live import EngineOptions, LiveEngine, NotAvailable, Cancelled
 from engine.protocol import REQUESTS, ProtocolError, decode, encode, parse_request
 from engine.scheduler import GENERATE, OTHER, REFERENCE, Job, Scheduler
 
@@ -107,6 +107,10 @@ class Server:
 
     async def handle(self, reader, writer) -> None:
         conn = Connection(reader, writer, asyncio.get_running_loop(), authed=self.token is None)
+        for _ in range(20):  # a client that just reconnected: let its old connection finish closing
+            if self.client is None or self.client.closed:
+                break
+            await asyncio.sleep(0.05)
         if self.client is not None:
             conn.error("", "busy", "another client is connected; the engine serves one at a time")
             await conn.close()
@@ -138,7 +142,7 @@ class Server:
         except ProtocolError as exc:
             conn.error("", "bad_request", str(exc))
             return
-        id_ = str(message.get("id", ""))
+        id_ = "" if message.get("id") is None else str(message["id"])
         if not conn.authed:
             given = message.get("token") if message["type"] == "hello" else None
             if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self.token.encode()):
@@ -202,8 +206,8 @@ class Server:
                          uptime_s=round(time.time() - engine.started, 3)))
 
     def on_cancel(self, conn, id_, req) -> None:
-        kinds = ("generate",)
-        cancelled = self.scheduler.cancel(req.target or None, kinds=kinds, conn=None if req.target else conn)
+        kinds = ("generate", "update", "score_reference") if req.target else ("generate",)
+        cancelled = self.scheduler.cancel(req.target or None, kinds=kinds, conn=conn)
         conn.send(encode("done", id_, cancelled=cancelled))
 
     def on_shutdown(self, conn, id_, req) -> None:
@@ -227,7 +231,7 @@ class Server:
             code, message = "out_of_memory", f"out of memory during {job.kind}: {_first_line(exc)}"
         elif isinstance(exc, NonFiniteLoss):
             code, message = "non_finite_loss", f"{exc} (version {self.engine.version} stays active)"
-        elif isinstance(exc, UpdateCancelled):
+        elif isinstance(exc, Cancelled):
             code, message = "cancelled", str(exc)
         elif isinstance(exc, NotAvailable):
             code, message = "not_available", str(exc)

@@ -1,0 +1,305 @@
+"""A real engine process on the tiny model, spoken to with raw lines and with EngineClient."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from engine.protocol import REQUESTS
+from test_protocol import documented_lines
+from tui_align.client import EngineClient, EngineDied, EngineError
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+HI = [{"role": "user", "content": "Hi"}]
+PAIR = {"prompt": HI, "chosen": "Hello! Nice to meet you.", "rejected": "Go away."}
+
+
+def spawn(model_dir, folder: Path, *transport: str) -> tuple[subprocess.Popen, str]:
+    args = [sys.executable, "-m", "engine", "serve", "--model", str(model_dir), "--device", "cpu",
+            "--session-dir", str(folder / "session"), *transport]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(folder / "stderr.txt", "w"), text=True, env=ENV)
+    ready = proc.stdout.readline().strip()
+    assert ready.startswith("ready "), (folder / "stderr.txt").read_text()[-2000:]
+    return proc, ready
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("engine")
+    sock = folder / "e.sock"
+    proc, ready = spawn(tiny_model_dir, folder, "--socket", str(sock))
+    yield SimpleNamespace(socket=str(sock), session=folder / "session", proc=proc, ready=ready, folder=folder)
+    stop(proc)
+
+
+class Lines:
+    """A bare line-by-line client: what the hidden protocol check does."""
+
+    def __init__(self, sock: socket.socket):
+        sock.settimeout(60)
+        self.sock, self.file = sock, sock.makefile("rwb")
+
+    @classmethod
+    def unix(cls, path: str) -> Lines:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(path)
+        return cls(sock)
+
+    def send(self, message) -> None:
+        self.file.write((message if isinstance(message, str) else json.dumps(message)).encode() + b"\n")
+        self.file.flush()
+
+    def recv(self) -> dict | None:
+        line = self.file.readline()
+        return json.loads(line) if line else None
+
+    def until(self, id_: str) -> list[dict]:
+        events = []
+        while True:
+            event = self.recv()
+            assert event is not None, f"connection closed before the end of {id_}: {events}"
+            if event["id"] == id_:
+                events.append(event)
+                if event["type"] in ("done", "error"):
+                    return events
+
+    def ask(self, message: dict) -> dict:
+        """Send a request; its last event (done or error)."""
+        self.send(message)
+        return self.until(message["id"])[-1]
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def lines(engine):
+    conn = Lines.unix(engine.socket)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+async def client(engine):
+    c = EngineClient()
+    await c.connect(engine.socket)
+    yield c
+    await c.close()
+
+
+async def texts(client: EngineClient, seed: int = 11) -> list[str]:
+    async for event in client.generate(HI, n=2, max_new_tokens=10, seed=seed):
+        if event["type"] == "done":
+            return [c["text"] for c in event["candidates"]]
+
+
+def test_ready_line_and_private_socket(engine):
+    assert re.fullmatch(rf"ready socket={re.escape(engine.socket)} version=\d+ protocol=1 pid={engine.proc.pid}", engine.ready)
+    assert stat.S_IMODE(os.stat(engine.socket).st_mode) == 0o600
+
+
+async def test_hello(client, tiny_model_dir):
+    info = client.info
+    assert info["model"] == str(tiny_model_dir) and info["protocol"] == 1 and info["method"] == "dpo"
+    assert info["device"] == "cpu" and info["dtype"] == "float32" and info["parameters"] > 1000
+    assert isinstance(info["version"], int)
+
+
+async def test_generate_two_candidates_streams_both(client):
+    tokens: dict[int, str] = {}
+    done = None
+    async for event in client.generate(HI, n=2, max_new_tokens=8, seed=3):
+        if event["type"] == "token":
+            tokens[event["candidate"]] = tokens.get(event["candidate"], "") + event["text"]
+        else:
+            done = event
+    assert set(tokens) == {0, 1}
+    assert len(done["candidates"]) == 2
+    for i, cand in enumerate(done["candidates"]):
+        assert cand["text"] == tokens[i] and cand["tokens"] == 8 and cand["finish_reason"] == "length"
+        assert cand["ttft_s"] >= 0 and cand["tokens_per_s"] > 0
+    assert done["seed"] == 3
+
+
+async def test_update_makes_a_version_and_rollback_restores_replies_exactly(client, engine):
+    await client.rollback(0)
+    before = await texts(client)
+    progress = []
+    done = await client.update("dpo", [PAIR], {"lr": 0.05, "steps": 3}, on_progress=progress.append)
+    version = done["version"]
+    assert version >= 1 and client.version == version and [p["step"] for p in progress] == [1, 2, 3]
+    assert {"loss", "grad_norm", "rewards/margin"} <= set(done["metrics"])
+    folder = engine.session / "versions" / f"v{version:04d}"
+    assert (folder / "adapter_model.safetensors").exists() and (folder / "metadata.json").exists()
+    after = await texts(client)
+    assert after != before
+    assert (await client.rollback(0))["version"] == 0
+    assert await texts(client) == before
+    await client.rollback(version)
+    assert await texts(client) == after
+    listed = [v["version"] for v in await client.versions()]
+    assert listed[0] == 0 and version in listed
+
+
+async def test_score_reference_then_update_uses_it(client):
+    scored = await client.score_reference([PAIR, {**PAIR, "chosen": "Hi!"}])
+    assert len(scored) == 2 and all(r["ref_chosen_logps"] < 0 and r["ref_rejected_logps"] < 0 for r in scored)
+    assert scored[0]["chosen"] == [{"role": "assistant", "content": PAIR["chosen"]}]
+    done = await client.update("dpo", scored)
+    assert done["version"] == client.version
+
+
+async def test_cancel_stops_a_long_generate_quickly(client):
+    seen = 0
+    gen = client.generate(HI, n=2, max_new_tokens=4000, temperature=1.0, seed=1)
+    async for event in gen:
+        seen += 1
+        if seen == 3:
+            break_at = time.perf_counter()
+            await client.cancel()
+        if event["type"] == "done":
+            break
+    assert time.perf_counter() - break_at < 2.0
+    assert [c["finish_reason"] for c in event["candidates"]] == ["cancelled", "cancelled"]
+    assert all(c["tokens"] < 100 for c in event["candidates"])
+
+
+@pytest.mark.parametrize("hyperparameters", [{"rpo_alpha": float("nan")}, {"lr": float("inf")}])
+async def test_non_finite_update_is_discarded(client, hyperparameters):
+    version = (await client.status())["version"]
+    count = len(await client.versions())
+    before = await texts(client, seed=5)
+    with pytest.raises(EngineError) as caught:
+        await client.update("dpo", [PAIR], hyperparameters)
+    assert caught.value.code == "non_finite_loss"
+    assert (await client.status())["version"] == version and len(await client.versions()) == count
+    assert await texts(client, seed=5) == before  # the weights are untouched
+
+
+def test_malformed_lines_are_answered_and_the_connection_lives(lines):
+    lines.send("{this is not json")
+    error = lines.recv()
+    assert error["type"] == "error" and error["id"] == "" and error["code"] == "bad_request"
+    assert error["message"].startswith("malformed JSON")
+    assert lines.ask({"type": "teleport", "id": "a"})["code"] == "unknown_type"
+    for bad in [{"type": "generate", "id": "b", "n": "two", "messages": HI},
+                {"type": "generate", "id": "c", "messages": []},
+                {"type": "generate", "id": "d", "messages": HI, "top_p": 0},
+                {"type": "update", "id": "e", "examples": [{"prompt": "x"}]},
+                {"type": "update", "id": "f", "examples": [PAIR], "hyperparameters": {"lrr": 1}},
+                {"type": "rollback", "id": "g", "version": 999},
+                {"type": "hello", "id": "h", "v": 7}]:
+        error = lines.ask(bad)
+        assert error["type"] == "error" and error["code"] == "bad_request", error
+    assert lines.ask({"type": "hello", "id": "ok", "v": 1})["type"] == "done"
+
+
+def test_update_waits_for_a_generate_at_a_step_boundary(lines):
+    lines.send({"type": "update", "id": "up", "examples": [PAIR] * 4, "hyperparameters": {"steps": 64, "lr": 1e-5}})
+    first = lines.recv()
+    assert first["type"] == "progress" and first["id"] == "up"
+    lines.send({"type": "generate", "id": "gen", "messages": HI, "n": 2, "max_new_tokens": 3, "seed": 1})
+    order = []
+    while not ("up", "done") in order:
+        event = lines.recv()
+        order.append((event["id"], event["type"]))
+    steps_before = order.index(("gen", "done"))
+    assert order.index(("gen", "done")) < order.index(("up", "done"))
+    assert sum(1 for e in order[:steps_before] if e == ("up", "progress")) < 63
+
+
+def test_every_documented_request_is_accepted(lines, tmp_path):
+    for message in documented_lines():
+        if message["type"] not in REQUESTS or message["type"] == "shutdown":
+            continue
+        if message["type"] == "save":
+            message["path"] = str(tmp_path / "saved")
+        answer = lines.ask(message)
+        if message.get("method") == "ppo" and answer["type"] == "error":
+            assert answer["code"] == "not_available"
+            continue
+        assert answer["type"] == "done", (message, answer)
+    assert (tmp_path / "saved" / "adapter_model.safetensors").exists()
+
+
+def test_wrong_token_refused_on_tcp(tiny_model_dir, tmp_path):
+    (tmp_path / "token").write_text("right-token\n")
+    proc, ready = spawn(tiny_model_dir, tmp_path, "--listen", "127.0.0.1:0", "--token-file", str(tmp_path / "token"))
+    try:
+        port = int(re.search(r"listen=127\.0\.0\.1:(\d+)", ready).group(1))
+        for first in [{"type": "hello", "id": "1", "token": "wrong-token"}, {"type": "status", "id": "2"},
+                      {"type": "hello", "id": "3"}]:
+            conn = Lines(socket.create_connection(("127.0.0.1", port)))
+            conn.send(first)
+            error = conn.recv()
+            assert error["type"] == "error" and error["code"] == "unauthorized"
+            assert conn.recv() is None  # closed
+            conn.close()
+        conn = Lines(socket.create_connection(("127.0.0.1", port)))
+        assert conn.ask({"type": "hello", "id": "4", "token": "right-token"})["type"] == "done"
+        assert conn.ask({"type": "status", "id": "5"})["type"] == "done"
+        conn.close()
+    finally:
+        stop(proc)
+
+
+def test_bad_transport_is_one_line_exit_2(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "engine", "serve", "--listen", "0.0.0.0:9", "--token-file", "/nonexistent"],
+                         capture_output=True, text=True, env=ENV)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().startswith("error: --token-file") and len(out.stderr.strip().splitlines()) == 1
+    (tmp_path / "t").write_text("x")
+    out = subprocess.run([sys.executable, "-m", "engine", "serve", "--listen", "0.0.0.0:9", "--token-file", str(tmp_path / "t")],
+                         capture_output=True, text=True, env=ENV)
+    assert out.returncode == 2 and "loopback" in out.stderr
+
+
+async def test_sigkill_is_detected_and_restart_resumes(tiny_model_dir, tmp_path):
+    client = EngineClient(model=str(tiny_model_dir), session_dir=tmp_path / "session", device="cpu", env=ENV)
+    try:
+        await client.start()
+        assert client.alive and client.version == 0
+        await client.update("dpo", [PAIR], {"lr": 0.05})
+        assert client.version == 1
+        at_v1 = await texts(client)
+
+        async def long_generate():
+            async for _ in client.generate(HI, n=2, max_new_tokens=4000):
+                pass
+
+        pending = asyncio.create_task(long_generate())
+        await asyncio.sleep(0.3)
+        os.kill(client.info["pid"], signal.SIGKILL)
+        with pytest.raises(EngineDied) as died:
+            await asyncio.wait_for(pending, 30)
+        assert died.value.returncode == -signal.SIGKILL and client.returncode == -signal.SIGKILL
+        assert not client.alive
+        with pytest.raises(EngineDied):
+            await client.status()
+        info = await client.restart()
+        assert info["version"] == 1 and client.alive and info["pid"] != os.getpid()
+        assert await texts(client) == at_v1
+    finally:
+        await client.close()
+    assert not Path(client.info["session_dir"]).joinpath("..", "engine.sock").exists()

@@ -1,0 +1,123 @@
+"""engine/generation.py: n candidates as one batch, streamed, seeded, cancellable."""
+
+from __future__ import annotations
+
+import pytest
+
+import engine.generation as generation
+from engine.generation import Generation, generate
+
+MESSAGES = [{"role": "user", "content": "Tell me a story."}]
+
+
+def stream(gen: Generation) -> dict[int, str]:
+    parts: dict[int, str] = {}
+    for deltas in gen:
+        for candidate, text in deltas:
+            assert text
+            parts[candidate] = parts.get(candidate, "") + text
+    return parts
+
+
+def test_same_seed_same_replies_and_stream_adds_up(tiny_policy):
+    model, tokenizer = tiny_policy
+    first = Generation(model, tokenizer, MESSAGES, n=2, max_new_tokens=12, seed=5)
+    parts = stream(first)
+    results = first.results()
+    assert [r["finish_reason"] for r in results] == ["length", "length"]
+    assert [r["tokens"] for r in results] == [12, 12]
+    assert [parts.get(i, "") for i in range(2)] == [r["text"] for r in results]
+    assert results[0]["text"] != results[1]["text"]  # two different samples, not one copied
+    assert all(r["ttft_s"] is not None and r["tokens_per_s"] > 0 for r in results)
+    again = generate(model, tokenizer, MESSAGES, n=2, max_new_tokens=12, seed=5)
+    assert [r["text"] for r in again] == [r["text"] for r in results]
+    other = generate(model, tokenizer, MESSAGES, n=2, max_new_tokens=12, seed=6)
+    assert [r["text"] for r in other] != [r["text"] for r in results]
+
+
+def test_n_candidates_are_one_batch(tiny_policy, monkeypatch):
+    model, tokenizer = tiny_policy
+    calls = []
+    forward = model.forward
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counting)
+    generate(model, tokenizer, MESSAGES, n=3, max_new_tokens=6, seed=1)
+    assert len(calls) == 6  # one forward per token, whatever n
+    assert calls[0][0] == 1  # the prompt runs once; its cache is shared by the 3 rows
+    assert all(shape == (3, 1) for shape in calls[1:])
+
+
+def scripted(monkeypatch, steps: list[list[int]]):
+    """Make `sample` return the given tokens: one list per step, one token per row still live."""
+    steps = iter(steps)
+
+    def fake_sample(logits, temperature, top_p, generator):
+        import torch
+
+        step = next(steps)
+        assert len(step) == logits.shape[0]
+        return torch.tensor(step)
+
+    monkeypatch.setattr(generation, "sample", fake_sample)
+
+
+def test_stop_token_ends_one_candidate_and_the_other_goes_on(tiny_policy, monkeypatch):
+    model, tokenizer = tiny_policy
+    hello = tokenizer.encode("Hello there friend", add_special_tokens=False)
+    eos = tokenizer.eos_token_id
+    # candidate 0 says the first word then stops; candidate 1 goes on alone (the batch shrinks)
+    scripted(monkeypatch, [[hello[0], hello[0]], [eos, hello[1]], [hello[2]]])
+    gen = Generation(model, tokenizer, MESSAGES, n=2, max_new_tokens=3, seed=0)
+    parts = stream(gen)
+    first, second = gen.results()
+    assert first["finish_reason"] == "stop" and first["tokens"] == 2
+    assert first["text"] == tokenizer.decode(hello[:1]) == parts[0]
+    assert second["finish_reason"] == "length" and second["text"] == "Hello there friend" == parts[1]
+
+
+def test_multibyte_characters_stream_whole(tiny_policy, monkeypatch):
+    model, tokenizer = tiny_policy
+    text = "café 日本語 ok"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    pieces = [tokenizer.decode([i]) for i in ids]
+    assert any("\ufffd" in p for p in pieces)  # these characters really are split over byte tokens
+    scripted(monkeypatch, [[i] for i in ids])
+    gen = Generation(model, tokenizer, MESSAGES, n=1, max_new_tokens=len(ids), seed=0)
+    deltas = [t for step in gen for _, t in step]
+    assert all("\ufffd" not in d for d in deltas)
+    assert "".join(deltas) == text == gen.results()[0]["text"]
+
+
+def test_cancel_stops_at_once(tiny_policy):
+    model, tokenizer = tiny_policy
+    gen = Generation(model, tokenizer, MESSAGES, n=2, max_new_tokens=500, seed=3)
+    for _ in range(4):
+        next(gen)
+    gen.cancel()
+    assert gen.done
+    with pytest.raises(StopIteration):
+        next(gen)
+    results = gen.results()
+    assert [r["finish_reason"] for r in results] == ["cancelled", "cancelled"]
+    assert [r["tokens"] for r in results] == [4, 4]
+
+
+def test_greedy_and_top_p_sampling():
+    import torch
+
+    logits = torch.tensor([[0.0, 5.0, 1.0], [3.0, 0.0, 0.0]])
+    g = torch.Generator().manual_seed(0)
+    assert generation.sample(logits, 0.0, 1.0, g).tolist() == [1, 0]
+    # with top_p tiny only the most likely token survives
+    assert all(generation.sample(logits, 1.0, 0.01, g).tolist() == [1, 0] for _ in range(20))
+
+
+@pytest.mark.parametrize("bad", [{"n": 0}, {"max_new_tokens": 0}, {"top_p": 0.0}, {"temperature": -1.0}])
+def test_bad_options_refused(tiny_policy, bad):
+    model, tokenizer = tiny_policy
+    with pytest.raises(ValueError):
+        Generation(model, tokenizer, MESSAGES, **bad)

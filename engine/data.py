@@ -175,6 +175,31 @@ def preference_batch(tokenizer, examples: list[dict], max_length: int | None, de
     return collate(chosen + rejected, tokenizer.pad_token_id, device)
 
 
+def packed_pairs(tokenizer, examples: list[dict], max_length: int | None, device=None) -> dict[str, torch.Tensor]:
+    """Each preference pair as ONE row: prompt, chosen, rejected; the prompt is run once for both.
+
+    `segments` marks prompt (0), chosen (1), rejected (2) and padding (-1) tokens; the
+    rejected reply attends to the prompt but not to the chosen one, and its positions
+    restart after the prompt, so each reply is scored exactly as if it followed the prompt
+    alone (see engine.logprobs.pair_token_logps).
+    """
+    rows = []
+    for ex in examples:
+        prompt_ids, (c, r) = tokenize_pair(tokenizer, ex["prompt"], [ex["chosen"], ex["rejected"]], max_length)
+        rows.append((prompt_ids, c, r))
+    width = max(len(p) + len(c) + len(r) for p, c, r in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    segments = torch.full((len(rows), width), -1, dtype=torch.long)
+    for i, (p, c, r) in enumerate(rows):
+        n = len(p) + len(c) + len(r)
+        input_ids[i, :n] = torch.tensor(p + c + r)
+        position_ids[i, :n] = torch.tensor([*range(len(p) + len(c)), *range(len(p), len(p) + len(r))])
+        segments[i, :n] = torch.tensor([0] * len(p) + [1] * len(c) + [2] * len(r))
+    batch = {"input_ids": input_ids, "position_ids": position_ids, "segments": segments}
+    return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
+
+
 def sft_batch(tokenizer, examples: list[dict], max_length: int | None, device=None) -> dict[str, torch.Tensor]:
     sequences = []
     for ex in map(split_messages, examples):

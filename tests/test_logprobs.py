@@ -96,3 +96,32 @@ def test_sequence_logps_matches_trl_fused_head(tiny_model_dir):
     theirs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
                    fused_lm_head=True).log_probs.sum(-1)
     assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+def test_packed_pairs_score_each_reply_as_if_alone(policy):
+    """Prompt run once, rejected hidden from chosen: same log-probs and gradients as two sequences."""
+    from engine.data import packed_pairs, preference_batch
+    from engine.logprobs import pair_token_logps
+
+    model, tokenizer = policy
+    rows = [
+        {"prompt": "Say yes.", "chosen": " yes", "rejected": " no, never, not at all"},
+        {"prompt": [{"role": "user", "content": "Greet me."}],
+         "chosen": [{"role": "assistant", "content": "Hello there, friend!"}],
+         "rejected": [{"role": "assistant", "content": "No."}]},
+        {"prompt": "", "chosen": "empty prompt", "rejected": "still scored"},
+    ]
+    separate = preference_batch(tokenizer, rows, max_length=64)
+    packed = packed_pairs(tokenizer, rows, max_length=64)
+    assert packed["input_ids"].numel() < separate["input_ids"].numel()
+    expected = token_logps(model, **separate).sum(-1)
+    per_token = pair_token_logps(model, **packed)
+    got = torch.cat([(per_token * (packed["segments"] == s)).sum(-1) for s in (1, 2)])
+    assert torch.allclose(got, expected, atol=1e-4)
+
+    lora = [p for n, p in model.named_parameters() if "lora_A" in n][3]
+    got.sum().backward()
+    ours = lora.grad.clone()
+    lora.grad = None
+    expected.sum().backward()
+    assert torch.allclose(ours, lora.grad, atol=1e-5)

@@ -181,3 +181,24 @@ def test_saved_adapter_reloads_to_identical_outputs(tiny_policy, tiny_model_dir,
     meta = load_adapter(live, folder)
     assert torch.equal(logits_of(live, tokenizer), expected)
     assert meta["note"] == "three steps" and meta["config"]["lr"] == 1e-2
+
+
+def test_reference_logps_are_cached_per_pair(tiny_policy):
+    model, tokenizer = tiny_policy
+    trainer = DPOTrainer(model, tokenizer, TrainConfig(lr=1e-2))
+    first = trainer.reference_logps(PAIRS[:2])
+    assert len(trainer.reference_cache) == 2
+    trainer.step(PAIRS)  # the adapter moves; the reference (adapter disabled) must not
+    assert len(trainer.reference_cache) == 4
+    calls = []
+    handle = model.get_input_embeddings().register_forward_hook(lambda *_: calls.append(1))
+    try:
+        again = trainer.reference_logps(PAIRS[:2])
+        assert again == first and not calls  # served from the cache, no forward
+        trainer.reference_logps(PAIRS[:1] + [{**PAIRS[0], "chosen": " a new reply"}])
+        assert len(calls) == 1  # only the new pair runs
+    finally:
+        handle.remove()
+    trainer.reference_cache.clear()
+    fresh = trainer.reference_logps(PAIRS[:2])
+    assert fresh == pytest.approx(first, abs=1e-5)

@@ -76,7 +76,8 @@ class Trainer:
         model.train()
         while step < total:
             indices = list(range(len(rows)))
-            order.shuffle(indices)
+            if cfg.shuffle:
+                order.shuffle(indices)
             shard = indices[accelerator.process_index::accelerator.num_processes]
             for start in range(0, len(shard), cfg.batch_size):
                 batch = [rows[i] for i in shard[start:start + cfg.batch_size]]

@@ -19,6 +19,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     save_steps: int | None = None  # fit(): write output/checkpoint-N every N optimizer steps
+    shuffle: bool = True  # fit(): reshuffle the rows every epoch (off: file order, as TRL's "sequential")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,52 +1,65 @@
 """Direct preference optimisation over one shared base.
 
 The policy is base + LoRA adapter; the reference is the same base with the adapter
-disabled, so one copy of the weights serves both. Chosen and rejected replies go through
-the model as one batch.
+disabled, so one copy of the weights serves both. Each pair goes through the model as one
+packed row (prompt, chosen, rejected): the prompt runs once for both replies.
+The reference never changes (the base is frozen), so its log-probs are computed once per
+pair and cached: later epochs, and live updates over a window of recent pairs, reuse them.
 """
 
 from __future__ import annotations
 
+import json
+
 import torch
 
-from engine.data import preference_batch
-from engine.logprobs import token_logps
+from engine.data import packed_pairs
+from engine.logprobs import pair_token_logps
 from engine.losses import dpo_loss
 from engine.trainers.base import Trainer
 
 
 class DPOTrainer(Trainer):
-    def completion_logps(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sequence log-probs and the NLL per completion token, under the current adapter."""
-        per_token = token_logps(self.model, **batch)
-        return self._reduce(per_token, batch["completion_mask"]), per_token
+    def __init__(self, model, tokenizer, config=None):
+        super().__init__(model, tokenizer, config)
+        self.reference_cache: dict[str, tuple[float, float]] = {}
 
-    def _reduce(self, per_token, completion_mask):
-        logps = per_token.sum(-1)
+    def completion_logps(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) log-probs per pair under the current adapter, and the per-token values."""
+        per_token = pair_token_logps(self.model, **batch)
+        chosen, rejected = self._reduce(per_token, batch["segments"])
+        return chosen, rejected, per_token
+
+    def _reduce(self, per_token, segments):
+        chosen, rejected = segments == 1, segments == 2
+        sums = (per_token * chosen).sum(-1), (per_token * rejected).sum(-1)
         if self.config.loss_type == "ipo":  # IPO works on per-token averages (as TRL does)
-            logps = logps / completion_mask[:, 1:].sum(-1).clamp(min=1)
-        return logps
+            return sums[0] / chosen.sum(-1).clamp(min=1), sums[1] / rejected.sum(-1).clamp(min=1)
+        return sums
 
-    @torch.no_grad()
-    def reference_logps(self, examples: list[dict]) -> list[tuple[float, float]]:
+    def reference_logps(self, examples: list[dict], batch=None) -> list[tuple[float, float]]:
         """(chosen, rejected) reference log-probs: the base with the adapter disabled."""
-        batch = preference_batch(self.tokenizer, examples, self.config.max_length, self.device)
-        was_training = self.model.training
-        self.model.eval()
-        with self.model.disable_adapter():
-            logps = self._reduce(token_logps(self.model, **batch), batch["completion_mask"])
-        self.model.train(was_training)
-        chosen, rejected = logps.chunk(2)
-        return list(zip(chosen.tolist(), rejected.tolist()))
+        keys = [_key(ex) for ex in examples]
+        missing = [i for i, key in enumerate(keys) if key not in self.reference_cache]
+        if missing:
+            if batch is None or len(missing) < len(examples):
+                batch = packed_pairs(self.tokenizer, [examples[i] for i in missing], self.config.max_length, self.device)
+            was_training = self.model.training
+            self.model.eval()
+            with torch.inference_mode(), self.model.disable_adapter():
+                chosen, rejected = self._reduce(pair_token_logps(self.model, **batch), batch["segments"])
+            self.model.train(was_training)
+            for i, c, r in zip(missing, chosen.tolist(), rejected.tolist()):
+                self.reference_cache[keys[i]] = (c, r)
+        return [self.reference_cache[key] for key in keys]
 
     def loss(self, examples: list[dict]):
         cfg = self.config
+        batch = packed_pairs(self.tokenizer, examples, cfg.max_length, self.device)
         if any("ref_chosen_logps" not in ex for ex in examples):
-            refs = self.reference_logps(examples)
+            refs = self.reference_logps(examples, batch)
             examples = [{**ex, "ref_chosen_logps": c, "ref_rejected_logps": r} for ex, (c, r) in zip(examples, refs)]
-        batch = preference_batch(self.tokenizer, examples, cfg.max_length, self.device)
-        logps, per_token = self.completion_logps(batch)
-        chosen, rejected = logps.chunk(2)
+        chosen, rejected, per_token = self.completion_logps(batch)
         ref_chosen = torch.tensor([ex["ref_chosen_logps"] for ex in examples], device=self.device)
         ref_rejected = torch.tensor([ex["ref_rejected_logps"] for ex in examples], device=self.device)
         losses, chosen_rewards, rejected_rewards = dpo_loss(
@@ -55,8 +68,8 @@ class DPOTrainer(Trainer):
         loss = losses.mean()
         metrics = {}
         if cfg.rpo_alpha:
-            chosen_mask = batch["completion_mask"][: len(examples), 1:]
-            nll = -per_token[: len(examples)].sum() / chosen_mask.sum().clamp(min=1)
+            chosen_mask = batch["segments"] == 1
+            nll = -(per_token * chosen_mask).sum() / chosen_mask.sum().clamp(min=1)
             loss = loss + cfg.rpo_alpha * nll
             metrics["nll"] = nll.item()
         margin = chosen_rewards - rejected_rewards
@@ -65,6 +78,11 @@ class DPOTrainer(Trainer):
             "rewards/rejected": rejected_rewards.mean().item(),
             "rewards/margin": margin.mean().item(),
             "rewards/accuracy": (margin > 0).float().mean().item(),
-            "tokens": int(batch["attention_mask"].sum()),
+            "tokens": int((batch["segments"] >= 0).sum()),
         })
         return loss, metrics
+
+
+def _key(example: dict) -> str:
+    """What a reference log-prob depends on: the texts (the base and config are fixed per trainer)."""
+    return json.dumps([example["prompt"], example["chosen"], example["rejected"]], sort_keys=True)

@@ -1,5 +1,7 @@
 from engine.trainers.config import TrainConfig
 from engine.trainers.dpo import DPOTrainer
+from engine.trainers.ppo import PPOConfig, PPOTrainer
+from engine.trainers.reward import RewardTrainer
 from engine.trainers.sft import SFTTrainer
 
-__all__ = ["TrainConfig", "DPOTrainer", "SFTTrainer"]
+__all__ = ["TrainConfig", "DPOTrainer", "SFTTrainer", "PPOConfig", "PPOTrainer", "RewardTrainer"]

@@ -16,6 +16,26 @@ from tui_align.cli import app
 METRICS = {"kl", "clipfrac", "value_loss", "policy_loss", "score", "response_length"}
 
 
+def test_ppo_raises_a_rule_reward(tiny_policy):
+    policy, tokenizer = tiny_policy
+    # The random tiny model's next-token distribution is nearly uniform over 49k tokens, so
+    # almost no rule reward would ever be sampled. Sharpening its final norm makes it
+    # mostly repeat the prompt's last token ("\n" after the chat template's
+    # "assistant\n"); the rule rewards replies that avoid it.
+    policy.get_base_model().model.norm.weight.data.mul_(14)
+    trainer = PPOTrainer(policy, tokenizer, PPOConfig(lr=3e-3, batch_size=8, mini_batch_size=8, ppo_epochs=4,
+                                                      max_new_tokens=4, kl_coef=0.01))
+
+    def no_newlines(prompts, responses):
+        return [max(0.0, 1 - r.count("\n") / 4) for r in responses]
+
+    history = trainer.fit(["hello there", "how are you", "tell me a story", "what is two plus two"], no_newlines, 15)
+    scores = [h["score"] for h in history]
+    first, last = sum(scores[:3]) / 3, sum(scores[-5:]) / 5
+    assert first < 0.6 and last > 0.85 and last > first + 0.3, scores
+    assert all(METRICS <= h.keys() for h in history)
+
+
 def test_step_examples_from_live_rows(tiny_policy):
     policy, tokenizer = tiny_policy
     trainer = PPOTrainer(policy, tokenizer, PPOConfig(lr=1e-3, mini_batch_size=2, ppo_epochs=2))

@@ -1,0 +1,62 @@
+"""`tui-align simulate` end to end on the tiny model, and the judges it calls."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from engine.errors import UserError
+from tui_align.cli import app
+from tui_align.judges import Reply, load_judge, longer, shorter
+from tui_align.store import SessionStore
+
+runner = CliRunner()
+
+
+def test_builtin_judges_see_the_finish_reason():
+    done, cut = Reply("Paris.", "stop", 2), Reply("The capital of France is", "length", 5)
+    assert shorter("q", done, cut) == 0 and shorter("q", cut, done) == 1
+    assert longer("q", done, cut) == 1
+    assert shorter("q", cut, cut) is None  # two cut-off fragments: their real lengths are unknown
+    assert shorter("q", Reply("ab", "stop"), Reply("a", "stop")) == 1 and shorter("q", "a", "a") is None
+    assert longer("q", Reply("ab", "stop"), Reply("a", "stop")) == 0
+
+
+def test_load_judge(tmp_path):
+    assert load_judge("shorter") is shorter
+    (tmp_path / "mine.py").write_text("def pick(prompt, a, b):\n    return 1\n")
+    assert load_judge(f"{tmp_path / 'mine.py'}:pick")("q", "a", "b") == 1
+    assert load_judge("tui_align.judges:longer") is longer
+    for spec, message in [("nonsense", "use shorter"), (f"{tmp_path / 'none.py'}:f", "no such file"),
+                          (f"{tmp_path / 'mine.py'}:missing", "no function missing"), ("no_such_mod:f", "cannot import")]:
+        with pytest.raises(UserError, match=message):
+            load_judge(spec)
+
+
+def test_bad_flags_exit_2(tmp_path):
+    for args, message in [(["--judge", "nonsense"], "--judge nonsense"), (["--judge", "shorter", "--rounds", "0"], "--rounds"),
+                          (["--judge", "shorter", "--prompts", str(tmp_path / "none.txt")], "no such file")]:
+        result = runner.invoke(app, ["simulate", *args, "--sessions-dir", str(tmp_path)])
+        assert result.exit_code == 2 and message in result.stderr, result.output
+
+
+def test_simulate_stores_picks_and_advances_the_version(tmp_path, tiny_model_dir):
+    # The tiny random model never finishes a reply, so the built-in judges would decline every pair.
+    (tmp_path / "judge.py").write_text("def pick(prompt, a, b):\n    return 0 if len(a) <= len(b) else 1\n")
+    (tmp_path / "prompts.txt").write_text("Say hi.\nName a fruit.\n")
+    result = runner.invoke(app, [
+        "simulate", "--judge", f"{tmp_path / 'judge.py'}:pick", "--rounds", "4", "--update-every", "2",
+        "--session", "sim", "--model", str(tiny_model_dir), "--max-new-tokens", "6", "--eval-prompts", "2",
+        "--prompts", str(tmp_path / "prompts.txt"), "--sessions-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "win rate of v2 vs v0 on 4 held-out comparisons" in result.output
+    with SessionStore.open(tmp_path, "sim", readonly=True) as store:
+        assert store.counts() == {"prompts": 4, "pairs": 4, "ratings": 0, "demos": 0, "updates": 2}
+        assert store.latest_version() == 2 and (store.versions_dir / "v0002" / "adapter_model.safetensors").exists()
+        responses = list(store.db["responses"].rows)
+        assert len(responses) == 8 and all(r["ref_logps"] is not None and r["finish_reason"] for r in responses)
+        assert {r["version"] for r in responses} == {0, 1}  # rounds 3-4 came from the first update's version
+        assert store.pending_count("dpo") == 0  # both updates finished: all four pairs consumed
+        (_, example), *_ = store.feedback("dpo")
+        assert example["prompt"][0]["role"] == "system" and example["prompt"][1]["content"] in ("Say hi.", "Name a fruit.")
+        assert any("win rate" in e["message"] for e in store.db["events"].rows)

@@ -56,6 +56,7 @@ class EngineClient:
         self.version = 0
         self.returncode: int | None = None
         self.ready_line = ""
+        self.ready_seconds: float | None = None  # spawn to ready line, of the last start()
         self.unrouted: deque = deque(maxlen=50)  # events for no pending request (e.g. errors with id "")
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -68,6 +69,7 @@ class EngineClient:
         self._tasks: list[asyncio.Task] = []
         self._dead: EngineDied | None = None
         self._connect_args: dict | None = None
+        self._refusal = ""
         self._epoch = 0  # bumped by every start/connect: late news about an old engine is ignored
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -95,6 +97,7 @@ class EngineClient:
         if self.model:
             args += ["--model", str(self.model)]
         env = {**os.environ, **(self.env or {})}
+        spawned = asyncio.get_running_loop().time()
         self._proc = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=env, limit=LINE_LIMIT)
@@ -108,6 +111,7 @@ class EngineClient:
                 raise EngineDied(rc, self.stderr_tail, f"engine exited with code {rc} before it was ready")
             if line.startswith(b"ready "):
                 self.ready_line = line.decode().strip()
+                self.ready_seconds = asyncio.get_running_loop().time() - spawned
                 break
         self._spawn(self._drain(self._proc.stdout))
         self._spawn(self._watch(self._proc, self._epoch))
@@ -288,6 +292,8 @@ class EngineClient:
                     queue.put_nowait(event)
                 else:
                     self.unrouted.append(event)
+                    if event.get("type") == "error" and event.get("code") == "busy":
+                        self._refusal = f"engine refused the connection: {event.get('message', 'busy')}"
         except (ConnectionError, OSError, ValueError):
             pass
         await self._lost(epoch)
@@ -304,7 +310,7 @@ class EngineClient:
             await asyncio.sleep(0.05)  # the last stderr lines
         if self._dead is not None or epoch != self._epoch:
             return
-        self._dead = EngineDied(self.returncode, self.stderr_tail)
+        self._dead = EngineDied(self.returncode, self.stderr_tail, self._refusal)
         for queue in self._pending.values():
             queue.put_nowait(self._dead)
 
@@ -329,6 +335,7 @@ class EngineClient:
         self._tasks = [t for t in self._tasks if not t.done()] + [asyncio.get_running_loop().create_task(coro)]
 
     def _reset(self) -> None:
+        self._refusal = ""
         self._epoch += 1
         self._dead = None
         self.returncode = None

@@ -49,7 +49,7 @@ class PPOConfig:
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     max_new_tokens: int = 32
-    temperature: float = 1.0
+    temperature: float = 1.0  # sampling only: the objective scores tokens at temperature 1 (as TRL <= 0.11)
     top_p: float = 1.0
     max_length: int | None = 1024
     seed: int = 0

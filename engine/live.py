@@ -36,11 +36,16 @@ LIVE_DEFAULTS = {
     "ppo": {"max_length": 512},
 }
 MAX_STEPS_PER_UPDATE = 64
+MAX_PREEMPTIONS = 5  # per step, so a stream of generates cannot starve an update
 REFERENCE_CACHE = 4096  # reference log-probs kept from score_reference, by example
 
 
 class Cancelled(Exception):
     pass
+
+
+class Preempted(Exception):
+    """A generate is waiting: the update's current step stops mid-way, undone, to be redone after it."""
 
 
 @dataclass
@@ -73,6 +78,9 @@ class LiveEngine:
         self.root = self.session_dir / "versions"
         self.root.mkdir(parents=True, exist_ok=True)
         self.trainers: dict = {}
+        self.generate_waiting = lambda: False  # set by the server: is a generate queued?
+        self._preemptible = False
+        self._install_preemption()
         self.reference_cache: OrderedDict = OrderedDict()
         self.version = 0
         saved = vs.list_versions(self.root)
@@ -194,14 +202,25 @@ class LiveEngine:
             rows = [self._with_reference(row) for row in rows]
         before = self._snapshot(trainer)
         metrics: dict = {}
+        step, preempted, interruptions = 1, 0, 0
         try:
-            for step in range(1, steps + 1):
+            while step <= steps:
                 if job.cancelled.is_set():
                     raise Cancelled(f"update cancelled before step {step}: discarded")
-                metrics = trainer.step_examples(rows) if method == "ppo" else trainer.step(rows)
+                # PPO's step is several optimizer steps: it is only pre-empted between steps
+                self._preemptible = method != "ppo" and preempted < MAX_PREEMPTIONS
+                try:
+                    metrics = trainer.step_examples(rows) if method == "ppo" else trainer.step(rows)
+                except Preempted:  # Trainer.step changed nothing (its gradients are zeroed): redo it later
+                    preempted, interruptions = preempted + 1, interruptions + 1
+                    yield
+                    continue
+                finally:
+                    self._preemptible = False
                 if not all(torch.isfinite(p).all() for p in trainer.params):
                     raise NonFiniteLoss("the weights became NaN or infinite (learning rate too high?): update discarded")
                 emit("progress", step=step, steps=steps, metrics=_plain(metrics))
+                step, preempted = step + 1, 0
                 yield
         except BaseException:
             self._restore(trainer, before)
@@ -211,7 +230,8 @@ class LiveEngine:
         vs.save_adapter(self.policy, vs.version_dir(self.root, self.version), value_head=value_head, metadata={
             "method": method, "parent": parent, "examples": len(rows), "steps": steps,
             "metrics": _plain(metrics), "config": asdict(config)})
-        emit("done", version=self.version, metrics=_plain(metrics), seconds=round(time.perf_counter() - started, 4))
+        emit("done", version=self.version, metrics=_plain(metrics), seconds=round(time.perf_counter() - started, 4),
+             preempted=interruptions)
 
     def rollback_job(self, job, version: int, emit):
         yield  # one unit of work, done (and answered) in the second
@@ -265,6 +285,27 @@ class LiveEngine:
                     vs.load_adapter(self.policy, vs.version_dir(self.root, self.version), value_head=trainer.value_head)
                 self.trainers[method] = trainer
         return self.trainers[method]
+
+    def _install_preemption(self) -> None:
+        """Hooks on every decoder layer: during an update step, a waiting generate stops the
+        forward (before a layer) or the backward (at a layer's output gradient)."""
+        from engine.logprobs import causal_lm
+
+        lm = causal_lm(self.policy)
+        layers = getattr(lm.get_decoder() if hasattr(lm, "get_decoder") else lm, "layers", None) or []
+
+        def check(*_):
+            if self._preemptible and self.generate_waiting():
+                raise Preempted()
+
+        def on_output(module, args, output):
+            tensor = output[0] if isinstance(output, tuple) else output
+            if self._preemptible and torch.is_tensor(tensor) and tensor.requires_grad:
+                tensor.register_hook(check)
+
+        for layer in layers:
+            layer.register_forward_pre_hook(check)
+            layer.register_forward_hook(on_output)
 
     def _config_type(self, method: str):
         if method == "ppo":

@@ -52,6 +52,10 @@ class Scheduler:
             self.cond.notify()
         return [j.id for j in hits]
 
+    def waiting(self, priority: int) -> bool:
+        """Is a job of this priority queued and not cancelled? (Checked by a running update.)"""
+        return any(j.priority == priority and j is not self.running and not j.cancelled.is_set() for j in list(self.jobs))
+
     def snapshot(self) -> list[dict]:
         with self.cond:
             return [{"id": j.id, "type": j.kind, "running": j is self.running} for j in sorted(self.jobs, key=_rank)]

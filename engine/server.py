@@ -100,6 +100,7 @@ class Server:
     def __init__(self, engine: LiveEngine, token: str | None):
         self.engine, self.token = engine, token
         self.scheduler = Scheduler(self._job_failed)
+        engine.generate_waiting = lambda: self.scheduler.waiting(GENERATE)
         self.client: Connection | None = None
         self.stopped = asyncio.Event()
 

@@ -229,6 +229,35 @@ def test_update_waits_for_a_generate_at_a_step_boundary(lines):
     assert sum(1 for e in order[:steps_before] if e == ("up", "progress")) < 63
 
 
+def test_a_generate_interrupts_an_update_step_which_is_redone_exactly(lines):
+    many = [{"prompt": [{"role": "user", "content": f"Question {i}: tell me about the sea."}],
+             "chosen": "The sea is wide and deep and full of life. " * 6, "rejected": "No."} for i in range(48)]
+    update = {"type": "update", "examples": many, "hyperparameters": {"lr": 0.05}}
+    generate = {"type": "generate", "messages": HI, "n": 2, "max_new_tokens": 4, "seed": 9}
+
+    def replies(id_):
+        return [c["text"] for c in lines.ask({**generate, "id": id_, "max_new_tokens": 10})["candidates"]]
+
+    lines.ask({"type": "rollback", "id": "r0", "version": 0})
+    quiet = lines.ask({**update, "id": "quiet"})
+    assert quiet["type"] == "done" and quiet["preempted"] == 0
+    after_quiet = replies("q1")
+    lines.ask({"type": "rollback", "id": "r1", "version": 0})
+    lines.send({**update, "id": "busy"})
+    while not any(j["id"] == "busy" and j["running"] for j in lines.ask({"type": "status", "id": "st"})["jobs"]):
+        pass
+    lines.send({**generate, "id": "now"})
+    order = []
+    while ("busy", "done") not in order:
+        event = lines.recv()
+        order.append((event["id"], event["type"]))
+        if event["id"] == "busy" and event["type"] == "done":
+            busy = event
+    assert order.index(("now", "done")) < order.index(("busy", "done"))  # one step, yet the generate went first
+    assert busy["preempted"] >= 1
+    assert replies("b1") == after_quiet  # the interrupted step was redone from scratch: same weights
+
+
 def test_every_documented_request_is_accepted(lines, tmp_path):
     for message in documented_lines():
         if message["type"] not in REQUESTS or message["type"] == "shutdown":

@@ -5,6 +5,7 @@ Nothing heavy is imported at module level: `tui-align --help` must start instant
 
 import typer
 
+from tui_align.cli.chat import chat_train
 from tui_align.cli.engine import engine_app
 from tui_align.cli.models import models
 from tui_align.cli.replay import replay
@@ -25,6 +26,7 @@ app.add_typer(engine_app, name="engine")
 app.add_typer(sessions_app, name="sessions")
 app.command()(replay)
 app.command()(simulate)
+app.command("chat-train")(chat_train)
 
 
 def main() -> None:

@@ -1,0 +1,70 @@
+"""Snapshots of the chat screen at 80x24 and 160x48 (pytest-textual-snapshot).
+
+Deterministic: no engine is started; the screen is put in a judging state through the same
+methods the live round uses, with fixed candidate texts. Regenerate with --snapshot-update.
+"""
+
+from __future__ import annotations
+
+from tui_align.app import ChatConfig, ChatTrainApp
+from tui_align.rounds import Phase, Round
+from tui_align.store import SessionStore
+
+HISTORY_PROMPT = "What does DPO stand for?"
+HISTORY_REPLY = "**Direct Preference Optimisation**: it trains a model on pairs of replies, the preferred over the other."
+PROMPT = "Explain LoRA in one sentence."
+CANDIDATES = [
+    {"text": "LoRA fine-tunes a model by learning two small low-rank matrices per layer while the original "
+             "weights stay frozen.", "tokens": 24, "finish_reason": "stop", "ttft_s": 0.1, "tokens_per_s": 22.0},
+    {"text": "LoRA, or Low-Rank Adaptation, is a technique that is used in machine learning and which has many "
+             "uses, for example when you want to adapt a large language model to a new task, and it is", "tokens": 40,
+     "finish_reason": "length", "ttft_s": 0.1, "tokens_per_s": 21.0},
+]
+UPDATES = [
+    {"loss": 0.69, "rewards/margin": 0.0, "rewards/accuracy": 0.5},
+    {"loss": 0.61, "rewards/margin": 0.2, "rewards/accuracy": 0.75},
+    {"loss": 0.48, "rewards/margin": 0.5, "rewards/accuracy": 1.0},
+]
+
+
+def snapshot_app(tmp_path) -> ChatTrainApp:
+    store = SessionStore.open(tmp_path / "sessions", "demo", model="SmolLM2-135M-Instruct")
+    conversation = store.new_conversation()
+    turn = store.add_user_turn(conversation, HISTORY_PROMPT)
+    ids = store.add_responses(turn, [{"text": HISTORY_REPLY}, {"text": "Dynamic Program Output."}], 0, {}, [0, 1])
+    store.record_preference(turn, ids[0], [ids[1]])
+    for number, metrics in enumerate(UPDATES, start=1):
+        update = store.start_update("dpo", [])
+        store.finish_update(update, "done", version=number, metrics=metrics)
+        store.record_version(number, store.versions_dir / f"v{number:04d}", metrics)
+    app = ChatTrainApp(store, ChatConfig(model="SmolLM2-135M-Instruct", seed=0), start_engine=False)
+    app.client.version = len(UPDATES)
+    return app
+
+
+async def judging(pilot, metrics: bool = False) -> None:
+    """A round whose candidates are done: what a person sees when the feedback keys are live."""
+    app = pilot.app
+    await pilot.pause()  # the screen is composed
+    chat = app.chat
+    app.engine_ready({"model": "SmolLM2-135M-Instruct", "device": "cpu"})
+    turn = app.store.add_user_turn(chat.conversation_id, PROMPT)
+    chat.conversation.add_turn("user", PROMPT)
+    chat.round = Round(turn, app.store.prompt(turn), shown_order=[1, 0], texts=["", ""], version=3)
+    chat.candidates.reset()
+    chat.set_phase(Phase.GENERATING)
+    chat.candidates_done(chat.round, CANDIDATES)
+    if metrics:
+        chat.action_toggle_metrics()
+    await pilot.pause()
+
+
+def test_main_screen_80x24(snap_compare, tmp_path):
+    assert snap_compare(snapshot_app(tmp_path), terminal_size=(80, 24), run_before=judging)
+
+
+def test_main_screen_160x48(snap_compare, tmp_path):
+    async def with_metrics(pilot):
+        await judging(pilot, metrics=True)
+
+    assert snap_compare(snapshot_app(tmp_path), terminal_size=(160, 48), run_before=with_metrics)

@@ -1,0 +1,54 @@
+"""`tui-align chat-train`: chat with the model; every pick, score or edit trains it within seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tui_align.cli.common import fail, user_errors
+
+METHODS = ("dpo", "ppo", "sft")
+
+
+def chat_train(
+    model: str = typer.Option(None, "--model", help="Model folder, GGUF file or hub id (default: the session's "
+                              "model, else the bundled SmolLM2-135M-Instruct)."),
+    session: str = typer.Option("default", "--session", help="Session name: created if new, resumed (history and "
+                                "latest version) if it exists."),
+    method: str = typer.Option(None, "--method", help="dpo (pick the better reply), ppo (score replies 1-5) or sft "
+                               "(edits as demonstrations); default: the session's method, else dpo."),
+    candidates: int = typer.Option(2, "--candidates", min=1, max=8, help="Candidate replies per round (1-8)."),
+    update_every: int = typer.Option(4, "--update-every", min=1, help="Train after this many feedback items."),
+    sessions_dir: Path = typer.Option(None, "--sessions-dir", help="Folder of sessions (default: $TUI_ALIGN_SESSIONS "
+                                      "or ./sessions)."),
+    device: str = typer.Option("auto", "--device", help="Engine device: auto, cpu or cuda."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Longest reply, in tokens."),
+    temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="Sampling temperature of the candidates."),
+) -> None:
+    """Chat with the model in a terminal UI; every pick, score or edit trains it within seconds."""
+    from tui_align.store import SessionStore
+    from tui_align.store import sessions_dir as resolve_sessions_dir
+
+    if method is not None and method not in METHODS:
+        fail(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    with user_errors():
+        store = SessionStore.open(resolve_sessions_dir(sessions_dir), session, model=model, method=method or "dpo")
+    meta = store.meta
+    if method and method != meta["method"]:
+        store.close()
+        fail(f"session {session!r} is a {meta['method']} session; drop --method or use a new --session")
+    if model and meta["model"] and model != meta["model"]:
+        store.close()
+        fail(f"session {session!r} was trained on {meta['model']}; its versions do not fit {model}: "
+             "drop --model or use a new --session")
+    method = meta["method"]
+    if method == "dpo" and candidates < 2:
+        store.close()
+        fail("--candidates: dpo needs at least 2 candidates to compare")
+
+    from tui_align.app import ChatConfig, ChatTrainApp  # Textual only now: --help stays instant
+
+    config = ChatConfig(model=model or meta["model"], method=method, candidates=candidates, update_every=update_every,
+                        device=device, max_new_tokens=max_new_tokens, temperature=temperature)
+    ChatTrainApp(store, config).run()

@@ -1,0 +1,82 @@
+"""The N candidate replies side by side (stacked when narrow), and the feedback keys that judge them.
+
+The feedback keys live here, not on the screen: they only act while focus is in this pane, which
+the screen gives it only once every candidate is done. A key typed in the prompt box never gets here.
+"""
+
+from __future__ import annotations
+
+from textual.binding import Binding
+from textual.containers import Container
+from textual.message import Message
+
+from tui_align.rounds import SLOT_LETTERS
+from tui_align.widgets.candidate import CandidateView
+
+
+class CandidatePane(Container):
+    BINDINGS = [
+        *(Binding(letter, f"feedback('pick', {slot})", "pick", show=slot == 0, key_display="a/b")
+          for slot, letter in enumerate(SLOT_LETTERS)),
+        Binding("1", "feedback('digit', 1)", "rank/score", key_display="1-5"),
+        *(Binding(str(d), f"feedback('digit', {d})", show=False) for d in range(2, 10)),
+        Binding("plus,equals_sign", "feedback('thumb', 1)", "thumbs", key_display="+/-"),
+        Binding("minus", "feedback('thumb', 0)", show=False),
+        Binding("t", "feedback('tie')", "tie"),
+        Binding("x", "feedback('both_bad')", "bad"),
+        Binding("s", "feedback('skip')", "skip"),
+        Binding("e", "feedback('edit')", "edit"),
+        Binding("r", "feedback('regenerate')", "regen"),
+    ]
+
+    class Feedback(Message):
+        """The person judged the round: kind is pick/digit/thumb/tie/both_bad/skip/edit/regenerate."""
+
+        def __init__(self, kind: str, slot: int, value: int | None = None) -> None:
+            super().__init__()
+            self.kind, self.slot, self.value = kind, slot, value
+
+    def __init__(self, n: int, method: str = "dpo", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.n = n
+        self.method = method
+        self.judging = False  # set by the screen: votes count only between `done` and the feedback
+
+    def compose(self):
+        for slot in range(self.n):
+            yield CandidateView(slot, id=f"candidate-{slot}")
+
+    @property
+    def views(self) -> list[CandidateView]:
+        return list(self.query(CandidateView))
+
+    def focused_slot(self) -> int:
+        focused = self.screen.focused
+        return focused.slot if isinstance(focused, CandidateView) else 0
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action != "feedback":
+            return True
+        kind = parameters[0]
+        if kind == "pick" and parameters[1] >= self.n:
+            return False
+        if kind == "thumb" and self.method != "ppo":
+            return False
+        if kind == "digit" and self.method != "ppo" and (self.n <= 2 or parameters[1] > self.n):
+            return False
+        return True if self.judging else None  # None: shown greyed out while streaming
+
+    def action_feedback(self, kind: str, value: int | None = None) -> None:
+        slot = value if kind == "pick" else self.focused_slot()
+        self.post_message(self.Feedback(kind, slot, value))
+
+    def action_move(self, step: int) -> None:
+        views = self.views
+        views[(self.focused_slot() + step) % len(views)].focus()
+
+    def reset(self) -> None:
+        for view in self.views:
+            view.reset()
+
+    def focus_first(self) -> None:
+        self.views[0].focus()

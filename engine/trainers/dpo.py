@@ -46,7 +46,8 @@ class DPOTrainer(Trainer):
                 batch = packed_pairs(self.tokenizer, [examples[i] for i in missing], self.config.max_length, self.device)
             was_training = self.model.training
             self.model.eval()
-            with torch.inference_mode(), self.model.disable_adapter():
+            policy = getattr(self.model, "module", self.model)  # under DistributedDataParallel in fit()
+            with torch.inference_mode(), policy.disable_adapter():
                 chosen, rejected = self._reduce(pair_token_logps(self.model, **batch), batch["segments"])
             self.model.train(was_training)
             for i, c, r in zip(missing, chosen.tolist(), rejected.tolist()):

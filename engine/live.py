@@ -80,6 +80,7 @@ class LiveEngine:
         self.trainers: dict = {}
         self.generate_waiting = lambda: False  # set by the server: is a generate queued?
         self._preemptible = False
+        self._update_job = None  # the update whose step is running: its cancel stops the step too
         self._install_preemption()
         self.reference_cache: OrderedDict = OrderedDict()
         self.version = 0
@@ -201,6 +202,7 @@ class LiveEngine:
         if method == "dpo":
             rows = [self._with_reference(row) for row in rows]
         before = self._snapshot(trainer)
+        self._update_job = job
         metrics: dict = {}
         step, preempted, interruptions = 1, 0, 0
         try:
@@ -225,6 +227,8 @@ class LiveEngine:
         except BaseException:
             self._restore(trainer, before)
             raise
+        finally:
+            self._update_job = None
         parent, self.version = self.version, max(vs.list_versions(self.root) + [0]) + 1
         value_head = trainer.value_head if method == "ppo" else None
         vs.save_adapter(self.policy, vs.version_dir(self.root, self.version), value_head=value_head, metadata={
@@ -295,8 +299,11 @@ class LiveEngine:
         layers = getattr(lm.get_decoder() if hasattr(lm, "get_decoder") else lm, "layers", None) or []
 
         def check(*_):
-            if self._preemptible and self.generate_waiting():
-                raise Preempted()
+            if self._preemptible:
+                if self._update_job is not None and self._update_job.cancelled.is_set():
+                    raise Cancelled("update cancelled during a step: discarded")
+                if self.generate_waiting():
+                    raise Preempted()
 
         def on_output(module, args, output):
             tensor = output[0] if isinstance(output, tuple) else output

@@ -258,6 +258,24 @@ def test_a_generate_interrupts_an_update_step_which_is_redone_exactly(lines):
     assert replies("b1") == after_quiet  # the interrupted step was redone from scratch: same weights
 
 
+def test_cancel_stops_an_update_mid_step_and_discards_it(lines):
+    version = lines.ask({"type": "status", "id": "s0"})["version"]
+    many = [{"prompt": f"Question {i}: the sea?", "chosen": "Wide and deep. " * 12, "rejected": "No."} for i in range(48)]
+    lines.send({"type": "update", "id": "long", "examples": many, "hyperparameters": {"steps": 5}})
+    while not any(j["id"] == "long" and j["running"] for j in lines.ask({"type": "status", "id": "st"})["jobs"]):
+        pass
+    started = time.perf_counter()
+    lines.send({"type": "cancel", "id": "c", "target": "long"})
+    events = {e["id"]: e for e in [lines.recv(), lines.recv()]}
+    while "long" not in events or events["long"]["type"] == "progress":
+        event = lines.recv()
+        events[event["id"]] = event
+    assert events["c"]["cancelled"] == ["long"]
+    assert events["long"]["type"] == "error" and events["long"]["code"] == "cancelled"
+    assert time.perf_counter() - started < 3.0
+    assert lines.ask({"type": "status", "id": "s1"})["version"] == version
+
+
 def test_every_documented_request_is_accepted(lines, tmp_path):
     for message in documented_lines():
         if message["type"] not in REQUESTS or message["type"] == "shutdown":
@@ -302,6 +320,20 @@ def test_bad_transport_is_one_line_exit_2(tmp_path):
     out = subprocess.run([sys.executable, "-m", "engine", "serve", "--listen", "0.0.0.0:9", "--token-file", str(tmp_path / "t")],
                          capture_output=True, text=True, env=ENV)
     assert out.returncode == 2 and "loopback" in out.stderr
+
+
+async def test_an_engine_that_cannot_start_is_reported(tmp_path):
+    client = EngineClient(model=str(tmp_path / "no-such-model"), device="cpu", env=ENV)
+    with pytest.raises(EngineDied) as died:
+        await client.start()
+    assert died.value.returncode == 2 and "no such folder" in str(died.value)
+    await client.close()
+
+
+def test_cli_refuses_bad_flags_in_one_line():
+    out = subprocess.run([str(Path(sys.executable).parent / "tui-align"), "engine", "serve", "--device", "tpu"],
+                         capture_output=True, text=True, env=ENV)
+    assert out.returncode == 2 and out.stderr.strip() == "error: --device tpu: choose auto, cpu or cuda"
 
 
 async def test_sigkill_is_detected_and_restart_resumes(tiny_model_dir, tmp_path):

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a machine
+# whose cores are shared (the TUI, other jobs), spinning threads slowed generation 20x.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def parser() -> argparse.ArgumentParser:

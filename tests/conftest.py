@@ -12,6 +12,9 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Idle OpenMP threads sleep instead of spinning: on a loaded 2-core machine spinning made
+# torch 2-20x slower (engine subprocesses inherit it; engine/__main__.py sets it too).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def build_tiny_model(folder: Path, seed: int = 0) -> Path:

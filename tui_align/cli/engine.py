@@ -27,6 +27,9 @@ def serve(
         fail(f"--device {device}: choose auto, cpu or cuda")
     if dtype not in ("auto", "float32", "bfloat16"):
         fail(f"--dtype {dtype}: choose auto, float32 or bfloat16")
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as python -m engine: before torch loads OpenMP
     from engine.server import ServeOptions, main  # heavy: only when the command runs
 
     code = main(ServeOptions(model=model, method=method, socket=socket, listen=listen, token_file=token_file,

@@ -18,6 +18,9 @@ import torch
 from engine.data import _check_messages, _chat_ids
 
 
+TOP_K_FIRST = 512
+
+
 @dataclass
 class Candidate:
     tokens: list[int] = field(default_factory=list)
@@ -33,7 +36,12 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, -1)
     if top_p < 1.0:
-        sorted_probs, order = probs.sort(-1, descending=True)
+        # The nucleus almost always lies within the top few hundred tokens: sort only those
+        # (a full sort of the vocabulary costs more), unless they do not reach top_p.
+        k = min(TOP_K_FIRST, probs.shape[-1])
+        sorted_probs, order = probs.topk(k, -1)
+        if (sorted_probs.sum(-1) <= top_p).any():
+            sorted_probs, order = probs.sort(-1, descending=True)
         outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # the most likely token always stays
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)

@@ -68,6 +68,17 @@ def test_tree_history_and_training_rows(store):
     assert store.meta["hyperparameters"] == {"lr": 1e-4} and store.meta["schema_version"] == SCHEMA_VERSION
 
 
+def test_a_ranking_continues_with_the_best(store):
+    conv = store.new_conversation()
+    turn = store.add_user_turn(conv, "Hi")
+    a, b, c = store.add_responses(turn, [{"text": "A"}, {"text": "B"}, {"text": "C"}], 0, {})
+    store.record_preference(turn, a, [b, c])  # A > B > C, as the TUI stores a ranking
+    store.record_preference(turn, b, [c])
+    store.record_rating(c, 5)
+    store.record_rating(a, 1)  # a rating pair (C over A) does not move the continuation
+    assert store.history(conv)[-1]["content"] == "A" and store.counts()["pairs"] == 4
+
+
 def test_bad_feedback_is_refused(store):
     turn = store.add_user_turn(store.new_conversation(), "Hi")
     a, _ = store.add_responses(turn, CANDIDATES, 0, {})

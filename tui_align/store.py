@@ -287,8 +287,9 @@ class SessionStore:
                           outcome: str = "chosen", shown_order: list[int] | None = None, origin: str = "pick") -> int:
         """One judgment of a turn's candidates; returns its id (the judgment id).
 
-        outcome `chosen`: `chosen_id` beats each of `rejected_ids` (one pair each; with N>2
-        candidates that is a pick-one ranking), and it becomes the continuation. `tie`,
+        outcome `chosen`: `chosen_id` beats each of `rejected_ids` (one pair each). A pick
+        makes it the continuation unless an earlier pick of this turn rejected it, so a
+        ranking A > B > C stored as (A, [B, C]) then (B, [C]) continues with A. `tie`,
         `both_bad`, `skipped`: kept, never trained on by default; `chosen_id` may be None.
         `shown_order` is the response ids as shown, left first (default: as stored).
         """
@@ -303,6 +304,8 @@ class SessionStore:
         first, *others = candidates or [None]
         pairs = [(first, r) for r in others] or [(first, None)]
         now = time.time()
+        beaten = self.db.execute("select 1 from preferences where turn_id = ? and rejected_id = ? and outcome = 'chosen'",
+                                 [turn_id, chosen_id]).fetchone()
         with self.db.atomic():
             judgment = None
             for chosen, rejected in pairs:
@@ -313,7 +316,7 @@ class SessionStore:
                 if judgment is None:
                     judgment = pk
                     self.db["preferences"].update(pk, {"judgment_id": pk})
-            if outcome == "chosen":
+            if outcome == "chosen" and origin == "pick" and not beaten:
                 self.choose(turn_id, chosen_id)
         return judgment
 

@@ -15,6 +15,7 @@ import os
 import signal
 import stat
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ class ServeOptions(EngineOptions):
     socket: str | None = None
     listen: str | None = None  # HOST:PORT on loopback
     token_file: str | None = None
+    watch_stdin: bool = False  # exit when stdin reaches EOF: the spawning client died
 
 
 def check_transport(options: ServeOptions) -> tuple[str | None, tuple[str, int] | None, str | None]:
@@ -243,10 +245,12 @@ class Server:
         print(f"engine: {job.kind} {job.id} failed: {code}: {message}", file=sys.stderr, flush=True)
         job.conn.send_threadsafe(encode("error", job.id, code=code, message=message))
 
-    async def run(self, socket_path: str | None, address: tuple[str, int] | None) -> None:
+    async def run(self, socket_path: str | None, address: tuple[str, int] | None, watch_stdin: bool = False) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopped.set)
+        if watch_stdin:  # an orphaned engine would hold its memory forever
+            threading.Thread(target=_until_eof, args=(loop, self.stopped), daemon=True).start()
         if socket_path:
             if os.path.exists(socket_path):
                 os.unlink(socket_path)  # a stale socket from a killed engine
@@ -280,7 +284,7 @@ def serve(options: ServeOptions) -> None:
     if options.method not in ("dpo", "sft", "ppo"):
         raise UserError(f"--method {options.method}: choose dpo, sft or ppo")
     engine = LiveEngine(options)
-    asyncio.run(Server(engine, token).run(socket_path, address))
+    asyncio.run(Server(engine, token).run(socket_path, address, options.watch_stdin))
 
 
 def main(options: ServeOptions) -> int:
@@ -291,6 +295,19 @@ def main(options: ServeOptions) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     return 0
+
+
+def _until_eof(loop, stopped: asyncio.Event) -> None:
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    except (OSError, ValueError):
+        pass
+    loop.call_soon_threadsafe(stopped.set)
+    try:  # stderr is most likely a broken pipe too
+        print("engine: stdin closed (the client is gone): shutting down", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _protocol() -> int:

@@ -336,6 +336,29 @@ def test_cli_refuses_bad_flags_in_one_line():
     assert out.returncode == 2 and out.stderr.strip() == "error: --device tpu: choose auto, cpu or cuda"
 
 
+def test_engine_exits_when_the_client_that_spawned_it_dies(tiny_model_dir, tmp_path):
+    code = (
+        "import asyncio, os, sys\n"
+        "from tui_align.client import EngineClient\n"
+        "async def main():\n"
+        f"    c = EngineClient(model={str(tiny_model_dir)!r}, device='cpu')\n"
+        "    info = await c.start()\n"
+        "    print(info['pid'], flush=True)\n"
+        "    os._exit(0)\n"  # dies without close() or shutdown
+        "asyncio.run(main())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    pid = int(out.stdout.strip())
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    pytest.fail("the orphaned engine kept running")
+
+
 async def test_sigkill_is_detected_and_restart_resumes(tiny_model_dir, tmp_path):
     client = EngineClient(model=str(tiny_model_dir), session_dir=tmp_path / "session", device="cpu", env=ENV)
     try:

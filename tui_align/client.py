@@ -93,13 +93,13 @@ class EngineClient:
             self.session_dir = Path(self._tmp) / "session"
         socket_path = os.path.join(self._tmp, "engine.sock")
         args = [self.python, "-m", "engine", "serve", "--socket", socket_path, "--session-dir", str(self.session_dir),
-                "--method", self.method, "--device", self.device, "--dtype", self.dtype, *self.extra_args]
+                "--method", self.method, "--device", self.device, "--dtype", self.dtype, "--watch-stdin", *self.extra_args]
         if self.model:
             args += ["--model", str(self.model)]
         env = {**os.environ, **(self.env or {})}
         spawned = asyncio.get_running_loop().time()
         self._proc = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=env, limit=LINE_LIMIT)
         self._spawn(self._pump_stderr(self._proc))
         while True:  # the ready line; anything else on stdout before it is ignored
@@ -352,6 +352,8 @@ class EngineClient:
     async def _stop_process(self) -> None:
         await self._close_connection()
         proc = self._proc
+        if proc is not None and proc.stdin is not None:
+            proc.stdin.close()  # --watch-stdin: the engine exits on EOF even if shutdown was not heard
         if proc is not None and proc.returncode is None:
             try:
                 await asyncio.wait_for(proc.wait(), 10)

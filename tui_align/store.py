@@ -9,17 +9,7 @@ transaction per user action). One process writes a session at a time: the writer
 exclusive `flock` on `session.lock` for the store's lifetime, and a second writer is
 refused; readers (`readonly=True`) are always allowed.
 
-How feedback becomes training data (`feedback`, `pending_feedback`, `tui-align sessions export`):
-- dpo: every preference pair whose outcome is `chosen`. Pairs come from picks (the chosen
-  reply over each rejected one), from edits (the edited reply over the original) and from
-  ratings: two responses to the same prompt turn, rated on the same scale with different
-  scores, yield a pair (higher over lower) when the second rating is recorded. Ties,
-  both-bad and skipped judgments are kept but excluded from DPO.
-- sft: every demonstration (a reply the person wrote or edited), as {prompt, completion}.
-- ppo: every rating, as {prompt, completion, score}; thumbs and 1-5 scores are mapped to
-  [-1, 1] (thumbs 0 -> -1, 1 -> 1; 1-5 -> (score - 3) / 2), numeric scores are kept as is.
-Feedback is consumed by an update that finished with status `done`; failed or cancelled
-updates leave it pending.
+How feedback becomes training data is in tui_align/feedback.py (FeedbackQueries).
 """
 
 from __future__ import annotations
@@ -36,11 +26,11 @@ from sqlite_utils import Database
 
 from engine.errors import UserError
 from tui_align import __version__
+from tui_align.feedback import FeedbackQueries
 from tui_align.migrations import MIGRATIONS, SCHEMA_VERSION, schema_version, unknown_migrations, upgrade
 
 OUTCOMES = ("chosen", "tie", "both_bad", "skipped")
 SCALES = ("thumbs", "1-5", "numeric")
-METHODS = ("dpo", "sft", "ppo")
 DB_FILE, LOCK_FILE = "session.db", "session.lock"
 
 
@@ -58,15 +48,7 @@ def list_sessions(root: str | Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / DB_FILE).exists()) if root.is_dir() else []
 
 
-def _assistant(text: str) -> list[dict]:
-    return [{"role": "assistant", "content": text}]
-
-
-def _reward(score: float, scale: str) -> float:
-    return {"thumbs": lambda s: 2 * s - 1, "1-5": lambda s: (s - 3) / 2}.get(scale, lambda s: s)(score)
-
-
-class SessionStore:
+class SessionStore(FeedbackQueries):
     def __init__(self, db: Database, folder: Path, lock_fd: int | None, readonly: bool):
         self.db, self.folder, self._lock_fd, self.readonly = db, folder, lock_fd, readonly
 
@@ -361,56 +343,6 @@ class SessionStore:
                 self.record_preference(turn_id, response_id, [edited_from], origin="edit")
             self.choose(turn_id, response_id)
         return demo_id
-
-    # Training data ----------------------------------------------------------------------
-
-    def feedback(self, method: str) -> list[tuple[int, dict]]:
-        """(feedback id, TRL-format example) for all feedback usable by `method`, oldest first."""
-        if method not in METHODS:
-            raise UserError(f"method {method!r}: choose one of {', '.join(METHODS)}")
-        if method == "dpo":
-            rows = self.db.query(
-                """select p.id, p.turn_id, c.text as chosen, r.text as rejected,
-                          c.ref_logps as ref_c, r.ref_logps as ref_r
-                   from preferences p join responses c on c.id = p.chosen_id join responses r on r.id = p.rejected_id
-                   where p.outcome = 'chosen' order by p.id""")
-            out = []
-            for row in rows:
-                example = {"prompt": self.prompt(row["turn_id"]), "chosen": _assistant(row["chosen"]),
-                           "rejected": _assistant(row["rejected"])}
-                if row["ref_c"] is not None and row["ref_r"] is not None:
-                    example.update(ref_chosen_logps=row["ref_c"], ref_rejected_logps=row["ref_r"])
-                out.append((row["id"], example))
-            return out
-        if method == "sft":
-            return [(row["id"], {"prompt": self.prompt(row["turn_id"]), "completion": _assistant(row["text"])})
-                    for row in self.db["demonstrations"].rows_where(order_by="id")]
-        return [(row["id"], {"prompt": row["prompt"], "completion": _assistant(row["text"]),
-                             "score": _reward(row["score"], row["scale"])}) for row in self.rated_responses()]
-
-    def rated_responses(self) -> list[dict]:
-        """Every rating with its prompt and reply: {id, prompt, text, score, scale}, oldest first."""
-        rows = self.db.query("""select g.id, g.score, g.scale, s.turn_id, s.text from ratings g
-                                join responses s on s.id = g.response_id order by g.id""")
-        return [{**row, "prompt": self.prompt(row["turn_id"])} for row in rows]
-
-    def consumed(self, method: str) -> set[int]:
-        rows = self.db["updates"].rows_where("method = ? and status = 'done'", [method], select="feedback_ids")
-        return {i for row in rows for i in json.loads(row["feedback_ids"] or "[]")}
-
-    def pending_feedback(self, method: str) -> tuple[list[dict], list[int]]:
-        """(examples, feedback ids) not yet consumed by a finished update of `method`."""
-        used = self.consumed(method)
-        pending = [(i, ex) for i, ex in self.feedback(method) if i not in used]
-        return [ex for _, ex in pending], [i for i, _ in pending]
-
-    def recent_feedback(self, method: str, limit: int) -> tuple[list[dict], list[int]]:
-        """The last `limit` examples, consumed or not (a sliding window for live updates)."""
-        recent = self.feedback(method)[-limit:]
-        return [ex for _, ex in recent], [i for i, _ in recent]
-
-    def pending_count(self, method: str) -> int:
-        return len(self.pending_feedback(method)[1])
 
     # Updates and versions ---------------------------------------------------------------
 

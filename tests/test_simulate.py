@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from engine.errors import UserError
 from tui_align.cli import app
-from tui_align.judges import Reply, load_judge, longer, shorter
+from tui_align.judges import Reply, checked_pick, load_judge, longer, shorter
 from tui_align.store import SessionStore
 
 runner = CliRunner()
@@ -27,6 +27,10 @@ def test_load_judge(tmp_path):
     (tmp_path / "mine.py").write_text("def pick(prompt, a, b):\n    return 1\n")
     assert load_judge(f"{tmp_path / 'mine.py'}:pick")("q", "a", "b") == 1
     assert load_judge("tui_align.judges:longer") is longer
+    with pytest.raises(UserError, match="returned 'x'"):
+        checked_pick(lambda p, a, b: "x", "mine", "q", "a", "b")
+    with pytest.raises(UserError, match="raised ZeroDivisionError"):
+        checked_pick(lambda p, a, b: 1 / 0, "mine", "q", "a", "b")
     for spec, message in [("nonsense", "use shorter"), (f"{tmp_path / 'none.py'}:f", "no such file"),
                           (f"{tmp_path / 'mine.py'}:missing", "no function missing"), ("no_such_mod:f", "cannot import")]:
         with pytest.raises(UserError, match=message):

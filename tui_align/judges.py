@@ -88,7 +88,10 @@ def load_judge(spec: str):
 
 def checked_pick(judge, spec: str, prompt: str, a: Reply, b: Reply) -> int | None:
     """Call the judge; a result other than 0, 1 or None is a UserError naming the judge."""
-    pick = judge(prompt, a, b)
+    try:
+        pick = judge(prompt, a, b)
+    except Exception as exc:  # the user's code: report it as one line, like any bad input
+        raise UserError(f"--judge {spec} raised {type(exc).__name__}: {exc}") from None
     if pick not in (0, 1, None) or isinstance(pick, bool):
         raise UserError(f"--judge {spec} returned {pick!r}: a judge returns 0, 1 or None")
     return pick

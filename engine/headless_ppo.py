@@ -47,7 +47,7 @@ def check_plot(plot: str | Path | None) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise UserError("--plot needs matplotlib: pip install matplotlib (every step's metrics are "
+        raise UserError("--plot needs matplotlib: pip install matplotlib (or tui-align[plot]) (every step's metrics are "
                         "written to OUTPUT/history.jsonl anyway)") from None
 
 

@@ -47,8 +47,8 @@ def check_plot(plot: str | Path | None) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise UserError("--plot needs matplotlib: pip install matplotlib (or tui-align[plot]) (every step's metrics are "
-                        "written to OUTPUT/history.jsonl anyway)") from None
+        raise UserError("--plot needs matplotlib (pip install matplotlib); every step's metrics are "
+                        "written to OUTPUT/history.jsonl anyway") from None
 
 
 def train_ppo(prompts: list, reward_spec: str, output: str | Path, model: str | None, config, lora,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -25,6 +26,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The same OpenMP setting for TRL (in this process) as the engine sets for itself: fair.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from tui_align.client import EngineClient  # noqa: E402
 
@@ -116,6 +119,8 @@ def trl_one_pair(pair: dict, args, defaults: bool) -> float:
     row = {"prompt": pair["prompt"], "chosen": [{"role": "assistant", "content": pair["chosen"]}],
            "rejected": [{"role": "assistant", "content": pair["rejected"]}]}
     matched = {} if defaults else {"gradient_checkpointing": False, "bf16": False}
+    if args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available()):
+        matched["bf16"] = False  # TRL's bf16 default refuses to run on a CPU
     config = DPOConfig(
         output_dir=tempfile.mkdtemp(prefix="trl-live-"), per_device_train_batch_size=1, max_steps=1,
         learning_rate=2e-4, beta=0.1, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0],
@@ -169,7 +174,7 @@ def main() -> None:
     for defaults in (False, True):
         runs = [trl_one_pair(rating["first_pair"], args, defaults) for _ in range(args.trl_runs)]
         if runs:
-            name = "TRL defaults (grad ckpt, bf16 if any)" if defaults else "TRL matched (no ckpt, fp32)"
+            name = "TRL defaults (grad ckpt; bf16 on GPU)" if defaults else "TRL matched (no ckpt, fp32)"
             print(f"{name}: build DPOTrainer on 1 row + 1 step: {', '.join(f'{s:.2f}' for s in runs)} s; "
                   f"ours / TRL = {rating['one_pair_s'] / median(runs):.3f} (goal <= 0.3)")
 

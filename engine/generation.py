@@ -79,6 +79,7 @@ class Generation:
         self.live = list(range(n))  # candidate index of each row still in the batch
         self.cache = None
         self.next_input: torch.Tensor | None = None
+        self.decoder, self.head = _decoder_and_head(model)
         self.started = started if started is not None else time.perf_counter()
 
     @property
@@ -126,11 +127,20 @@ class Generation:
 
             self.cache = DynamicCache()
             ids = torch.tensor([self.prompt_ids], device=self.device)
-            out = self.model(input_ids=ids, cache=self.cache, use_cache=True, logits_to_keep=1)
+            logits = self._logits(ids)
             self.cache.batch_repeat_interleave(self.n)
-            return out.logits[:, -1].expand(self.n, -1)
-        out = self.model(input_ids=self.next_input, cache=self.cache, use_cache=True)
-        return out.logits[:, -1]
+            return logits.expand(self.n, -1)
+        return self._logits(self.next_input)
+
+    def _logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Next-token logits [rows, vocab]: the decoder, then the LM head on the last position only."""
+        if self.head is None:  # an unusual model: let it do everything
+            return self.model(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        hidden = self.decoder(input_ids=input_ids, cache=self.cache, use_cache=True).last_hidden_state[:, -1]
+        # weight @ hidden.T rather than F.linear: for a few rows against the large vocabulary
+        # matrix, CPU BLAS runs this orientation ~3x faster (it is the same product).
+        logits = torch.mm(self.head.weight, hidden.t()).t()
+        return logits if self.head.bias is None else logits + self.head.bias
 
     def _finish(self, index: int, reason: str, now: float) -> list[tuple[int, str]]:
         """Close a candidate; returns the text not streamed yet (a held-back partial character)."""
@@ -159,6 +169,19 @@ class Generation:
                 "tokens_per_s": round(len(cand.tokens) / elapsed, 2) if elapsed > 0 and cand.tokens else 0.0,
             })
         return out
+
+
+def _decoder_and_head(model):
+    """(decoder, plain Linear LM head) of a causal LM, or (None, None) if it is not that shape."""
+    from engine.logprobs import causal_lm
+
+    lm = causal_lm(model)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else None
+    special = getattr(lm.config, "final_logit_softcapping", None) or hasattr(lm, "logit_scale")
+    if decoder is None or type(head) is not torch.nn.Linear or special:  # logits need more than the head
+        return None, None
+    return decoder, head
 
 
 def generate(model, tokenizer, messages: list[dict], **options) -> list[dict]:

@@ -37,14 +37,17 @@ def test_same_seed_same_replies_and_stream_adds_up(tiny_policy):
 
 def test_n_candidates_are_one_batch(tiny_policy, monkeypatch):
     model, tokenizer = tiny_policy
+    from engine.logprobs import causal_lm
+
     calls = []
-    forward = model.forward
+    decoder = causal_lm(model).get_decoder()
+    forward = decoder.forward
 
     def counting(*args, **kwargs):
         calls.append(kwargs["input_ids"].shape)
         return forward(*args, **kwargs)
 
-    monkeypatch.setattr(model, "forward", counting)
+    monkeypatch.setattr(decoder, "forward", counting)
     generate(model, tokenizer, MESSAGES, n=3, max_new_tokens=6, seed=1)
     assert len(calls) == 6  # one forward per token, whatever n
     assert calls[0][0] == 1  # the prompt runs once; its cache is shared by the 3 rows
@@ -104,6 +107,22 @@ def test_cancel_stops_at_once(tiny_policy):
     results = gen.results()
     assert [r["finish_reason"] for r in results] == ["cancelled", "cancelled"]
     assert [r["tokens"] for r in results] == [4, 4]
+
+
+def test_logits_match_the_model(tiny_policy):
+    import torch
+
+    model, tokenizer = tiny_policy
+    gen = Generation(model, tokenizer, MESSAGES, n=2, max_new_tokens=3, seed=0)
+    assert gen.head is not None  # the fast path is the one tested
+    ids = torch.tensor([gen.prompt_ids])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits[:, -1]
+        from transformers import DynamicCache
+
+        gen.cache = DynamicCache()
+        got = gen._logits(ids)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_greedy_and_top_p_sampling():

@@ -137,7 +137,7 @@ async def test_event_loop_never_stalls_while_generating_and_training(tmp_path, t
         app.set_interval(0.01, lambda: ticks.append(time.perf_counter()))
         await send(pilot, chat, "Write a poem")
         await pilot.press("a")  # update_every=1: an update starts in the background...
-        await wait_until(pilot, lambda: app.update_running, what="the automatic update")
+        await wait_until(pilot, lambda: app.update_running or app.client.version >= 1, what="the automatic update")
         await send(pilot, chat, "Another one")  # ...while the person keeps chatting
         await wait_until(pilot, lambda: not app.update_running and app.client.version >= 1, what="v1")
         await pilot.press("b")
@@ -164,4 +164,23 @@ async def test_ppo_scores_are_ratings(tmp_path, tiny_model_dir, method):
         assert ratings == {first: (4, "1-5"), second: (0, "thumbs")}
         assert chat.phase is Phase.PROMPT
         assert app.store.history(chat.conversation_id)[-1]["content"] == app.store.db["responses"].get(first)["text"]
+        await pilot.press("q")
+
+
+async def test_a_failed_update_is_shown_logged_and_its_feedback_stays_pending(tmp_path, tiny_model_dir):
+    """The engine refuses the update (here an absurd learning rate; NaN and out-of-memory take the same path)."""
+    store = SessionStore.open(tmp_path / "sessions", "nan", model=str(tiny_model_dir), hyperparameters={"lr": 1e38})
+    app = ChatTrainApp(store, ChatConfig(model=str(tiny_model_dir), device="cpu", max_new_tokens=8, update_every=1))
+    async with app.run_test(size=(80, 24)) as pilot:
+        chat = app.chat
+        await wait_until(pilot, lambda: chat.phase is Phase.PROMPT, what="the engine")
+        await send(pilot, chat, "Hi")
+        await pilot.press("a")  # update_every=1: the update starts, and fails
+        await wait_until(pilot, lambda: store.db["updates"].count and not app.update_running, what="the update")
+        (update,) = store.db["updates"].rows
+        assert update["status"] == "failed" and update["error"]
+        assert app.client.version == 0 and app.engine_state == "idle" and app.client.alive
+        assert any("update discarded" in n.message for n in app._notifications)
+        assert any("update discarded" in e["message"] for e in store.db["events"].rows_where("level = 'warning'"))
+        assert store.pending_count("dpo") == 1  # the pick stays pending for the next update
         await pilot.press("q")

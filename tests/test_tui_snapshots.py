@@ -68,3 +68,20 @@ def test_main_screen_160x48(snap_compare, tmp_path):
         await judging(pilot, metrics=True)
 
     assert snap_compare(snapshot_app(tmp_path), terminal_size=(160, 48), run_before=with_metrics)
+
+
+async def test_every_action_is_in_the_command_palette_and_help_opens(tmp_path):
+    from tui_align.screens.help import HelpScreen
+
+    app = snapshot_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await judging(pilot)
+        titles = {command.title for command in app.get_system_commands(app.screen)}
+        assert {"Pick A", "Pick B", "Tie", "Both bad", "Skip round", "Edit reply", "Regenerate", "Train now",
+                "Undo last update", "New conversation", "Toggle metrics", "Help", "Restart engine", "Quit"} <= titles
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("t")  # a tie, from the keyboard: stored before the screen moves on
+        assert [row["outcome"] for row in app.store.db["preferences"].rows][-1] == "tie"

@@ -284,10 +284,8 @@ class ChatTrainApp(App):
         self.exit()
 
     async def on_unmount(self) -> None:
-        try:
-            await self.client.close()
-        finally:
-            self.store.close()
+        self.store.close()  # everything is committed; release the session first so a restart need not wait
+        await self.client.close()
 
 
 def lower_priority(pid: int, niceness: int = 10) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -27,6 +28,10 @@ def chat_train(
     temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="Sampling temperature of the candidates."),
 ) -> None:
     """Chat with the model in a terminal UI; every pick, score or edit trains it within seconds."""
+    # sqlite-utils imports pandas and numpy when installed (~0.5 s); this process needs neither,
+    # and the first frame must come within a second.
+    for unneeded in ("pandas", "numpy"):
+        sys.modules.setdefault(unneeded, None)
     from tui_align.store import SessionStore
     from tui_align.store import sessions_dir as resolve_sessions_dir
 

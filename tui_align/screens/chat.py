@@ -65,7 +65,7 @@ class ChatScreen(Screen):
         with Horizontal(id="body"):
             with Vertical(id="main"):
                 yield ConversationPane(id="conversation")
-                yield CandidatePane(self.config.candidates, self.config.method, id="candidates")
+                yield CandidatePane(self.config.candidates, self.config.method, id="candidates", classes="no-round")
                 yield PromptInput(id="prompt", placeholder=PLACEHOLDERS[Phase.LOADING])
             yield MetricsPanel(self.config.method, id="metrics")
         yield Footer(compact=True)

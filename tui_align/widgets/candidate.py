@@ -14,12 +14,11 @@ LAYOUT_EVERY = 0.25
 
 
 def finish_note(result: dict) -> tuple[str, bool]:
-    """('finished · 42 tok · 18 tok/s', True) or ('cut off at 128 tok', False): cut-off pairs teach only length."""
+    """('finished · 42 tok', True) or ('cut off at 128 tok', False): cut-off pairs teach only length."""
     reason = result.get("finish_reason", "")
     tokens = result.get("tokens", 0)
-    speed = result.get("tokens_per_s") or 0.0
     if reason in FINISHED:
-        return f"finished · {tokens} tok · {speed:.0f} tok/s", True
+        return f"finished · {tokens} tok", True
     if reason == "length":
         return f"cut off at {tokens} tok", False
     return f"{reason or 'stopped'} · {tokens} tok", False
@@ -78,7 +77,7 @@ class CandidateView(VerticalScroll):
         note, finished = finish_note(result)
         self.border_subtitle = note
         self.set_classes(f"candidate {'finished' if finished else 'cutoff'}")
-        self.body.update(Text(text or "(empty reply)"))
+        self.body.update(Text(text.strip() or "(empty reply)"))
 
     def mark(self, label: str, css_class: str = "") -> None:
         """Show the person's verdict in the title (e.g. 'A ✓', 'B 4/5 stored')."""

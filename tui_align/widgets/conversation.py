@@ -10,6 +10,12 @@ ROLE_TITLES = {"user": "you", "assistant": "model", "system": "note"}
 MAX_SHOWN = 60  # older turns stay in the store; a long scrollback would slow every layout
 
 
+def hard_breaks(text: str) -> str:
+    """Keep a reply's line breaks (a poem, a list without markers); Markdown would join the lines."""
+    parts = text.split("```")
+    return "```".join(part if i % 2 else part.replace("\n", "  \n") for i, part in enumerate(parts))
+
+
 class Turn(Static):
     """One message; its role is a CSS class (user / assistant / system) for app.tcss.
 
@@ -18,7 +24,7 @@ class Turn(Static):
     """
 
     def __init__(self, role: str, content: str, note: str = "") -> None:
-        super().__init__(Markdown(content or "*(empty)*"), classes=f"turn {role}")
+        super().__init__(Markdown(hard_breaks(content.strip()) or "*(empty)*"), classes=f"turn {role}")
         self.border_title = ROLE_TITLES.get(role, role)
         if note:
             self.border_subtitle = note

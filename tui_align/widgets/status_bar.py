@@ -12,6 +12,9 @@ STATE_STYLES = {
     "idle": "bold green", "error": "bold white on red",
 }
 
+BUSY = ("loading", "generating", "training")
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
 
 class StatusBar(Static):
     """Attributes down: the app sets fields with `show(...)`; the bar renders them, nothing else."""
@@ -20,10 +23,18 @@ class StatusBar(Static):
         super().__init__("", **kwargs)
         self.fields = {"state": "loading", "device": "", "model": "", "version": 0, "pending": 0,
                        "update_every": 4, "last_update": None, "last_seconds": None, "note": ""}
+        self.frame = 0
 
     def on_mount(self) -> None:
         self.set_interval(5, self.refresh_text)  # keeps "12 s ago" current
+        self.set_interval(0.15, self.spin)
         self.refresh_text()
+
+    def spin(self) -> None:
+        """A spinner while the engine works (loading the model, generating, training)."""
+        if self.fields["state"] in BUSY:
+            self.frame = (self.frame + 1) % len(SPINNER)
+            self.refresh_text()
 
     def show(self, **fields) -> None:
         self.fields.update(fields)
@@ -32,7 +43,8 @@ class StatusBar(Static):
     def refresh_text(self) -> None:
         f = self.fields
         text = Text(no_wrap=True, overflow="ellipsis")
-        text.append(f" {f['state']} ", STATE_STYLES.get(f["state"], "bold"))
+        busy = f"{SPINNER[self.frame]} " if f["state"] in BUSY else ""
+        text.append(f" {busy}{f['state']} ", STATE_STYLES.get(f["state"], "bold"))
         if f["note"]:
             text.append(f" {f['note']}", "italic")
         text.append(f"  v{f['version']}", "bold")

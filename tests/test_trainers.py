@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine.data import preference_batch
+from engine.data import packed_pairs, preference_batch
 from engine.errors import NonFiniteLoss
 from engine.trainers import DPOTrainer, SFTTrainer, TrainConfig
 
@@ -202,3 +202,19 @@ def test_reference_logps_are_cached_per_pair(tiny_policy):
     trainer.reference_cache.clear()
     fresh = trainer.reference_logps(PAIRS[:2])
     assert fresh == pytest.approx(first, abs=1e-5)
+
+
+def test_reference_cache_follows_the_settings_that_change_the_value(tiny_policy):
+    """The live loop swaps the config between updates: IPO averages and truncation must not reuse sums."""
+    from dataclasses import replace
+
+    model, tokenizer = tiny_policy
+    trainer = DPOTrainer(model, tokenizer, TrainConfig())
+    (summed,) = trainer.reference_logps(PAIRS[:1])
+    trainer.config = replace(trainer.config, loss_type="ipo")
+    (averaged,) = trainer.reference_logps(PAIRS[:1])
+    trainer.config = replace(trainer.config, loss_type="sigmoid", max_length=8)
+    (truncated,) = trainer.reference_logps(PAIRS[:1])
+    rejected_tokens = int((packed_pairs(tokenizer, PAIRS[:1], None)["segments"] == 2).sum())
+    assert averaged[1] == pytest.approx(summed[1] / rejected_tokens, rel=1e-4)
+    assert truncated != summed and len(trainer.reference_cache) == 3

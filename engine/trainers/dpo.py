@@ -39,7 +39,7 @@ class DPOTrainer(Trainer):
 
     def reference_logps(self, examples: list[dict], batch=None) -> list[tuple[float, float]]:
         """(chosen, rejected) reference log-probs: the base with the adapter disabled."""
-        keys = [_key(ex) for ex in examples]
+        keys = [self._key(ex) for ex in examples]
         missing = [i for i, key in enumerate(keys) if key not in self.reference_cache]
         if missing:
             if batch is None or len(missing) < len(examples):
@@ -53,6 +53,15 @@ class DPOTrainer(Trainer):
             for i, c, r in zip(missing, chosen.tolist(), rejected.tolist()):
                 self.reference_cache[keys[i]] = (c, r)
         return [self.reference_cache[key] for key in keys]
+
+    def _key(self, example: dict) -> str:
+        """What a reference log-prob depends on: the texts, the truncation and IPO's averaging.
+
+        (The live loop swaps `config` between updates; the base weights never change.)
+        """
+        cfg = self.config
+        return json.dumps([example["prompt"], example["chosen"], example["rejected"], cfg.max_length,
+                           cfg.loss_type == "ipo"], sort_keys=True)
 
     def loss(self, examples: list[dict]):
         cfg = self.config
@@ -82,8 +91,3 @@ class DPOTrainer(Trainer):
             "tokens": int((batch["segments"] >= 0).sum()),
         })
         return loss, metrics
-
-
-def _key(example: dict) -> str:
-    """What a reference log-prob depends on: the texts (the base and config are fixed per trainer)."""
-    return json.dumps([example["prompt"], example["chosen"], example["rejected"]], sort_keys=True)

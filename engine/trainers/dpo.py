@@ -18,6 +18,8 @@ from engine.logprobs import pair_token_logps
 from engine.losses import dpo_loss
 from engine.trainers.base import Trainer
 
+REFERENCE_CACHE_SIZE = 100_000  # pairs (~1 KB each): bounds a very long live session
+
 
 class DPOTrainer(Trainer):
     def __init__(self, model, tokenizer, config=None):
@@ -52,7 +54,10 @@ class DPOTrainer(Trainer):
             self.model.train(was_training)
             for i, c, r in zip(missing, chosen.tolist(), rejected.tolist()):
                 self.reference_cache[keys[i]] = (c, r)
-        return [self.reference_cache[key] for key in keys]
+        values = [self.reference_cache[key] for key in keys]
+        while len(self.reference_cache) > REFERENCE_CACHE_SIZE:  # oldest first: dicts keep insertion order
+            del self.reference_cache[next(iter(self.reference_cache))]
+        return values
 
     def _key(self, example: dict) -> str:
         """What a reference log-prob depends on: the texts, the truncation and IPO's averaging.

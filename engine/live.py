@@ -152,10 +152,19 @@ class LiveEngine:
         if unknown:
             raise DataError(f"unknown hyperparameter(s) {', '.join(unknown)} for {method}; "
                             f"known: steps, {', '.join(sorted(known))}")
+        values = {k: v for k, v in values.items() if v is not None}  # null: keep the default
+        base = config_type.from_dict(LIVE_DEFAULTS[method])
         for key, value in values.items():
-            if value is not None and not isinstance(value, (int, float, str)):
-                raise DataError(f"hyperparameters.{key} must be a number or a string")
-        config = replace(config_type.from_dict(LIVE_DEFAULTS[method]), **values)
+            default = getattr(base, key)
+            if isinstance(default, bool) or isinstance(value, bool):
+                ok = isinstance(value, bool) and (default is None or isinstance(default, bool))
+            elif isinstance(default, str):
+                ok = isinstance(value, str)
+            else:  # a number, or a field whose default is None (numbers in every such config)
+                ok = isinstance(value, (int, float))
+            if not ok:
+                raise DataError(f"hyperparameters.{key} must be {type(default).__name__}, got {value!r}")
+        config = replace(base, **values)
         return config, steps
 
     def check_rollback(self, version: int) -> None:

@@ -208,6 +208,8 @@ def test_malformed_lines_are_answered_and_the_connection_lives(lines):
                 {"type": "generate", "id": "d", "messages": HI, "top_p": 0},
                 {"type": "update", "id": "e", "examples": [{"prompt": "x"}]},
                 {"type": "update", "id": "f", "examples": [PAIR], "hyperparameters": {"lrr": 1}},
+                {"type": "update", "id": "f2", "examples": [PAIR], "hyperparameters": {"lr": "fast"}},
+                {"type": "update", "id": "f3", "method": "rlhf", "examples": [PAIR]},
                 {"type": "rollback", "id": "g", "version": 999},
                 {"type": "hello", "id": "h", "v": 7}]:
         error = lines.ask(bad)

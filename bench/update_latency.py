@@ -10,7 +10,8 @@ TRL: what a TRL user must do for the same update: build a `DPOTrainer` on a one-
   adapter; that copy is removed after each update, outside the timing. TRL runs with its
   own defaults (gradient checkpointing, bf16 autocast) and matched to ours (neither).
 
-Updates alternate between the contenders; each gets a fresh pair; medians are reported.
+Updates alternate between the contenders; each round brings a new pair, the same for
+every contender (its length sets the cost); medians are reported.
 
     flock /tmp/bench.lock .venv/bin/python bench/update_latency.py [--updates 3]
 """
@@ -92,7 +93,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
-    pairs = iter(synthetic_pairs(4 * args.updates + 4, seed=1))
+    pairs = iter(synthetic_pairs(args.updates + 2, seed=1))
     trainer = ours_trainer(args)
     model, tokenizer = trl_model(args)
     trainer.step([next(pairs)])  # warm-up, both sides: first-call allocations are not what we time
@@ -101,15 +102,16 @@ def main() -> None:
     times = {"ours (precomputed ref)": [], "ours (cold)": [], "ours: reference pass": [],
              "TRL matched (no ckpt, fp32)": [], "TRL defaults (grad ckpt, bf16)": []}
     for i in range(args.updates):
-        pair = next(pairs)
+        pair = next(pairs)  # every contender gets this same pair: the cost depends on its length
         started = time.perf_counter()
         (chosen, rejected), = trainer.reference_logps([pair])
         times["ours: reference pass"].append(time.perf_counter() - started)
         metrics = trainer.step([{**pair, "ref_chosen_logps": chosen, "ref_rejected_logps": rejected}])
         times["ours (precomputed ref)"].append(metrics["seconds"])
-        times["ours (cold)"].append(trainer.step([next(pairs)])["seconds"])
-        times["TRL matched (no ckpt, fp32)"].append(trl_update(model, tokenizer, next(pairs), args, defaults=False))
-        times["TRL defaults (grad ckpt, bf16)"].append(trl_update(model, tokenizer, next(pairs), args, defaults=True))
+        trainer.reference_cache.clear()  # cold: the step computes the reference itself
+        times["ours (cold)"].append(trainer.step([pair])["seconds"])
+        times["TRL matched (no ckpt, fp32)"].append(trl_update(model, tokenizer, pair, args, defaults=False))
+        times["TRL defaults (grad ckpt, bf16)"].append(trl_update(model, tokenizer, pair, args, defaults=True))
         print(f"update {i + 1}: " + "  ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
 
     median = {k: statistics.median(v) for k, v in times.items()}

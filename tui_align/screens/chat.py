@@ -35,6 +35,7 @@ PLACEHOLDERS = {
     Phase.JUDGING: "Judge the candidates: a/b pick · t tie · x both bad · s skip · e edit · r regenerate",
 }
 
+ENGINE_DOWN = "The engine stopped: ctrl+r restarts it at the last saved version"
 PPO_JUDGING = "Score each candidate: 1-5 or +/- (←/→ moves) · a/b pick · e edit · r regenerate"
 
 
@@ -103,7 +104,8 @@ class ChatScreen(Screen):
     def set_phase(self, phase: Phase) -> None:
         self.phase = phase
         ppo = phase is Phase.JUDGING and self.config.method == "ppo"
-        self.prompt.placeholder = PPO_JUDGING if ppo else PLACEHOLDERS[phase]
+        down = phase is Phase.LOADING and self.app.engine_state == "error"
+        self.prompt.placeholder = PPO_JUDGING if ppo else ENGINE_DOWN if down else PLACEHOLDERS[phase]
         self.candidates.judging = phase is Phase.JUDGING
         self.prompt.disabled = phase in (Phase.GENERATING, Phase.JUDGING)
         # On the pane, not the screen: a class on the screen restyles every widget in the conversation.
@@ -126,6 +128,10 @@ class ChatScreen(Screen):
         if self.interrupted is not None:  # the engine died mid-round: the prompt is stored, ask again
             interrupted, self.interrupted = self.interrupted, None
             self.begin_round(interrupted.turn_id, interrupted.prompt)
+
+    def ready_phase(self) -> Phase:
+        """Where a finished round leaves the screen: the prompt, unless there is no engine to answer it."""
+        return Phase.LOADING if self.app.engine_state in ("loading", "error") else Phase.PROMPT
 
     def engine_lost(self) -> None:
         if self.phase is Phase.GENERATING and self.round is not None:
@@ -168,6 +174,7 @@ class ChatScreen(Screen):
                     self.candidates_done(round_, event["candidates"])
         except EngineDied as exc:
             self.app.engine_died(exc)
+            self.engine_lost()  # also when the death was already noticed: keep the prompt for the restart
         except EngineError as exc:
             self.store.log("error", f"generation failed: {exc}")
             self.notify(f"generation failed: {exc}", severity="error", timeout=10)
@@ -279,7 +286,7 @@ class ChatScreen(Screen):
         else:
             self.conversation.add_turn("system", f"*{note}*")
         self.round = None
-        self.set_phase(Phase.PROMPT)
+        self.set_phase(self.ready_phase())
         self.app.feedback_committed()
 
     # Screen actions -------------------------------------------------------------------------------
@@ -292,7 +299,7 @@ class ChatScreen(Screen):
         self.round = None
         self.candidates.reset()
         self.conversation.show([], f"session {self.store.name} · new conversation")
-        self.set_phase(Phase.PROMPT if self.app.engine_state != "loading" else Phase.LOADING)
+        self.set_phase(self.ready_phase())
 
     def action_toggle_metrics(self) -> None:
         panel = self.query_one(MetricsPanel)

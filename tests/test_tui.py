@@ -184,3 +184,19 @@ async def test_a_failed_update_is_shown_logged_and_its_feedback_stays_pending(tm
         assert any("update discarded" in e["message"] for e in store.db["events"].rows_where("level = 'warning'"))
         assert store.pending_count("dpo") == 1  # the pick stays pending for the next update
         await pilot.press("q")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--candidates", "1"], "dpo needs at least 2 candidates"),
+    (["--method", "rlhf"], "--method 'rlhf'"),
+    (["--session", "no good"], "session name 'no good'"),
+])
+def test_chat_train_refuses_bad_flags_with_one_line_and_creates_nothing(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from tui_align.cli import app as cli
+
+    result = CliRunner().invoke(cli, ["chat-train", "--sessions-dir", str(tmp_path / "s"), *args])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())

@@ -28,15 +28,22 @@ def chat_train(
     temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="Sampling temperature of the candidates."),
 ) -> None:
     """Chat with the model in a terminal UI; every pick, score or edit trains it within seconds."""
-    # sqlite-utils imports pandas and numpy when installed (~0.5 s); this process needs neither,
-    # and the first frame must come within a second.
-    for unneeded in ("pandas", "numpy"):
-        sys.modules.setdefault(unneeded, None)
-    from tui_align.store import SessionStore
-    from tui_align.store import sessions_dir as resolve_sessions_dir
+    # sqlite-utils imports pandas and numpy when installed (~0.5 s); the TUI needs neither, and the
+    # first frame must come within a second. Hidden only while the store is imported.
+    hidden = [name for name in ("pandas", "numpy") if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(hidden))
+    try:
+        from tui_align.store import SessionStore
+        from tui_align.store import sessions_dir as resolve_sessions_dir
+    finally:
+        for name in hidden:
+            sys.modules.pop(name, None)
 
     if method is not None and method not in METHODS:
         fail(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    new_session = not (resolve_sessions_dir(sessions_dir) / session / "session.db").exists()
+    if new_session and (method or "dpo") == "dpo" and candidates < 2:  # refused before anything is created
+        fail("--candidates: dpo needs at least 2 candidates to compare")
     with user_errors():
         store = SessionStore.open(resolve_sessions_dir(sessions_dir), session, model=model, method=method or "dpo")
     meta = store.meta

@@ -52,7 +52,7 @@ def test_list_and_show(tmp_path):
 @pytest.mark.parametrize("fmt", ["jsonl", "hf"])
 def test_export_import_round_trip_is_lossless(tmp_path, fmt):
     build_session(tmp_path)
-    expected = {"preference": 4, "sft": 1, "ratings": 3}
+    expected = {"preference": 4, "sft": 2, "ratings": 3}  # sft: the edit and the pick of t1
     for kind, count in expected.items():
         out, again = tmp_path / f"{kind}.out", tmp_path / f"{kind}.again"
         result = cli("sessions", "export", "s", "--kind", kind, "--format", fmt, "--out", str(out), root=tmp_path)

@@ -48,8 +48,9 @@ def test_tree_history_and_training_rows(store):
     examples, ids = store.pending_feedback("dpo")
     assert [e["chosen"][0]["content"] for e in examples] == ["Short.", "A much longer reply", "Edited."]
     assert examples[1]["prompt"][-1] == {"role": "user", "content": "More"} and len(examples[1]["prompt"]) == 4
-    sft, _ = store.pending_feedback("sft")
-    assert sft == [{"prompt": examples[1]["prompt"], "completion": [{"role": "assistant", "content": "Edited."}]}]
+    sft, _ = store.pending_feedback("sft")  # the pick of t1 is a demonstration too (best-of-n)
+    assert sft == [{"prompt": examples[0]["prompt"], "completion": [{"role": "assistant", "content": "Short."}]},
+                   {"prompt": examples[1]["prompt"], "completion": [{"role": "assistant", "content": "Edited."}]}]
     assert [e["score"] for e in store.pending_feedback("ppo")[0]] == [-0.5, 1.0]
     store.record_ref_logps([a, b], [-1.5, -9.0])
     assert store.pending_feedback("dpo")[0][0]["ref_chosen_logps"] == -1.5
@@ -77,6 +78,36 @@ def test_a_ranking_continues_with_the_best(store):
     store.record_rating(c, 5)
     store.record_rating(a, 1)  # a rating pair (C over A) does not move the continuation
     assert store.history(conv)[-1]["content"] == "A" and store.counts()["pairs"] == 4
+
+
+def test_sft_takes_the_first_pick_of_a_turn_but_not_a_replaced_one(store):
+    conv = store.new_conversation()
+    turn = store.add_user_turn(conv, "Hi")
+    a, b, c = store.add_responses(turn, [{"text": "A"}, {"text": "B"}, {"text": "C"}], 0, {})
+    store.record_preference(turn, a, [b, c])
+    store.record_preference(turn, b, [c])  # the rest of a ranking: not a demonstration
+    examples, ids = store.pending_feedback("sft")
+    assert [e["completion"][0]["content"] for e in examples] == ["A"] and ids[0] < 0
+    store.record_demonstration(turn, "Better.", edited_from=a)  # the edit replaces the pick
+    assert [e["completion"][0]["content"] for e in store.pending_feedback("sft")[0]] == ["Better."]
+
+
+def test_pending_count_matches_pending_feedback(store):
+    conv = store.new_conversation()
+    for n in range(3):
+        turn = store.add_user_turn(conv, f"q{n}")
+        a, b = store.add_responses(turn, CANDIDATES, 0, {})
+        store.record_preference(turn, a, [b]) if n != 1 else store.record_preference(turn, None, [a, b], outcome="tie")
+        store.record_rating(a, 4)
+        store.record_rating(b, 2)
+        if n == 2:
+            store.record_demonstration(turn, "Mine.", edited_from=b)
+    for method in ("dpo", "sft", "ppo"):
+        ids = store.pending_feedback(method)[1]
+        assert store.pending_count(method) == len(ids) > 0
+        done = store.start_update(method, ids[:1])
+        store.finish_update(done, "done", version=1)
+        assert store.pending_count(method) == len(store.pending_feedback(method)[0]) == len(ids) - 1
 
 
 def test_bad_feedback_is_refused(store):

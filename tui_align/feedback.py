@@ -6,7 +6,11 @@ Rules (`feedback`, `pending_feedback`, `tui-align sessions export`):
   ratings: two responses to the same prompt turn, rated on the same scale with different
   scores, yield a pair (higher over lower) when the second rating is recorded. Ties,
   both-bad and skipped judgments are kept but excluded from DPO.
-- sft: every demonstration (a reply the person wrote or edited), as {prompt, completion}.
+- sft: every demonstration (a reply the person wrote or edited), as {prompt, completion},
+  then every picked reply (the chosen response of a pick judgment that still continues its
+  conversation), also as {prompt, completion}: fine-tuning on the accepted one of N samples
+  is rejection sampling (best-of-n) fine-tuning. A pick's feedback id is minus its judgment
+  id, so it never collides with a demonstration id.
 - ppo: every rating, as {prompt, completion, score}; thumbs and 1-5 scores are mapped to
   [-1, 1] (thumbs 0 -> -1, 1 -> 1; 1-5 -> (score - 3) / 2), numeric scores are kept as is.
 Feedback is consumed by an update that finished with status `done`; failed or cancelled
@@ -20,6 +24,14 @@ import json
 from engine.errors import UserError
 
 METHODS = ("dpo", "sft", "ppo")
+# SFT rows: demonstrations, then the first pick of each turn whose chosen reply still continues
+# the conversation (a later pick of a ranking, or a reply replaced by an edit, is not one).
+_SFT_ROWS = """select * from (select id, turn_id, text, created from demonstrations
+               union all
+               select -p.id as id, p.turn_id, c.text, p.created from preferences p join responses c on c.id = p.chosen_id
+               where p.origin = 'pick' and p.outcome = 'chosen' and p.id = p.judgment_id and c.chosen = 1
+                 and c.source = 'model')
+               order by created, abs(id)"""
 
 
 def _assistant(text: str) -> list[dict]:
@@ -53,7 +65,7 @@ class FeedbackQueries:
             return out
         if method == "sft":
             return [(row["id"], {"prompt": self.prompt(row["turn_id"]), "completion": _assistant(row["text"])})
-                    for row in self.db["demonstrations"].rows_where(order_by="id")]
+                    for row in self.db.query(_SFT_ROWS)]
         return [(row["id"], {"prompt": row["prompt"], "completion": _assistant(row["text"]),
                              "score": _reward(row["score"], row["scale"])}) for row in self.rated_responses()]
 
@@ -79,4 +91,11 @@ class FeedbackQueries:
         return [ex for _, ex in recent], [i for i, _ in recent]
 
     def pending_count(self, method: str) -> int:
-        return len(self.pending_feedback(method)[1])
+        """len(pending_feedback(method)[1]), from ids alone (no prompt is rebuilt)."""
+        if method not in METHODS:
+            raise UserError(f"method {method!r}: choose one of {', '.join(METHODS)}")
+        sql = {"dpo": "select id from preferences where outcome = 'chosen'",
+               "sft": f"select id from ({_SFT_ROWS})",
+               "ppo": "select g.id from ratings g join responses s on s.id = g.response_id"}[method]
+        used = self.consumed(method)
+        return sum(1 for (i,) in self.db.execute(sql).fetchall() if i not in used)

@@ -2,7 +2,7 @@
 
 Exports use TRL's conversational dataset formats, so any TRL trainer reads them:
   preference  {prompt, chosen, rejected}   (DPOTrainer; pairs with outcome `chosen` only)
-  sft         {messages}                   (SFTTrainer; the person's demonstrations)
+  sft         {messages}                   (SFTTrainer; demonstrations and picked replies)
   ratings     {prompt, completion, label}  (KTOTrainer's unpaired format)
 A rating's label is True for thumbs up, 4-5 on the 1-5 scale and numeric scores > 0;
 False for thumbs down, 1-2 and numeric <= 0; a 3 on the 1-5 scale is neutral and left out.

@@ -25,6 +25,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="Weight dtype.")
     serve.add_argument("--session-dir", default=None, help="Session folder: versions go to SESSION/versions/vNNNN; "
                                                           "an engine started on it resumes at its latest version.")
+    serve.add_argument("--version", type=int, default=None,
+                       help="Start at this saved version of --session-dir (0: the base model; default: the latest).")
     serve.add_argument("--watch-stdin", action="store_true",
                        help="Exit when stdin closes (the client that spawned the engine has gone).")
     serve.add_argument("--lora-r", type=int, default=16, help="LoRA rank of the live adapter.")

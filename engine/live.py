@@ -22,7 +22,7 @@ import torch
 
 from engine import versions as vs
 from engine.data import DataError, _check_messages, validate
-from engine.errors import NonFiniteLoss
+from engine.errors import NonFiniteLoss, UserError
 from engine.models import LoRAConfig, add_lora, load_model, model_name, parameter_count
 from engine.protocol import PROTOCOL_VERSION
 from engine.trainers import DPOTrainer, SFTTrainer, TrainConfig
@@ -57,6 +57,7 @@ class EngineOptions:
     session_dir: str | None = None
     lora_r: int = 16
     lora_alpha: int = 32
+    version: int | None = None  # the saved version to start at (0: the base); None: the latest
 
 
 class LiveEngine:
@@ -85,9 +86,13 @@ class LiveEngine:
         self.reference_cache: OrderedDict = OrderedDict()
         self.version = 0
         saved = vs.list_versions(self.root)
-        if saved:  # resume where the last run stopped
-            vs.load_adapter(self.policy, vs.version_dir(self.root, saved[-1]))
-            self.version = saved[-1]
+        start = (saved or [0])[-1] if options.version is None else options.version  # default: the latest
+        if start and start not in saved:
+            raise UserError(f"--version {start}: no such version in {self.root} "
+                            f"(saved: {', '.join(map(str, saved)) or 'none'}; 0 is the base model)")
+        if start:  # resume where the last run stopped, or where the session's active version is
+            vs.load_adapter(self.policy, vs.version_dir(self.root, start))
+            self.version = start
 
     # --- answers that need no model work ------------------------------------------------
 

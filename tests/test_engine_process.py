@@ -389,3 +389,27 @@ async def test_sigkill_is_detected_and_restart_resumes(tiny_model_dir, tmp_path)
     finally:
         await client.close()
     assert not Path(client.info["session_dir"]).joinpath("..", "engine.sock").exists()
+
+
+async def test_versions_after_a_rollback_and_starting_at_one(tiny_model_dir, tmp_path):
+    """An update after a rollback writes the next free number; --version N starts there; nice applies."""
+    client = EngineClient(model=str(tiny_model_dir), session_dir=tmp_path / "session", device="cpu", env=ENV, nice=5)
+    try:
+        await client.start()
+        assert client.pid == client.info["pid"]
+        assert os.getpriority(os.PRIO_PROCESS, client.pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5)
+        await client.update("dpo", [PAIR], {"lr": 0.05})
+        at_v1 = await texts(client)
+        await client.update("dpo", [PAIR], {"lr": 0.05})
+        await client.rollback(1)
+        assert (await client.update("dpo", [PAIR], {"lr": 0.05}))["version"] == 3  # v0002 is kept, not overwritten
+        assert json.loads((tmp_path / "session/versions/v0003/metadata.json").read_text())["parent"] == 1
+        client.start_version = 1
+        info = await client.restart()
+        assert info["version"] == 1 and " version=1 " in client.ready_line and await texts(client) == at_v1
+        client.start_version = 9
+        with pytest.raises(EngineDied) as died:
+            await client.restart()
+        assert died.value.returncode == 2 and "--version 9: no such version" in str(died.value)
+    finally:
+        await client.close()

@@ -130,9 +130,25 @@ def test_older_schema_is_upgraded(tmp_path):
     db["turns"].insert({"id": 1, "conversation_id": 1, "parent_id": None, "text": "Hi", "created": 1.0})
     db.close()
     with SessionStore.open(tmp_path, "old") as store:
-        assert store.meta["schema_version"] == SCHEMA_VERSION == 2
+        assert store.meta["schema_version"] == SCHEMA_VERSION == 3
         assert store.history(1) == [{"role": "user", "content": "Hi"}]
         store.log("info", "the events table exists now")
+        store.record_version(2, store.versions_dir / "v0002")
+        assert store.active_version() == 2  # no active version recorded yet: the latest
+
+
+def test_the_active_version_follows_updates_and_rollbacks(tmp_path):
+    with SessionStore.open(tmp_path, "s") as store:
+        assert store.active_version() == 0
+        for number in (1, 2):
+            update = store.start_update("dpo", [])
+            store.finish_update(update, "done", version=number)
+            store.record_version(number, store.versions_dir / f"v{number:04d}")
+        assert store.active_version() == 2
+        store.set_active_version(1)  # a rollback
+        store.finish_update(store.start_update("dpo", []), "failed", error="boom")
+    with SessionStore.open(tmp_path, "s") as store:  # and it survives a restart
+        assert store.active_version() == 1 and store.latest_version() == 2
 
 
 def test_newer_corrupt_and_foreign_files_are_refused(tmp_path):

@@ -9,9 +9,7 @@ Every person's action is committed to the store before the screen says it is sto
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from tui_align.screens.quit import QuitScreen
 from tui_align.store import SessionStore
 
 GC_EVERY = 5.0  # seconds between garbage collections at quiet moments
+ENGINE_NICENESS = 10  # the engine's threads yield the CPU to the screen
 UPDATE_WINDOW = 8  # an update trains on the pending feedback, topped up to the last 8 items (DESIGN.md)
 
 
@@ -56,7 +55,7 @@ class ChatTrainApp(App):
         self.config = config
         self.start_engine_on_mount = start_engine  # False only for screen snapshots
         self.client = EngineClient(model=config.model, method=config.method, session_dir=store.folder,
-                                   device=config.device)
+                                   device=config.device, nice=ENGINE_NICENESS)
         self.engine_state = "loading"
         self.update_running = False
         self.quit_after_update = False
@@ -96,6 +95,7 @@ class ChatTrainApp(App):
     @work(group="engine", exclusive=True)
     async def start_engine(self, restart: bool = False) -> None:
         self.set_engine_state("loading", "restarting the engine…" if restart else "loading the model…")
+        self.client.start_version = self.store.active_version()  # a rollback survives a restart
         try:
             info = await (self.client.restart() if restart else self.client.start())
         except (EngineDied, EngineError, OSError) as exc:
@@ -104,8 +104,6 @@ class ChatTrainApp(App):
         self.engine_ready(info)
 
     def engine_ready(self, info: dict) -> None:
-        if info.get("pid"):
-            lower_priority(int(info["pid"]))
         version = self.client.version
         if version > self.store.latest_version():  # written by an update we did not see finish
             self.store.record_version(version, self.store.versions_dir / f"v{version:04d}")
@@ -240,6 +238,7 @@ class ChatTrainApp(App):
         except EngineError as exc:
             self.notify(f"rollback failed: {_describe(exc)}", severity="error")
             return
+        self.store.set_active_version(self.client.version)
         self.store.log("info", f"rolled back from v{current} to v{self.client.version}")
         self.refresh_status(version=self.client.version, note=f"rolled back to v{self.client.version}")
         self.notify(f"rolled back to v{self.client.version}")
@@ -286,17 +285,6 @@ class ChatTrainApp(App):
     async def on_unmount(self) -> None:
         self.store.close()  # everything is committed; release the session first so a restart need not wait
         await self.client.close()
-
-
-def lower_priority(pid: int, niceness: int = 10) -> None:
-    """Every engine thread yields the CPU to the screen (Linux niceness is per thread; best effort)."""
-    try:
-        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        threads = [pid]
-    for tid in threads:
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, tid, niceness)
 
 
 def _describe(exc: BaseException) -> str:

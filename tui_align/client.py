@@ -3,8 +3,8 @@
 Pure asyncio (subprocess, Unix or TCP stream); imports only engine.protocol, never torch.
 Requests are multiplexed by id: a generate can stream while an update is running. If the
 engine dies, every pending call raises EngineDied (with its exit code and the tail of its
-stderr) and `restart()` starts a new engine on the same session folder, which resumes at
-the latest saved version.
+stderr) and `restart()` starts a new engine on the same session folder, at `start_version`
+(the constructor's `version`: a saved version, 0 the base; None: the latest saved one).
 """
 
 from __future__ import annotations
@@ -48,10 +48,14 @@ class EngineError(Exception):
 class EngineClient:
     def __init__(self, model: str | None = None, method: str = "dpo", session_dir: str | Path | None = None,
                  device: str = "auto", dtype: str = "auto", python: str = sys.executable,
-                 env: dict | None = None, extra_args: list[str] | None = None):
+                 env: dict | None = None, extra_args: list[str] | None = None, version: int | None = None,
+                 nice: int = 0):
         self.model, self.method, self.device, self.dtype, self.python = model, method, device, dtype, python
         self.session_dir = Path(session_dir) if session_dir is not None else None
         self.env, self.extra_args = env, list(extra_args or [])
+        self.start_version = version  # where start()/restart() begin; callers may move it (e.g. after a rollback)
+        self.nice = nice  # added to the spawned engine's niceness, so it yields the CPU to the screen
+        self.pid: int | None = None  # the engine's process id (spawned, or reported by hello)
         self.info: dict = {}
         self.version = 0
         self.returncode: int | None = None
@@ -96,11 +100,15 @@ class EngineClient:
                 "--method", self.method, "--device", self.device, "--dtype", self.dtype, "--watch-stdin", *self.extra_args]
         if self.model:
             args += ["--model", str(self.model)]
+        if self.start_version is not None:
+            args += ["--version", str(self.start_version)]
         env = {**os.environ, **(self.env or {})}
         spawned = asyncio.get_running_loop().time()
         self._proc = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env, limit=LINE_LIMIT)
+            stderr=asyncio.subprocess.PIPE, env=env, limit=LINE_LIMIT,
+            preexec_fn=(lambda: os.nice(self.nice)) if self.nice else None)  # in the child, before exec
+        self.pid = self._proc.pid
         self._spawn(self._pump_stderr(self._proc))
         while True:  # the ready line; anything else on stdout before it is ignored
             line = await self._proc.stdout.readline()
@@ -132,7 +140,7 @@ class EngineClient:
         return await self.hello(token)
 
     async def restart(self) -> dict:
-        """A new engine (or connection) after a death; resumes at the latest saved version."""
+        """A new engine (or connection) after a death; a spawned one starts at `start_version`."""
         if self.alive and self._proc is not None:
             await self.shutdown()
         await self._stop_process()
@@ -169,6 +177,7 @@ class EngineClient:
     async def hello(self, token: str | None = None) -> dict:
         self.info = await self._call("hello", **({"token": token} if token else {}))
         self.version = self.info.get("version", self.version)
+        self.pid = self.info.get("pid", self.pid)
         return self.info
 
     async def generate(self, messages: list[dict], n: int = 2, max_new_tokens: int = 128, temperature: float = 0.8,

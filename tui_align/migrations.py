@@ -6,7 +6,8 @@ is the number of migrations of this set applied to it; `session.schema_version` 
 for people reading the file with other tools. Never edit a released migration: add one.
 
 Tables (one row per thing a person did or the engine produced):
-  session        the one row of metadata: model, method, hyperparameters, created, versions
+  session        the one row of metadata: model, method, hyperparameters, created, versions,
+                 active_version (the live one: set by every finished update and rollback)
   conversations  one per dialogue; `system` is its optional system prompt
   turns          user messages; `parent_id` is the response they answer (NULL: the first),
                  so a conversation is a tree, OpenAssistant-style
@@ -71,6 +72,12 @@ def m002_system_prompts_events_reference(db: Database) -> None:
     db["events"].create({"id": int, "time": float, "level": str, "message": str}, pk="id")
 
 
+
+@MIGRATIONS()
+def m003_active_version(db: Database) -> None:
+    """The version the person left live (after an update or a rollback): where a restart resumes.
+    NULL (sessions from before): the highest recorded version."""
+    db["session"].add_column("active_version", int)
 SCHEMA_VERSION = len(MIGRATIONS._migrations)
 
 

@@ -354,15 +354,27 @@ class SessionStore(FeedbackQueries):
 
     def finish_update(self, update_id: int, status: str, version: int | None = None, metrics: dict | None = None,
                       error: str | None = None) -> None:
-        """status: done (its feedback is consumed), failed or cancelled."""
-        self.db["updates"].update(update_id, {
-            "status": status, "version": version, "metrics": json.dumps(metrics or {}, default=str),
-            "error": error, "finished": time.time(),
-        })
+        """status: done (its feedback is consumed; its version becomes the active one), failed or cancelled."""
+        with self.db.atomic():
+            self.db["updates"].update(update_id, {
+                "status": status, "version": version, "metrics": json.dumps(metrics or {}, default=str),
+                "error": error, "finished": time.time(),
+            })
+            if status == "done" and version is not None:
+                self.set_active_version(version)
 
     def record_version(self, number: int, path: str | Path, metrics: dict | None = None) -> None:
         self.db["versions"].upsert({"number": number, "path": str(path), "metrics": json.dumps(metrics or {}, default=str),
                                     "created": time.time()}, pk="number")
+
+    def set_active_version(self, number: int) -> None:
+        """The version now live (a finished update's, or the one rolled back to)."""
+        self.db["session"].update(1, {"active_version": number})
+
+    def active_version(self) -> int:
+        """Where the engine should resume: the live version when the session was last used."""
+        active = self.db["session"].get(1).get("active_version")
+        return self.latest_version() if active is None else active
 
     def latest_version(self) -> int:
         return self.db.execute("select coalesce(max(number), 0) from versions").fetchone()[0]

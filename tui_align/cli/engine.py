@@ -17,6 +17,7 @@ def serve(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32 or bfloat16."),
     session_dir: str = typer.Option(None, "--session-dir", help="Session folder: versions are saved under SESSION/versions; the engine resumes at the latest."),
+    version: int = typer.Option(None, "--version", help="Start at this saved version of --session-dir (0: the base model; default: the latest)."),
     watch_stdin: bool = typer.Option(False, "--watch-stdin", help="Exit when stdin closes (the client that spawned the engine has gone)."),
     lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank of the live adapter."),
     lora_alpha: int = typer.Option(32, "--lora-alpha", help="LoRA alpha of the live adapter."),
@@ -34,6 +35,6 @@ def serve(
     from engine.server import ServeOptions, main  # heavy: only when the command runs
 
     code = main(ServeOptions(model=model, method=method, socket=socket, listen=listen, token_file=token_file,
-                             device=device, dtype=dtype, session_dir=session_dir, lora_r=lora_r, lora_alpha=lora_alpha,
+                             device=device, dtype=dtype, session_dir=session_dir, lora_r=lora_r, lora_alpha=lora_alpha, version=version,
                              watch_stdin=watch_stdin))
     raise typer.Exit(code)

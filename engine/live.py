@@ -182,8 +182,9 @@ class LiveEngine:
     def generate_job(self, job, req, emit, received: float):
         from engine.generation import Generation
 
+        began = time.perf_counter()  # the first next(): the job leaves the queue and runs
         gen = Generation(self.policy, self.tokenizer, req.messages, n=req.n, max_new_tokens=req.max_new_tokens,
-                         temperature=req.temperature, top_p=req.top_p, seed=req.seed, started=received)
+                         temperature=req.temperature, top_p=req.top_p, seed=req.seed, started=began)
         while not gen.done:
             if job.cancelled.is_set():
                 gen.cancel()
@@ -192,7 +193,7 @@ class LiveEngine:
                 emit("token", candidate=candidate, text=text)
             yield
         emit("done", candidates=gen.results(), version=self.version, seed=gen.seed,
-             seconds=round(time.perf_counter() - received, 4))
+             seconds=round(time.perf_counter() - received, 4), queued_s=round(began - received, 4))
 
     def score_reference_job(self, job, rows: list[dict], emit):
         trainer = self.trainer("dpo")

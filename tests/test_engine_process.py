@@ -231,6 +231,17 @@ def test_update_waits_for_a_generate_at_a_step_boundary(lines):
     assert sum(1 for e in order[:steps_before] if e == ("up", "progress")) < 63
 
 
+def test_generation_timings_exclude_the_time_queued(lines):
+    lines.send({"type": "generate", "id": "long", "messages": HI, "n": 1, "max_new_tokens": 200, "seed": 1})
+    lines.send({"type": "generate", "id": "short", "messages": HI, "n": 1, "max_new_tokens": 2, "seed": 1})
+    long_done = [e for e in lines.until("long") if e["type"] == "done"][0]
+    short = lines.until("short")[-1]
+    assert short["type"] == "done" and short["queued_s"] > 0.05  # it waited for the long one to finish
+    ttft = short["candidates"][0]["ttft_s"]
+    assert 0 <= ttft < short["queued_s"] and ttft <= short["seconds"] - short["queued_s"] + 1e-3
+    assert long_done["queued_s"] < short["queued_s"]
+
+
 def test_a_generate_interrupts_an_update_step_which_is_redone_exactly(lines):
     many = [{"prompt": [{"role": "user", "content": f"Question {i}: tell me about the sea."}],
              "chosen": "The sea is wide and deep and full of life. " * 6, "rejected": "No."} for i in range(48)]

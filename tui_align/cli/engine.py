@@ -23,15 +23,13 @@ def serve(
     lora_alpha: int = typer.Option(32, "--lora-alpha", help="LoRA alpha of the live adapter."),
 ) -> None:
     """Load the model once, print one `ready ...` line on stdout, serve one client at a time."""
-    from tui_align.cli.common import fail
+    from tui_align.cli.common import fail, passive_openmp
 
     if device not in ("auto", "cpu", "cuda"):
         fail(f"--device {device}: choose auto, cpu or cuda")
     if dtype not in ("auto", "float32", "bfloat16"):
         fail(f"--dtype {dtype}: choose auto, float32 or bfloat16")
-    import os
-
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as python -m engine: before torch loads OpenMP
+    passive_openmp()  # as python -m engine: before torch loads OpenMP
     from engine.server import ServeOptions, main  # heavy: only when the command runs
 
     code = main(ServeOptions(model=model, method=method, socket=socket, listen=listen, token_file=token_file,

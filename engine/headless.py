@@ -27,15 +27,15 @@ def train(method: str, rows: list[dict], output: str | Path, model: str | None, 
           lora: LoRAConfig, merge: bool = False, device: str = "auto", metadata: dict | None = None) -> dict:
     """Fit a LoRA adapter on `rows`, save it to `output` (and a merged model with `merge`)."""
     import torch
-    from accelerate import PartialState
+    from engine.trainers.base import process_state
 
     output = check_output(output)
     torch.manual_seed(config.seed)
-    base, tokenizer = load_model(model, device=device if device != "auto" else str(PartialState().device))
+    base, tokenizer = load_model(model, device=device if device != "auto" else str(process_state().device))
     policy = add_lora(base, lora)
     trainer = TRAINERS[method](policy, tokenizer, config)
     metrics = trainer.fit(rows, output_dir=output.with_name(output.name + ".partial"))
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         partial = output.with_name(output.name + ".partial")
         trainer.save(partial, {"method": method, "model": model, "rows": len(rows), "metrics": metrics, **(metadata or {})})
         tokenizer.save_pretrained(partial)

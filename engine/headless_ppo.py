@@ -60,9 +60,9 @@ def train_ppo(prompts: list, reward_spec: str, output: str | Path, model: str | 
     from engine.rewards import load_reward
     from engine.trainers.ppo import PPOTrainer
 
-    from accelerate import PartialState
+    from engine.trainers.base import process_state
 
-    if PartialState().num_processes > 1:  # rollouts and updates are not sharded across processes
+    if process_state().num_processes > 1:  # rollouts and updates are not sharded across processes
         raise UserError("train ppo runs in one process on one device: start it without `accelerate launch`")
     output = check_output(output)
     check_plot(plot)

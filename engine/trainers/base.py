@@ -57,39 +57,44 @@ class Trainer:
 
     def fit(self, rows: list[dict], output_dir: str | Path | None = None, progress: bool = True,
             on_step=None) -> dict:
-        """Batch training over `rows` with accelerate; returns the last logged metrics."""
-        from accelerate import Accelerator
+        """Batch training over `rows`; returns the last logged metrics.
+
+        Under `accelerate launch` each process trains on its own shard and the LoRA
+        gradients are averaged across processes before every optimizer step. The losses
+        call the decoder directly (to project only completion positions), which bypasses a
+        DistributedDataParallel forward, so the averaging is done here, explicitly: the
+        adapter's gradients are a few MB.
+        """
         from tqdm.auto import tqdm
 
         cfg = self.config
-        accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
+        state = process_state()
         torch.manual_seed(cfg.seed)
         order = random.Random(cfg.seed)
-        model, optimizer = accelerator.prepare(self.model, self.optimizer)
-        self.model = model
-        batches_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+        per_process = math.ceil(len(rows) / state.num_processes)
+        batches_per_epoch = math.ceil(per_process / cfg.batch_size)
         total = cfg.max_steps or math.ceil(batches_per_epoch * cfg.epochs / cfg.grad_accum)
-        bar = tqdm(total=total, desc=type(self).__name__, disable=not (progress and accelerator.is_main_process))
+        bar = tqdm(total=total, desc=type(self).__name__, disable=not (progress and state.is_main_process))
         metrics: dict = {}
         window: list[float] = []
-        step = 0
-        model.train()
+        step = micro = 0
+        self.model.train()
         while step < total:
             indices = list(range(len(rows)))
             if cfg.shuffle:
                 order.shuffle(indices)
-            shard = indices[accelerator.process_index::accelerator.num_processes]
+            indices += indices[: per_process * state.num_processes - len(indices)]  # equal shards: no rank waits alone
+            shard = indices[state.process_index::state.num_processes]
             for start in range(0, len(shard), cfg.batch_size):
-                batch = [rows[i] for i in shard[start:start + cfg.batch_size]]
-                with accelerator.accumulate(model):
-                    loss, batch_metrics = self.loss(batch)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        grad_norm = accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                if not accelerator.sync_gradients:
+                loss, batch_metrics = self.loss([rows[i] for i in shard[start:start + cfg.batch_size]])
+                (loss / cfg.grad_accum).backward()
+                micro += 1
+                if micro % cfg.grad_accum:
                     continue
+                average_gradients(self.params, state.num_processes)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
                 step += 1
                 window = (window + [loss.item()])[-20:]
                 metrics = {**batch_metrics, "loss": loss.item(), "grad_norm": float(grad_norm), "step": step}
@@ -97,13 +102,12 @@ class Trainer:
                 bar.update(1)
                 if on_step:
                     on_step(metrics)
-                if output_dir and cfg.save_steps and step % cfg.save_steps == 0 and accelerator.is_main_process:
+                if output_dir and cfg.save_steps and step % cfg.save_steps == 0 and state.is_main_process:
                     self.save(Path(output_dir) / f"checkpoint-{step}", {"step": step, **metrics})
                 if step >= total:
                     break
         bar.close()
-        model.eval()
-        self.model = accelerator.unwrap_model(model)
+        self.model.eval()
         self.steps += step
         return metrics
 
@@ -111,3 +115,28 @@ class Trainer:
         from engine.versions import save_adapter
 
         return save_adapter(self.model, folder, {"config": self.config.to_dict(), **(metadata or {})})
+
+
+def process_state():
+    """This process's place among those `accelerate launch` (or torchrun) started.
+
+    On a machine without CUDA, accelerate only joins the processes (gloo) when asked for
+    the CPU explicitly.
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def average_gradients(params: list, world_size: int) -> None:
+    """Average the gradients of `params` over all processes (one all-reduce)."""
+    if world_size == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset: offset + g.numel()].view_as(p).clone()
+        offset += g.numel()

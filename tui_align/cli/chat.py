@@ -16,7 +16,7 @@ def chat_train(
     model: str = typer.Option(None, "--model", help="Model folder, GGUF file or hub id (default: the session's "
                               "model, else the bundled SmolLM2-135M-Instruct)."),
     session: str = typer.Option("default", "--session", help="Session name: created if new, resumed (history and "
-                                "latest version) if it exists."),
+                                "the version live when it was left) if it exists."),
     method: str = typer.Option(None, "--method", help="dpo (pick the better reply), ppo (score replies 1-5) or sft "
                                "(edits as demonstrations); default: the session's method, else dpo."),
     candidates: int = typer.Option(2, "--candidates", min=1, max=8, help="Candidate replies per round (1-8)."),

@@ -58,7 +58,7 @@ def simulate(
                                                    "called as judge(prompt, a, b) -> 0, 1 or None."),
     rounds: int = typer.Option(40, "--rounds", help="Rounds to run (one prompt, two candidates, one judgment each)."),
     session: str = typer.Option(None, "--session", help="Session to store the picks in (default: simulate-<time>); "
-                                                        "an existing one resumes at its latest version."),
+                                                        "an existing one resumes at its active version."),
     model: str = typer.Option(None, "--model", help="Model folder, GGUF file or hub id (default: bundled SmolLM2-135M-Instruct)."),
     update_every: int = typer.Option(2, "--update-every", help="Run an update after every K picks."),
     window: int = typer.Option(8, "--window", help="Each update trains on the most recent W pairs."),
@@ -112,7 +112,8 @@ async def run(cfg: SimulateConfig, store, judge, judge_name: str, train_prompts:
     from tui_align.client import EngineClient, EngineDied
 
     started = time.perf_counter()
-    client = EngineClient(model=model, method="dpo", session_dir=store.folder, device=device)
+    client = EngineClient(model=model, method="dpo", session_dir=store.folder, device=device,
+                          version=store.active_version())
     try:
         info = await client.start()
         typer.echo(f"engine ready: {info.get('model')} on {info.get('device')}, version {client.version} "

@@ -244,6 +244,7 @@ class LiveEngine:
             raise
         finally:
             self._update_job = None
+            trim_heap()  # the step's activations are freed, but glibc keeps the pages: ~1.8 GB of RSS
         parent, self.version = self.version, max(vs.list_versions(self.root) + [0]) + 1
         value_head = trainer.value_head if method == "ppo" else None
         vs.save_adapter(self.policy, vs.version_dir(self.root, self.version), value_head=value_head, metadata={
@@ -379,6 +380,28 @@ def conversational(row: dict) -> dict:
 
 def _key(row: dict) -> str:
     return json.dumps([row.get("prompt"), row.get("chosen"), row.get("rejected")], sort_keys=True)
+
+
+def trim_heap() -> None:
+    """Give the heap's free pages back to the OS (glibc only; elsewhere a no-op).
+
+    A training step allocates and frees gigabytes of activations; glibc keeps most of it
+    mapped, so without this an engine grew to ~3 GB of idle RSS after a few updates.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def _plain(metrics: dict) -> dict:

@@ -38,6 +38,7 @@ class ChatConfig:
     max_new_tokens: int = 128
     temperature: float = 0.8
     seed: int | None = None
+    system: str | None = None  # system prompt of new conversations
 
 
 class ChatTrainApp(App):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from tui_align import DEFAULT_SYSTEM_PROMPT
 from tui_align.cli.common import fail, user_errors
 
 METHODS = ("dpo", "ppo", "sft")
@@ -26,6 +27,8 @@ def chat_train(
     device: str = typer.Option("auto", "--device", help="Engine device: auto, cpu or cuda."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Longest reply, in tokens."),
     temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="Sampling temperature of the candidates."),
+    system: str = typer.Option(DEFAULT_SYSTEM_PROMPT, "--system", help="System prompt of new conversations ('' for "
+                               "none). Short answers finish, and finished replies teach more than cut-off ones."),
 ) -> None:
     """Chat with the model in a terminal UI; every pick, score or edit trains it within seconds."""
     # sqlite-utils imports pandas and numpy when installed (~0.5 s); the TUI needs neither, and the
@@ -62,5 +65,6 @@ def chat_train(
     from tui_align.app import ChatConfig, ChatTrainApp  # Textual only now: --help stays instant
 
     config = ChatConfig(model=model or meta["model"], method=method, candidates=candidates, update_every=update_every,
-                        device=device, max_new_tokens=max_new_tokens, temperature=temperature)
+                        device=device, max_new_tokens=max_new_tokens, temperature=temperature,
+                        system=system or None)
     ChatTrainApp(store, config).run()

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import typer
 
+from tui_align import DEFAULT_SYSTEM_PROMPT
 from tui_align.cli.common import fail, user_errors
 from tui_align.cli.sessions import SESSIONS_DIR
 
-SYSTEM_PROMPT = "You are a helpful assistant. Answer in one short sentence."
 
 
 @dataclass
@@ -40,7 +40,7 @@ class SimulateConfig:
     max_new_tokens: int = 64
     temperature: float = 0.8
     top_p: float = 0.95
-    system: str = SYSTEM_PROMPT
+    system: str = DEFAULT_SYSTEM_PROMPT
     eval_samples: int = 2
     seed: int = 0
 
@@ -67,7 +67,7 @@ def simulate(
     rpo_alpha: float = typer.Option(1.0, "--rpo-alpha", help="Weight of the chosen reply's NLL added to DPO (RPO)."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Longest reply, in tokens."),
     temperature: float = typer.Option(0.8, "--temperature", help="Sampling temperature of the candidates."),
-    system: str = typer.Option(SYSTEM_PROMPT, "--system", help="System prompt of every conversation ('' for none)."),
+    system: str = typer.Option(DEFAULT_SYSTEM_PROMPT, "--system", help="System prompt of every conversation ('' for none)."),
     prompts: Path = typer.Option(None, "--prompts", help="Text file, one training prompt a line (default: the built-in list)."),
     eval_prompts: int = typer.Option(16, "--eval-prompts", help="Held-out prompts for the final comparison (0 skips it)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the prompt order, the shown order and the sampling."),

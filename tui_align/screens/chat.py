@@ -58,7 +58,7 @@ class ChatScreen(Screen):
         self.round: Round | None = None
         self.interrupted: Round | None = None  # a round the engine died in: regenerated after the restart
         self.rng = random.Random(config.seed)
-        self.conversation_id = store.latest_conversation() or store.new_conversation()
+        self.conversation_id = store.latest_conversation() or store.new_conversation(self.config.system)
 
     def compose(self):
         self.status_bar = StatusBar(id="status")
@@ -295,7 +295,7 @@ class ChatScreen(Screen):
         if self.phase is Phase.GENERATING:
             self.notify("wait for the candidates (Esc stops them)")
             return
-        self.conversation_id = self.store.new_conversation()
+        self.conversation_id = self.store.new_conversation(self.config.system)
         self.round = None
         self.candidates.reset()
         self.conversation.show([], f"session {self.store.name} · new conversation")

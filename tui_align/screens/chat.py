@@ -72,7 +72,7 @@ class ChatScreen(Screen):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        history = self.store.history(self.conversation_id)
+        history = [m for m in self.store.history(self.conversation_id) if m["role"] != "system"]
         version = self.store.latest_version()
         banner = (f"session {self.store.name} · resumed at v{version} · {len(history) // 2} earlier turns"
                   if history else f"session {self.store.name} · {self.config.method} · new conversation")

@@ -14,7 +14,6 @@ import math
 import os
 import tempfile
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -37,7 +36,6 @@ LIVE_DEFAULTS = {
 }
 MAX_STEPS_PER_UPDATE = 64
 MAX_PREEMPTIONS = 5  # per step, so a stream of generates cannot starve an update
-REFERENCE_CACHE = 4096  # reference log-probs kept from score_reference, by example
 
 
 class Cancelled(Exception):
@@ -83,7 +81,6 @@ class LiveEngine:
         self._preemptible = False
         self._update_job = None  # the update whose step is running: its cancel stops the step too
         self._install_preemption()
-        self.reference_cache: OrderedDict = OrderedDict()
         self.version = 0
         saved = vs.list_versions(self.root)
         start = (saved or [0])[-1] if options.version is None else options.version  # default: the latest
@@ -203,7 +200,6 @@ class LiveEngine:
                 raise Cancelled("score_reference cancelled")
             chunk = rows[start:start + 8]
             for row, (chosen, rejected) in zip(chunk, trainer.reference_logps(chunk)):
-                self._remember_reference(row, chosen, rejected)
                 out.append({**row, "ref_chosen_logps": chosen, "ref_rejected_logps": rejected})
             yield
         emit("done", examples=out)
@@ -214,8 +210,6 @@ class LiveEngine:
         trainer.config = config
         for group in trainer.optimizer.param_groups:
             group["lr"], group["weight_decay"] = config.lr, config.weight_decay
-        if method == "dpo":
-            rows = [self._with_reference(row) for row in rows]
         before = self._snapshot(trainer)
         self._update_job = job
         metrics: dict = {}
@@ -351,17 +345,6 @@ class LiveEngine:
         if head is not None:
             trainer.value_head.load_state_dict(head)
 
-    def _remember_reference(self, row: dict, chosen: float, rejected: float) -> None:
-        self.reference_cache[_key(row)] = (chosen, rejected)
-        while len(self.reference_cache) > REFERENCE_CACHE:
-            self.reference_cache.popitem(last=False)
-
-    def _with_reference(self, row: dict) -> dict:
-        if "ref_chosen_logps" in row and "ref_rejected_logps" in row:
-            return row
-        cached = self.reference_cache.get(_key(row))
-        return {**row, "ref_chosen_logps": cached[0], "ref_rejected_logps": cached[1]} if cached else row
-
 
 class NotAvailable(Exception):
     pass
@@ -376,10 +359,6 @@ def conversational(row: dict) -> dict:
         if isinstance(out.get(key), str):
             out[key] = [{"role": "assistant", "content": out[key]}]
     return out
-
-
-def _key(row: dict) -> str:
-    return json.dumps([row.get("prompt"), row.get("chosen"), row.get("rejected")], sort_keys=True)
 
 
 def trim_heap() -> None:

@@ -41,7 +41,8 @@ def test_replay_reproduces_the_pairs_and_trains(tmp_path, tiny_model_dir):
     result = runner.invoke(app, ["replay", "one", "--method", "sft", "--output", str(sft_out), "--max-steps", "1",
                                  "--sessions-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "used 1 demonstrations" in result.output and (sft_out / "adapter_model.safetensors").exists()
+    # SFT trains on what the person accepted: the 5 picked replies and the 1 written reply
+    assert "used 6 demonstrations" in result.output and (sft_out / "adapter_model.safetensors").exists()
 
 
 def test_replay_bad_inputs(tmp_path):

@@ -29,6 +29,8 @@ def parser() -> argparse.ArgumentParser:
                        help="Start at this saved version of --session-dir (0: the base model; default: the latest).")
     serve.add_argument("--watch-stdin", action="store_true",
                        help="Exit when stdin closes (the client that spawned the engine has gone).")
+    serve.add_argument("--threads", type=int, default=None,
+                       help="Torch threads for model work (default: all cores but one, left for the event loop and the TUI).")
     serve.add_argument("--lora-r", type=int, default=16, help="LoRA rank of the live adapter.")
     serve.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha of the live adapter.")
     return root

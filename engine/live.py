@@ -8,7 +8,6 @@ job is queued, so a bad request is answered at once and never reaches the model.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -22,6 +21,7 @@ import torch
 from engine import versions as vs
 from engine.data import DataError, _check_messages, validate
 from engine.errors import NonFiniteLoss, UserError
+from engine.logprobs import causal_lm
 from engine.models import LoRAConfig, add_lora, load_model, model_name, parameter_count
 from engine.protocol import PROTOCOL_VERSION
 from engine.trainers import DPOTrainer, SFTTrainer, TrainConfig
@@ -34,6 +34,10 @@ LIVE_DEFAULTS = {
     "sft": {"lr": 2e-4, "max_length": 512},
     "ppo": {"max_length": 512},
 }
+# Scoring and training on a CPU use eager attention: torch's fused CPU kernel is slow for the
+# short, masked rows of packed pairs (a one-pair DPO step: 0.57 -> 0.43 s on the default
+# model); decoding keeps the model's own kernel, ~5% faster there.
+TRAIN_ATTENTION = {"cpu": "eager"}
 MAX_STEPS_PER_UPDATE = 64
 MAX_PREEMPTIONS = 5  # per step, so a stream of generates cannot starve an update
 
@@ -56,12 +60,15 @@ class EngineOptions:
     lora_r: int = 16
     lora_alpha: int = 32
     version: int | None = None  # the saved version to start at (0: the base); None: the latest
+    threads: int | None = None  # torch's intra-op threads; None: all cores but one (engine_threads)
 
 
 class LiveEngine:
     def __init__(self, options: EngineOptions):
         self.options = options
         self.started = time.time()
+        self.threads = engine_threads(options.threads)
+        torch.set_num_threads(self.threads)  # before any parallel work; the worker thread inherits it
         base, self.tokenizer = load_model(options.model, device=options.device, dtype=options.dtype)
         torch.manual_seed(0)  # the same fresh adapter on every start: version 0 is reproducible
         self.policy = add_lora(base, LoRAConfig(r=options.lora_r, alpha=options.lora_alpha))
@@ -70,6 +77,8 @@ class LiveEngine:
         self.device = str(next(self.policy.parameters()).device)
         self.dtype = str(next(self.policy.parameters()).dtype).removeprefix("torch.")
         self.parameters = parameter_count(self.policy)
+        self.decode_attention = self.attention = base.config._attn_implementation
+        self.train_attention = TRAIN_ATTENTION.get(self.device.split(":")[0], self.decode_attention)
         if options.session_dir:
             self.session_dir = Path(options.session_dir)
         else:
@@ -95,7 +104,7 @@ class LiveEngine:
 
     def hello(self) -> dict:
         return {"model": model_name(self.options.model), "parameters": self.parameters, "device": self.device,
-                "dtype": self.dtype, "method": self.options.method, "version": self.version,
+                "dtype": self.dtype, "threads": self.threads, "method": self.options.method, "version": self.version,
                 "protocol": PROTOCOL_VERSION, "session_dir": str(self.session_dir), "pid": os.getpid()}
 
     def versions(self) -> list[dict]:
@@ -183,6 +192,7 @@ class LiveEngine:
         gen = Generation(self.policy, self.tokenizer, req.messages, n=req.n, max_new_tokens=req.max_new_tokens,
                          temperature=req.temperature, top_p=req.top_p, seed=req.seed, started=began)
         while not gen.done:
+            self._use_attention(self.decode_attention)
             if job.cancelled.is_set():
                 gen.cancel()
                 break
@@ -199,6 +209,7 @@ class LiveEngine:
             if job.cancelled.is_set():
                 raise Cancelled("score_reference cancelled")
             chunk = rows[start:start + 8]
+            self._use_attention(self.train_attention)
             for row, (chosen, rejected) in zip(chunk, trainer.reference_logps(chunk)):
                 out.append({**row, "ref_chosen_logps": chosen, "ref_rejected_logps": rejected})
             yield
@@ -220,6 +231,7 @@ class LiveEngine:
                     raise Cancelled(f"update cancelled before step {step}: discarded")
                 # PPO's step is several optimizer steps: it is only pre-empted between steps
                 self._preemptible = method != "ppo" and preempted < MAX_PREEMPTIONS
+                self._use_attention(self.train_attention)
                 try:
                     metrics = trainer.step_examples(rows) if method == "ppo" else trainer.step(rows)
                 except Preempted:  # Trainer.step changed nothing (its gradients are zeroed): redo it later
@@ -228,24 +240,27 @@ class LiveEngine:
                     continue
                 finally:
                     self._preemptible = False
-                if not all(torch.isfinite(p).all() for p in trainer.params):
+                if not torch.isfinite(torch.nn.utils.get_total_norm(trainer.params)):
                     raise NonFiniteLoss("the weights became NaN or infinite (learning rate too high?): update discarded")
                 emit("progress", step=step, steps=steps, metrics=_plain(metrics))
                 step, preempted = step + 1, 0
                 yield
+            # saved before it is acknowledged; a failed save discards the update like any error
+            version = max(vs.list_versions(self.root) + [0]) + 1
+            vs.save_adapter(self.policy, vs.version_dir(self.root, version),
+                            value_head=trainer.value_head if method == "ppo" else None, metadata={
+                                "method": method, "parent": self.version, "examples": len(rows), "steps": steps,
+                                "metrics": _plain(metrics), "config": asdict(config)})
         except BaseException:
             self._restore(trainer, before)
+            trim_heap()
             raise
         finally:
             self._update_job = None
-            trim_heap()  # the step's activations are freed, but glibc keeps the pages: ~1.8 GB of RSS
-        parent, self.version = self.version, max(vs.list_versions(self.root) + [0]) + 1
-        value_head = trainer.value_head if method == "ppo" else None
-        vs.save_adapter(self.policy, vs.version_dir(self.root, self.version), value_head=value_head, metadata={
-            "method": method, "parent": parent, "examples": len(rows), "steps": steps,
-            "metrics": _plain(metrics), "config": asdict(config)})
-        emit("done", version=self.version, metrics=_plain(metrics), seconds=round(time.perf_counter() - started, 4),
+        self.version = version
+        emit("done", version=version, metrics=_plain(metrics), seconds=round(time.perf_counter() - started, 4),
              preempted=interruptions)
+        trim_heap()  # the step's activations are freed, but glibc keeps the pages: ~1.8 GB of RSS
 
     def rollback_job(self, job, version: int, emit):
         yield  # one unit of work, done (and answered) in the second
@@ -303,8 +318,6 @@ class LiveEngine:
     def _install_preemption(self) -> None:
         """Hooks on every decoder layer: during an update step, a waiting generate stops the
         forward (before a layer) or the backward (at a layer's output gradient)."""
-        from engine.logprobs import causal_lm
-
         lm = causal_lm(self.policy)
         layers = getattr(lm.get_decoder() if hasattr(lm, "get_decoder") else lm, "layers", None) or []
 
@@ -324,6 +337,12 @@ class LiveEngine:
             layer.register_forward_pre_hook(check)
             layer.register_forward_hook(on_output)
 
+    def _use_attention(self, name: str) -> None:
+        """Switch the model's attention kernel when it differs (about 1 ms)."""
+        if name != self.attention:
+            causal_lm(self.policy).set_attn_implementation(name)
+            self.attention = name
+
     def _config_type(self, method: str):
         if method == "ppo":
             try:
@@ -334,16 +353,15 @@ class LiveEngine:
         return TrainConfig
 
     def _snapshot(self, trainer) -> tuple:
-        head = getattr(trainer, "value_head", None)
-        return (vs.adapter_state(self.policy), copy.deepcopy(trainer.optimizer.state_dict()),
-                copy.deepcopy(head.state_dict()) if head is not None else None)
+        """The trained tensors (adapter, value head) and the optimizer state, to undo an update."""
+        return [p.detach().clone() for p in trainer.params], _clone(trainer.optimizer.state_dict())
 
     def _restore(self, trainer, snapshot) -> None:
-        adapter, optimizer, head = snapshot
-        vs.reset_adapter(self.policy, adapter)
+        params, optimizer = snapshot
+        with torch.no_grad():
+            for param, saved in zip(trainer.params, params):
+                param.copy_(saved)
         trainer.optimizer.load_state_dict(optimizer)
-        if head is not None:
-            trainer.value_head.load_state_dict(head)
 
 
 class NotAvailable(Exception):
@@ -359,6 +377,22 @@ def conversational(row: dict) -> dict:
         if isinstance(out.get(key), str):
             out[key] = [{"role": "assistant", "content": out[key]}]
     return out
+
+
+def engine_threads(requested: int | None = None) -> int:
+    """Torch's intra-op threads for the engine: `requested`, or all usable cores but one.
+
+    The spare core is for the engine's event loop and the TUI. A live step is small: on the
+    2-core CPU of bench/RESULTS.md, one thread decoded two candidates ~2x faster than two
+    threads that sleep and wake around every op (OMP_WAIT_POLICY=PASSIVE, needed so that
+    idle threads never spin on a shared core), and ran a one-pair update faster too.
+    """
+    if requested is not None:
+        if requested < 1:
+            raise UserError(f"--threads {requested}: must be at least 1")
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
 
 
 def trim_heap() -> None:
@@ -381,6 +415,17 @@ def trim_heap() -> None:
 
 
 _malloc_trim = None
+
+
+def _clone(tree):
+    """A deep copy of a state dict whose tensors torch clones (copy.deepcopy took 30 ms here)."""
+    if torch.is_tensor(tree):
+        return tree.detach().clone()
+    if isinstance(tree, dict):
+        return {key: _clone(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_clone(value) for value in tree]
+    return tree  # numbers, strings, tuples of numbers (Adam's betas)
 
 
 def _plain(metrics: dict) -> dict:

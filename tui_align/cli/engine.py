@@ -19,6 +19,7 @@ def serve(
     session_dir: str = typer.Option(None, "--session-dir", help="Session folder: versions are saved under SESSION/versions; the engine resumes at the latest."),
     version: int = typer.Option(None, "--version", help="Start at this saved version of --session-dir (0: the base model; default: the latest)."),
     watch_stdin: bool = typer.Option(False, "--watch-stdin", help="Exit when stdin closes (the client that spawned the engine has gone)."),
+    threads: int = typer.Option(None, "--threads", min=1, help="Torch threads for model work (default: all cores but one, left for the event loop and the TUI)."),
     lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank of the live adapter."),
     lora_alpha: int = typer.Option(32, "--lora-alpha", help="LoRA alpha of the live adapter."),
 ) -> None:
@@ -34,5 +35,5 @@ def serve(
 
     code = main(ServeOptions(model=model, method=method, socket=socket, listen=listen, token_file=token_file,
                              device=device, dtype=dtype, session_dir=session_dir, lora_r=lora_r, lora_alpha=lora_alpha, version=version,
-                             watch_stdin=watch_stdin))
+                             threads=threads, watch_stdin=watch_stdin))
     raise typer.Exit(code)

@@ -35,17 +35,17 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, -1)
-    if top_p < 1.0:
-        # The nucleus almost always lies within the top few hundred tokens: sort only those
-        # (a full sort of the vocabulary costs more), unless they do not reach top_p.
-        k = min(TOP_K_FIRST, probs.shape[-1])
-        sorted_probs, order = probs.topk(k, -1)
-        if (sorted_probs.sum(-1) <= top_p).any():
-            sorted_probs, order = probs.sort(-1, descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # the most likely token always stays
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if top_p >= 1.0:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    # The nucleus almost always lies within the top few hundred tokens: sort and sample only
+    # those (a full sort, or a draw over the whole vocabulary, costs more), unless they do
+    # not reach top_p.
+    sorted_probs, order = probs.topk(min(TOP_K_FIRST, probs.shape[-1]), -1)
+    if (sorted_probs.sum(-1) <= top_p).any():
+        sorted_probs, order = probs.sort(-1, descending=True)
+    outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # the most likely token always stays
+    choice = torch.multinomial(sorted_probs.masked_fill(outside, 0.0), 1, generator=generator)
+    return order.gather(-1, choice).squeeze(-1)
 
 
 def stop_ids(model, tokenizer) -> set[int]:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
+from peft import get_peft_model_state_dict
 
 from engine import versions as vs
 from engine.data import DataError, _check_messages, validate
@@ -74,6 +75,7 @@ class LiveEngine:
         self.policy = add_lora(base, LoRAConfig(r=options.lora_r, alpha=options.lora_alpha))
         self.policy.eval()
         self.initial_state = vs.adapter_state(self.policy)
+        self.adapter = get_peft_model_state_dict(self.policy)  # the live tensors themselves, by PEFT name
         self.device = str(next(self.policy.parameters()).device)
         self.dtype = str(next(self.policy.parameters()).dtype).removeprefix("torch.")
         self.parameters = parameter_count(self.policy)
@@ -247,7 +249,7 @@ class LiveEngine:
                 yield
             # saved before it is acknowledged; a failed save discards the update like any error
             version = max(vs.list_versions(self.root) + [0]) + 1
-            vs.save_adapter(self.policy, vs.version_dir(self.root, version),
+            vs.save_adapter(self.policy, vs.version_dir(self.root, version), state=self.adapter,
                             value_head=trainer.value_head if method == "ppo" else None, metadata={
                                 "method": method, "parent": self.version, "examples": len(rows), "steps": steps,
                                 "metrics": _plain(metrics), "config": asdict(config)})

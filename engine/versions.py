@@ -12,6 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
+ADAPTER = "adapter_model.safetensors"
 METADATA = "metadata.json"
 VALUE_HEAD = "value_head.safetensors"
 
@@ -30,16 +31,24 @@ def list_versions(root: str | Path) -> list[int]:
     )
 
 
-def save_adapter(model, folder: str | Path, metadata: dict | None = None, value_head=None) -> Path:
-    """Write the adapter (and value head) atomically: a crash leaves no half version."""
+def save_adapter(model, folder: str | Path, metadata: dict | None = None, value_head=None, state=None) -> Path:
+    """Write the adapter (and value head) atomically: a crash leaves no half version.
+
+    The folder is what PEFT's save_pretrained writes (adapter_model.safetensors and
+    adapter_config.json). `state`: the adapter's tensors by PEFT name, if the caller keeps
+    them (LiveEngine does: collecting them takes 20 ms, more than writing them).
+    """
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
+    state = get_peft_model_state_dict(model) if state is None else state
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp / ADAPTER, metadata={"format": "pt"})
+    model.peft_config[model.active_adapter].save_pretrained(tmp)
     if value_head is not None:
-        from safetensors.torch import save_file
-
         save_file({k: v.detach().cpu().contiguous() for k, v in value_head.state_dict().items()}, tmp / VALUE_HEAD)
     (tmp / METADATA).write_text(json.dumps({"saved": time.time(), **(metadata or {})}, indent=2, default=str))
     shutil.rmtree(folder, ignore_errors=True)
@@ -54,7 +63,7 @@ def load_adapter(model, folder: str | Path, value_head=None) -> dict:
 
     folder = Path(folder)
     device = next(model.parameters()).device
-    state = load_file(folder / "adapter_model.safetensors", device=str(device))
+    state = load_file(folder / ADAPTER, device=str(device))
     result = set_peft_model_state_dict(model, state)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:

@@ -135,6 +135,16 @@ def test_greedy_and_top_p_sampling():
     assert all(generation.sample(logits, 1.0, 0.01, g).tolist() == [1, 0] for _ in range(20))
 
 
+def test_top_p_samples_the_renormalised_nucleus():
+    import torch
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])  # top_p 0.9 keeps the first three
+    logits = probs.log().expand(4000, -1)
+    tokens = generation.sample(logits, 1.0, 0.9, torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(tokens, minlength=4) / len(tokens)
+    torch.testing.assert_close(frequencies, torch.tensor([0.5, 0.3, 0.15, 0.0]) / 0.95, atol=0.03, rtol=0)
+
+
 @pytest.mark.parametrize("bad", [{"n": 0}, {"max_new_tokens": 0}, {"top_p": 0.0}, {"temperature": -1.0}])
 def test_bad_options_refused(tiny_policy, bad):
     model, tokenizer = tiny_policy

@@ -28,6 +28,7 @@ from engine.errors import DataError, NonFiniteLoss
 from engine.logprobs import token_logps
 from engine.losses import KL_ESTIMATORS, gae, kl_penalty, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss
 from engine.value_head import ValueHead, logps_and_values
+from engine.trainers.base import adamw
 
 
 @dataclass
@@ -72,7 +73,7 @@ class PPOTrainer:
             raise ValueError(f"kl_estimator {self.config.kl_estimator!r}: choose one of {', '.join(KL_ESTIMATORS)}")
         self.value_head = value_head if value_head is not None else ValueHead.for_model(policy)
         self.params = [p for p in policy.parameters() if p.requires_grad] + list(self.value_head.parameters())
-        self.optimizer = torch.optim.AdamW(self.params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        self.optimizer = adamw(self.params, self.config)
         self.kl_coef = self.config.kl_coef
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.steps = 0

@@ -25,8 +25,11 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, on_error: Callable[[Job, BaseException], None]):
-        self.on_error = on_error
+    def __init__(self, on_error: Callable[[Job, BaseException], None],
+                 on_idle: Callable[[], None] = lambda: None, idle_after: float = 30.0):
+        """`on_idle` runs on the worker once the queue has stayed empty `idle_after` seconds
+        after some work (the engine gives memory back to the OS then, not between jobs)."""
+        self.on_error, self.on_idle, self.idle_after = on_error, on_idle, idle_after
         self.jobs: list[Job] = []
         self.running: Job | None = None
         self.cond = threading.Condition()
@@ -69,29 +72,39 @@ class Scheduler:
         self.thread.join(timeout)
 
     def _run(self) -> None:
+        idle_due = False  # work ran since the last on_idle
         while True:
             with self.cond:
                 while not self.jobs and not self.stopping:
-                    self.cond.wait()
+                    if not self.cond.wait(self.idle_after if idle_due else None):
+                        break  # idle long enough
                 if self.stopping and not self.jobs:
                     return
-                job = min(self.jobs, key=_rank)
+                job = min(self.jobs, key=_rank) if self.jobs else None
                 self.running = job
-            finished = False
+            if job is None:
+                idle_due = False
+                self._call(self.on_idle)
+                continue
+            idle_due, finished = True, False
             try:
                 next(job.steps)
             except StopIteration:
                 finished = True
             except BaseException as exc:  # noqa: BLE001 - every failure becomes an error event
                 finished = True
-                try:
-                    self.on_error(job, exc)
-                except Exception:  # noqa: BLE001 - reporting must never kill the worker
-                    pass
+                self._call(self.on_error, job, exc)
             with self.cond:
                 self.running = None
                 if finished:
                     self.jobs.remove(job)
+
+    @staticmethod
+    def _call(callback, *args) -> None:
+        try:
+            callback(*args)
+        except Exception:  # noqa: BLE001 - reporting and housekeeping must never kill the worker
+            pass
 
 
 def _rank(job: Job) -> tuple[int, int]:

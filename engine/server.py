@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import DataError, ModelError, NonFiniteLoss, UserError
-from engine.live import EngineOptions, LiveEngine, NotAvailable, Cancelled
+from engine.live import Cancelled, EngineOptions, LiveEngine, NotAvailable, trim_heap
 from engine.protocol import REQUESTS, ProtocolError, decode, encode, parse_request
 from engine.scheduler import GENERATE, OTHER, REFERENCE, Job, Scheduler
 
@@ -101,7 +101,7 @@ class Connection:
 class Server:
     def __init__(self, engine: LiveEngine, token: str | None):
         self.engine, self.token = engine, token
-        self.scheduler = Scheduler(self._job_failed)
+        self.scheduler = Scheduler(self._job_failed, on_idle=trim_heap)
         engine.generate_waiting = lambda: self.scheduler.waiting(GENERATE)
         self.client: Connection | None = None
         self.stopped = asyncio.Event()

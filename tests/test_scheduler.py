@@ -95,3 +95,18 @@ def test_job_failures_become_error_events(make, code):
     assert event["type"] == "error" and event["id"] == "u9" and event["code"] == code
     if code == "non_finite_loss":
         assert "version 3 stays active" in event["message"]
+
+
+def test_on_idle_runs_once_after_work_then_quiet():
+    log: list = []
+    idle: list = []
+    scheduler = Scheduler(lambda job, exc: None, on_idle=lambda: idle.append(len(log)), idle_after=0.05)
+    time.sleep(0.2)
+    assert idle == []  # nothing ran yet: nothing to clean up
+    scheduler.submit(Job("u", "update", OTHER), steps(log, "u", 2))
+    wait_until(lambda: idle == [2])
+    time.sleep(0.2)
+    assert idle == [2]  # once per quiet spell
+    scheduler.submit(Job("g", "generate", GENERATE), steps(log, "g", 1))
+    wait_until(lambda: idle == [2, 3])
+    scheduler.stop()

@@ -74,7 +74,7 @@ def run_ours(rows, args) -> dict:
     from engine.models import LoRAConfig, add_lora, load_model
     from engine.trainers import DPOTrainer, TrainConfig
 
-    base, tokenizer = load_model(args.model, device="cpu")
+    base, tokenizer = load_model(args.model, device="cpu", dtype=args.dtype)
     torch.manual_seed(0)
     model = add_lora(base, LoRAConfig(r=args.lora_r, alpha=2 * args.lora_r))
     config = TrainConfig(lr=args.lr, beta=args.beta, batch_size=args.batch_size, max_length=args.max_length,
@@ -100,7 +100,7 @@ def run_trl(rows, args, defaults: bool) -> dict:
 
     from engine.models import load_model
 
-    model, tokenizer = load_model(args.model, device="cpu")
+    model, tokenizer = load_model(args.model, device="cpu", dtype=args.dtype)
     peft_config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
                              target_modules="all-linear", task_type="CAUSAL_LM")
     stamps, losses, grad_norms = [], [], []
@@ -127,7 +127,7 @@ def run_trl(rows, args, defaults: bool) -> dict:
     trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, peft_config=peft_config, callbacks=[Clock()])
     trainer.train()
-    name = "TRL defaults (grad ckpt, bf16)" if defaults else "TRL matched (no ckpt, fp32)"
+    name = "TRL defaults (grad ckpt, bf16 autocast)" if defaults else "TRL matched (no ckpt, no autocast)"
     return summarize(name, started, stamps, losses, grad_norms, args)
 
 
@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--model", default=None, help="model folder (default: the bundled default model)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--dtype", default="auto", help="weights: auto (bf16 for the default model on a bf16 CPU), float32, bfloat16")
     parser.add_argument("--no-trl-defaults", action="store_true", help="skip TRL with its own defaults")
     args = parser.parse_args()
     if args.threads:
@@ -162,7 +163,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {key: [] for key, _ in runners}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
           f"{args.rows} rows, {args.steps} steps x batch {args.batch_size}, max_length {args.max_length}, "
-          f"LoRA r{args.lora_r} all-linear")
+          f"LoRA r{args.lora_r} all-linear, weights --dtype {args.dtype}")
     for round_ in range(args.rounds):
         order = runners if round_ % 2 == 0 else runners[::-1]  # alternate who goes first
         for key, run in order:

@@ -39,7 +39,7 @@ def ours_trainer(args):
     from engine.models import LoRAConfig, add_lora, load_model
     from engine.trainers import DPOTrainer, TrainConfig
 
-    base, tokenizer = load_model(args.model, device="cpu")
+    base, tokenizer = load_model(args.model, device="cpu", dtype=args.dtype)
     torch.manual_seed(0)
     model = add_lora(base, LoRAConfig(r=args.lora_r, alpha=2 * args.lora_r))
     return DPOTrainer(model, tokenizer, TrainConfig(lr=args.lr, beta=args.beta, batch_size=1, max_length=args.max_length))
@@ -50,7 +50,7 @@ def trl_model(args):
 
     from engine.models import load_model
 
-    base, tokenizer = load_model(args.model, device="cpu")
+    base, tokenizer = load_model(args.model, device="cpu", dtype=args.dtype)
     torch.manual_seed(0)
     config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules="all-linear",
                         task_type="CAUSAL_LM")
@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--model", default=None, help="model folder (default: the bundled default model)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--dtype", default="auto", help="weights: auto (bf16 for the default model on a bf16 CPU), float32, bfloat16")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,7 +101,7 @@ def main() -> None:
     trl_update(model, tokenizer, next(pairs), args, defaults=False)
 
     times = {"ours (precomputed ref)": [], "ours (cold)": [], "ours: reference pass": [],
-             "TRL matched (no ckpt, fp32)": [], "TRL defaults (grad ckpt, bf16)": []}
+             "TRL matched (no ckpt, no autocast)": [], "TRL defaults (grad ckpt, bf16 autocast)": []}
     for i in range(args.updates):
         pair = next(pairs)  # every contender gets this same pair: the cost depends on its length
         started = time.perf_counter()
@@ -110,17 +111,17 @@ def main() -> None:
         times["ours (precomputed ref)"].append(metrics["seconds"])
         trainer.reference_cache.clear()  # cold: the step computes the reference itself
         times["ours (cold)"].append(trainer.step([pair])["seconds"])
-        times["TRL matched (no ckpt, fp32)"].append(trl_update(model, tokenizer, pair, args, defaults=False))
-        times["TRL defaults (grad ckpt, bf16)"].append(trl_update(model, tokenizer, pair, args, defaults=True))
+        times["TRL matched (no ckpt, no autocast)"].append(trl_update(model, tokenizer, pair, args, defaults=False))
+        times["TRL defaults (grad ckpt, bf16 autocast)"].append(trl_update(model, tokenizer, pair, args, defaults=True))
         print(f"update {i + 1}: " + "  ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
 
     median = {k: statistics.median(v) for k, v in times.items()}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.updates} updates, "
-          f"one pair each (max_length {args.max_length}, LoRA r{args.lora_r} all-linear)")
+          f"one pair each (max_length {args.max_length}, LoRA r{args.lora_r} all-linear, weights --dtype {args.dtype})")
     for k, v in median.items():
         print(f"  {k:34s} {v:6.2f} s")
     for ours in ("ours (precomputed ref)", "ours (cold)"):
-        for trl in ("TRL matched (no ckpt, fp32)", "TRL defaults (grad ckpt, bf16)"):
+        for trl in ("TRL matched (no ckpt, no autocast)", "TRL defaults (grad ckpt, bf16 autocast)"):
             print(f"{ours} / {trl}: {median[ours] / median[trl]:.2f}x")
 
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import DataError, ModelError, NonFiniteLoss, UserError
-from engine.live import Cancelled, EngineOptions, LiveEngine, NotAvailable, trim_heap
+from engine.live import Cancelled, EngineOptions, LiveEngine, NotAvailable
+from engine.resources import trim_heap
 from engine.protocol import REQUESTS, ProtocolError, decode, encode, parse_request
 from engine.scheduler import GENERATE, OTHER, REFERENCE, Job, Scheduler
 

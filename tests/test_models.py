@@ -106,3 +106,17 @@ def test_default_model_loads_offline_and_scores_text():
     with torch.no_grad():
         logps = sequence_logps(model, **collate([(prompt, good), (prompt, bad)], tokenizer.pad_token_id))
     assert logps[0] > logps[1]  # the real weights, not a random model
+    # converted to a bf16 checkpoint, loaded in bf16 where the CPU computes it natively
+    assert model.dtype == (torch.bfloat16 if models.cpu_has_bf16() else torch.float32)
+
+
+def test_auto_dtype_is_bf16_on_a_cpu_only_for_bf16_checkpoints_and_native_bf16(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: True)
+    assert models.pick_dtype("auto", "cpu", stored=torch.bfloat16) == torch.bfloat16
+    assert models.pick_dtype("auto", "cpu", stored=torch.float32) == torch.float32  # the tests' tiny models
+    assert models.pick_dtype("auto", "cpu", stored=None) == torch.float32
+    assert models.pick_dtype("float32", "cpu", stored=torch.bfloat16) == torch.float32
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
+    assert models.pick_dtype("auto", "cpu", stored=torch.bfloat16) == torch.float32

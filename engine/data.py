@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import DataError
+from engine.protocol import DataError
 
 KIND_KEYS = {"preference": ("prompt", "chosen", "rejected"), "sft": ("prompt", "completion")}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from engine.errors import UserError
+from engine.protocol import UserError
 from engine.models import LoRAConfig, add_lora, load_model
 from engine.trainers import DPOTrainer, SFTTrainer, TrainConfig
 

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from engine.data import read_rows
-from engine.errors import DataError, UserError
+from engine.protocol import DataError, UserError
 from engine.headless import check_output
 
 

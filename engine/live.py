@@ -21,10 +21,9 @@ from peft import get_peft_model_state_dict
 
 from engine import versions as vs
 from engine.data import DataError, _check_messages, validate
-from engine.errors import NonFiniteLoss, UserError
 from engine.logprobs import causal_lm
 from engine.models import LoRAConfig, add_lora, load_model, model_name, parameter_count
-from engine.protocol import PROTOCOL_VERSION
+from engine.protocol import PROTOCOL_VERSION, NonFiniteLoss, UserError
 from engine.resources import engine_threads
 from engine.trainers import DPOTrainer, SFTTrainer, TrainConfig
 

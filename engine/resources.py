@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from engine.errors import UserError
+from engine.protocol import UserError
 
 
 def engine_threads(requested: int | None = None) -> int:

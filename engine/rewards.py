@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Protocol
 
-from engine.errors import UserError
+from engine.protocol import UserError
 
 
 class Reward(Protocol):

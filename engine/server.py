@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import DataError, ModelError, NonFiniteLoss, UserError
 from engine.live import Cancelled, EngineOptions, LiveEngine, NotAvailable
+from engine.protocol import (PROTOCOL_VERSION, REQUESTS, DataError, ModelError, NonFiniteLoss, ProtocolError,
+                             UserError, decode, encode, parse_request)
 from engine.resources import trim_heap
-from engine.protocol import REQUESTS, ProtocolError, decode, encode, parse_request
 from engine.scheduler import GENERATE, OTHER, REFERENCE, Job, Scheduler
 
 LINE_LIMIT = 64 * 1024 * 1024  # one message; updates carry whole conversations
@@ -266,7 +266,7 @@ class Server:
             server = await asyncio.start_server(self.handle, address[0], address[1], limit=LINE_LIMIT)
             host, port = server.sockets[0].getsockname()[:2]
             where = f"listen={host}:{port}"
-        print(f"ready {where} version={self.engine.version} protocol={_protocol()} pid={os.getpid()}", flush=True)
+        print(f"ready {where} version={self.engine.version} protocol={PROTOCOL_VERSION} pid={os.getpid()}", flush=True)
         try:
             await self.stopped.wait()
         finally:
@@ -309,12 +309,6 @@ def _until_eof(loop, stopped: asyncio.Event) -> None:
         print("engine: stdin closed (the client is gone): shutting down", file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
-
-
-def _protocol() -> int:
-    from engine.protocol import PROTOCOL_VERSION
-
-    return PROTOCOL_VERSION
 
 
 def _first_line(exc: BaseException) -> str:

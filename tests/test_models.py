@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from engine import models
-from engine.errors import ModelError
+from engine.protocol import ModelError
 
 
 def test_resolve_accepts_folders_gguf_files_and_hub_ids(tiny_model_dir, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from engine.errors import NonFiniteLoss
+from engine.protocol import NonFiniteLoss
 from engine.trainers.ppo import PPOConfig, PPOTrainer
 from tui_align.cli import app
 

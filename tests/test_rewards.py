@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from engine.errors import UserError
+from engine.protocol import UserError
 from engine.rewards import load_reward
 
 

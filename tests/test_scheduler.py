@@ -77,9 +77,9 @@ def test_cancel_flags_only_matching_jobs_and_failures_are_reported():
 
 @pytest.mark.parametrize("make, code", [
     (lambda torch: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), "out_of_memory"),
-    (lambda torch: __import__("engine.errors").errors.NonFiniteLoss("loss is nan: update discarded"), "non_finite_loss"),
+    (lambda torch: __import__("engine.protocol").protocol.NonFiniteLoss("loss is nan: update discarded"), "non_finite_loss"),
     (lambda torch: RuntimeError("shape mismatch"), "model_error"),
-    (lambda torch: __import__("engine.errors").errors.DataError("example 2: chosen is empty"), "bad_request"),
+    (lambda torch: __import__("engine.protocol").protocol.DataError("example 2: chosen is empty"), "bad_request"),
 ])
 def test_job_failures_become_error_events(make, code):
     import torch

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from engine.errors import UserError
+from engine.protocol import UserError
 from tui_align.cli import app
 from tui_align.judges import Reply, checked_pick, load_judge, longer, shorter
 from tui_align.store import SessionStore

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 from sqlite_utils import Database
 
-from engine.errors import UserError
+from engine.protocol import UserError
 from tui_align.migrations import MIGRATIONS, SCHEMA_VERSION
 from tui_align.store import SessionError, SessionStore
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.data import packed_pairs, preference_batch
-from engine.errors import NonFiniteLoss
+from engine.protocol import NonFiniteLoss
 from engine.trainers import DPOTrainer, SFTTrainer, TrainConfig
 
 PAIRS = [

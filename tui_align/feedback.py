@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 
-from engine.errors import UserError
+from engine.protocol import UserError
 
 METHODS = ("dpo", "sft", "ppo")
 # SFT rows: demonstrations, then the first pick of each turn whose chosen reply still continues

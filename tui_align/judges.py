@@ -15,7 +15,7 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from engine.errors import UserError
+from engine.protocol import UserError
 
 
 class Reply(str):

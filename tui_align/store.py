@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from engine.errors import UserError
+from engine.protocol import UserError
 from tui_align import __version__
 from tui_align.feedback import FeedbackQueries
 from tui_align.migrations import MIGRATIONS, SCHEMA_VERSION, schema_version, unknown_migrations, upgrade

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import NonFiniteLoss
+from engine.protocol import NonFiniteLoss
 from engine.trainers.config import TrainConfig
 
 

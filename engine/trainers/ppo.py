@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from engine.data import _chat_ids, collate, tokenize_pair
-from engine.errors import DataError, NonFiniteLoss
+from engine.protocol import DataError, NonFiniteLoss
 from engine.logprobs import token_logps
 from engine.losses import KL_ESTIMATORS, gae, kl_penalty, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss
 from engine.value_head import ValueHead, logps_and_values

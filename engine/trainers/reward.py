@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from engine.data import collate, preference_batch, tokenize_pair
-from engine.errors import UserError
+from engine.protocol import UserError
 from engine.logprobs import causal_lm, hidden_states
 from engine.losses import pairwise_reward_loss
 from engine.trainers.base import Trainer

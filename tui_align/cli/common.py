@@ -26,12 +26,12 @@ def passive_openmp() -> None:
 
 @contextlib.contextmanager
 def user_errors():
-    """Show engine.errors.UserError (bad flag, file or row) as one line, exit 2.
+    """Show engine.protocol.UserError (bad flag, file or row) as one line, exit 2.
 
     Every command that imports torch in-process does so inside this block, so OpenMP is set
     up here first (passive_openmp)."""
     passive_openmp()
-    from engine.errors import UserError  # torch-free
+    from engine.protocol import UserError  # torch-free
 
     try:
         yield

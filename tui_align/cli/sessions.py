@@ -166,7 +166,7 @@ def _messages(value, role: str) -> list[dict]:
 
 def _validate(row: dict, kind: str) -> None:
     from engine.data import validate
-    from engine.errors import DataError
+    from engine.protocol import DataError
 
     if kind == "ratings":
         if not isinstance(row.get("label"), bool):
@@ -221,7 +221,7 @@ def import_(file: Path = typer.Argument(..., help="JSONL file or datasets.save_t
     """Import a dataset in TRL's formats into a new session (written completely or not at all)."""
     with user_errors():
         from engine.data import read_rows
-        from engine.errors import DataError
+        from engine.protocol import DataError
         from tui_align.store import SessionStore, list_sessions, sessions_dir as resolve
 
         if kind is not None and kind not in KINDS:

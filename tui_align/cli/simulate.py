@@ -76,7 +76,7 @@ def simulate(
 ) -> None:
     """Run the live loop with a simulated annotator and report its win rate against version 0."""
     with user_errors():
-        from engine.errors import UserError
+        from engine.protocol import UserError
         from tui_align.judges import load_judge
         from tui_align.store import SessionStore, sessions_dir as resolve
 

@@ -59,7 +59,7 @@ def run(method: str, data: Path, output: Path, model: str | None, merge: bool, d
     """Validate everything cheap first, then train; shared with `replay`."""
     with user_errors():
         from engine.data import load_examples
-        from engine.errors import UserError
+        from engine.protocol import UserError
         from engine.headless import check_output
         from engine.losses import DPO_LOSS_TYPES
 
@@ -105,7 +105,7 @@ def ppo(prompts: Path = PROMPTS, reward: str = REWARD, output: Path = OUTPUT, mo
     with user_errors():
         import resource
 
-        from engine.errors import UserError
+        from engine.protocol import UserError
         from engine.headless import check_output
         from engine.headless_ppo import check_plot, load_prompts
 
@@ -144,7 +144,7 @@ def rm(data: Path = DATA, output: Path = OUTPUT, model: str = MODEL, max_steps: 
     """A reward model (score head + LoRA on the base) from {prompt, chosen, rejected} rows; use it as --reward rm:OUTPUT."""
     with user_errors():
         from engine.data import load_examples
-        from engine.errors import UserError
+        from engine.protocol import UserError
         from engine.headless import check_output
 
         check_output(output)

@@ -1,4 +1,8 @@
-"""`python -m engine serve ...`: the engine process (same options as `tui-align engine serve`)."""
+"""`python -m engine serve ...`: the engine process.
+
+The one definition of the engine's options: `tui-align engine serve` hands its arguments
+to `main` here (with its own `prog`). Imports nothing from tui_align.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,25 @@ import sys
 # whose cores are shared (the TUI, other jobs), spinning threads slowed generation 20x.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from engine.protocol import METHODS  # noqa: E402  (torch-free)
 
-def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="python -m engine", description="The tui-align engine process.")
-    commands = root.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="Load the model once and serve clients (docs/protocol.md).")
+
+SERVE_HELP = "Load the model once, print one `ready ...` line on stdout, serve one client at a time (docs/protocol.md)."
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line on stderr and exit 2 (`--help` shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def parser(prog: str = "python -m engine") -> argparse.ArgumentParser:
+    root = _Parser(prog=prog, description="The tui-align engine process.")
+    commands = root.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    serve = commands.add_parser("serve", help=SERVE_HELP, description=SERVE_HELP)
     serve.add_argument("--model", default=None, help="Model folder, GGUF file or hub id (default: SmolLM2-135M-Instruct).")
-    serve.add_argument("--method", default="dpo", choices=["dpo", "sft", "ppo"], help="Default update method.")
+    serve.add_argument("--method", default="dpo", choices=METHODS, help="Default update method.")
     where = serve.add_mutually_exclusive_group()
     where.add_argument("--socket", default=None, help="Unix socket path, created 0600 (default ./engine.sock).")
     where.add_argument("--listen", default=None, help="HOST:PORT on loopback (TCP; needs --token-file). Port 0 picks one.")
@@ -36,8 +52,11 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = vars(parser().parse_args(argv))
+def main(argv: list[str] | None = None, prog: str = "python -m engine") -> int:
+    """Parse `argv` (default sys.argv[1:]) and run the command; returns the exit code.
+
+    Bad arguments exit 2 (SystemExit), `--help` exits 0."""
+    args = vars(parser(prog).parse_args(argv))
     args.pop("command")
     from engine.server import ServeOptions, main as serve_main
 

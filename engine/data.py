@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from engine.chat import chat_ids, check_messages
 from engine.protocol import DataError
 
 KIND_KEYS = {"preference": ("prompt", "chosen", "rejected"), "sft": ("prompt", "completion")}
@@ -77,7 +78,7 @@ def load_examples(path: str | Path, kind: str) -> list[dict]:
 def validate(row: dict, kind: str) -> None:
     if kind == "sft" and "messages" in row:
         messages = row["messages"]
-        _check_messages(messages, "messages")
+        check_messages(messages, "messages")
         if len(messages) < 2 or messages[-1]["role"] != "assistant":
             raise DataError("messages must end with an assistant reply after at least one other message")
         return
@@ -88,19 +89,11 @@ def validate(row: dict, kind: str) -> None:
     for key in KIND_KEYS[kind]:
         value = row[key]
         if conversational:
-            _check_messages(value, key)
+            check_messages(value, key)
         elif not isinstance(value, str):
             raise DataError(f"{key} must be a string (or, in every field, a list of messages), got {type(value).__name__}")
         elif key != "prompt" and not value:
             raise DataError(f"{key} is empty")
-
-
-def _check_messages(value, key: str) -> None:
-    if not isinstance(value, list) or not value:
-        raise DataError(f"{key} must be a non-empty list of {{role, content}} messages")
-    for message in value:
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
-            raise DataError(f"{key}: each message needs string 'role' and 'content'")
 
 
 def split_messages(row: dict) -> dict:
@@ -113,8 +106,8 @@ def split_messages(row: dict) -> dict:
 def tokenize_pair(tokenizer, prompt, completions: list, max_length: int | None = None) -> tuple[list[int], list[list[int]]]:
     """(prompt_ids, [completion_ids...]) for one prompt and its completions, as TRL does."""
     if isinstance(prompt, list):
-        prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
-        fulls = [_chat_ids(tokenizer, prompt + completion) for completion in completions]
+        prompt_ids = chat_ids(tokenizer, prompt, add_generation_prompt=True)
+        fulls = [chat_ids(tokenizer, prompt + completion) for completion in completions]
     else:
         eos = tokenizer.eos_token or ""
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -132,13 +125,6 @@ def tokenize_pair(tokenizer, prompt, completions: list, max_length: int | None =
             prompt_ids = prompt_ids[-(max_length - 1):]
         completion_ids = [ids[:room] for ids in completion_ids]
     return prompt_ids, completion_ids
-
-
-def _chat_ids(tokenizer, messages, add_generation_prompt=False) -> list[int]:
-    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
-    if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
-        ids = ids["input_ids"]
-    return list(ids)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.data import _check_messages, _chat_ids
+from engine.chat import chat_ids, check_messages
 
 
 TOP_K_FIRST = 512
@@ -61,7 +61,7 @@ class Generation:
     def __init__(self, model, tokenizer, messages: list[dict], n: int = 2, max_new_tokens: int = 128,
                  temperature: float = 0.8, top_p: float = 0.95, seed: int | None = None,
                  started: float | None = None):
-        _check_messages(messages, "messages")
+        check_messages(messages, "messages")
         if not 1 <= n <= 16:
             raise ValueError("n must be between 1 and 16")
         if max_new_tokens < 1:
@@ -73,7 +73,7 @@ class Generation:
         self.seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
         self.device = next(model.parameters()).device
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        self.prompt_ids = _chat_ids(tokenizer, messages, add_generation_prompt=True)
+        self.prompt_ids = chat_ids(tokenizer, messages, add_generation_prompt=True)
         self.stops = stop_ids(model, tokenizer)
         self.candidates = [Candidate() for _ in range(n)]
         self.live = list(range(n))  # candidate index of each row still in the batch

@@ -20,21 +20,14 @@ import torch
 from peft import get_peft_model_state_dict
 
 from engine import versions as vs
-from engine.data import DataError, _check_messages, validate
+from engine.chat import check_messages
+from engine.data import DataError, validate
 from engine.logprobs import causal_lm
 from engine.models import LoRAConfig, add_lora, load_model, model_name, parameter_count
-from engine.protocol import PROTOCOL_VERSION, NonFiniteLoss, UserError
+from engine.protocol import LIVE_TRAINING, METHODS, PROTOCOL_VERSION, NonFiniteLoss, UserError
 from engine.resources import engine_threads
 from engine.trainers import DPOTrainer, SFTTrainer, TrainConfig
 
-METHODS = ("dpo", "sft", "ppo")
-# Live defaults (DESIGN.md "The live loop"): DPO on a handful of pairs drifts unless the
-# chosen reply's NLL is added (RPO, rpo_alpha 1.0); one optimizer step per update.
-LIVE_DEFAULTS = {
-    "dpo": {"lr": 2e-4, "beta": 0.1, "rpo_alpha": 1.0, "max_length": 512},
-    "sft": {"lr": 2e-4, "max_length": 512},
-    "ppo": {"max_length": 512},
-}
 # Scoring and training on a CPU use eager attention: torch's fused CPU kernel is slow on short masked
 # packed rows (one-pair DPO step 0.57 -> 0.43 s); decoding keeps the model's own, ~5% faster there.
 TRAIN_ATTENTION = {"cpu": "eager"}
@@ -121,7 +114,7 @@ class LiveEngine:
     # --- validation (event loop, no model) ---------------------------------------------
 
     def check_generate(self, req) -> None:
-        _check_messages(req.messages, "messages")
+        check_messages(req.messages, "messages")
         if not 1 <= req.n <= 16:
             raise DataError("n must be between 1 and 16")
         if not 1 <= req.max_new_tokens <= 4096:
@@ -133,7 +126,7 @@ class LiveEngine:
 
     def check_examples(self, method: str, examples: list) -> list[dict]:
         if method not in METHODS:
-            raise DataError(f"method {method!r}: choose dpo, sft or ppo")
+            raise DataError(f"method {method!r}: choose {', '.join(METHODS)}")
         if not examples:
             raise DataError("examples is empty")
         rows = []
@@ -155,7 +148,7 @@ class LiveEngine:
     def check_hyperparameters(self, method: str, values: dict) -> tuple[object, int]:
         """(trainer config, optimizer steps) for one update: live defaults + `values`."""
         values = dict(values)
-        steps = values.pop("steps", 1)
+        steps = values.pop("steps", LIVE_TRAINING.steps)
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS_PER_UPDATE:
             raise DataError(f"hyperparameters.steps must be an integer from 1 to {MAX_STEPS_PER_UPDATE}")
         config_type = self._config_type(method)
@@ -165,7 +158,7 @@ class LiveEngine:
             raise DataError(f"unknown hyperparameter(s) {', '.join(unknown)} for {method}; "
                             f"known: steps, {', '.join(sorted(known))}")
         values = {k: v for k, v in values.items() if v is not None}  # null: keep the default
-        base = config_type.from_dict(LIVE_DEFAULTS[method])
+        base = config_type.from_dict(LIVE_TRAINING.for_method(method))
         for key, value in values.items():
             default = getattr(base, key)
             if isinstance(default, bool) or isinstance(value, bool):
@@ -297,9 +290,9 @@ class LiveEngine:
         """One trainer per method, built on first use and kept (its optimizer state too)."""
         if method not in self.trainers:
             if method == "dpo":
-                self.trainers[method] = DPOTrainer(self.policy, self.tokenizer, TrainConfig.from_dict(LIVE_DEFAULTS["dpo"]))
+                self.trainers[method] = DPOTrainer(self.policy, self.tokenizer, TrainConfig.from_dict(LIVE_TRAINING.for_method("dpo")))
             elif method == "sft":
-                self.trainers[method] = SFTTrainer(self.policy, self.tokenizer, TrainConfig.from_dict(LIVE_DEFAULTS["sft"]))
+                self.trainers[method] = SFTTrainer(self.policy, self.tokenizer, TrainConfig.from_dict(LIVE_TRAINING.for_method("sft")))
             else:
                 try:
                     from engine.trainers.ppo import PPOTrainer

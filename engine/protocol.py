@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 PROTOCOL_VERSION = 1
+METHODS = ("dpo", "sft", "ppo")  # what an `update` trains: the signal each kind of feedback gives
 
 
 class ProtocolError(ValueError):
@@ -35,6 +36,64 @@ class DataError(UserError):
 
 class NonFiniteLoss(Exception):
     """The loss or gradient was NaN or infinite; no weight was changed."""
+
+
+# Training hyperparameters -------------------------------------------------------------
+# An `update` request's `hyperparameters` are fields of TrainConfig (plus `steps`); they live
+# here, torch-free, so the person-facing side and the CLI can read the defaults.
+
+
+@dataclass
+class TrainConfig:
+    """Batch defaults (`tui-align train`, `replay`); each field is one option of those commands."""
+
+    lr: float = 1e-4
+    beta: float = 0.1  # DPO temperature: how far the policy may move from the reference
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    rpo_alpha: float | None = None  # weight of the chosen reply's NLL added to DPO (RPO)
+    max_length: int | None = 1024
+    batch_size: int = 4
+    grad_accum: int = 1
+    epochs: int = 1
+    max_steps: int | None = None
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    save_steps: int | None = None  # fit(): write output/checkpoint-N every N optimizer steps
+    shuffle: bool = True  # fit(): reshuffle the rows every epoch (off: file order, as TRL's "sequential")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known and v is not None})
+
+
+@dataclass(frozen=True)
+class LiveTraining:
+    """What one live update does unless the session overrides it (DESIGN.md, "The live loop").
+
+    DPO on a handful of pairs drifts unless the chosen reply's NLL is added (RPO, 1.0); one
+    optimizer step per update, at a higher learning rate than batch training.
+    """
+
+    lr: float = 2e-4
+    beta: float = 0.1
+    rpo_alpha: float = 1.0
+    steps: int = 1  # optimizer steps per update
+    max_length: int = 512
+
+    def for_method(self, method: str) -> dict:
+        """The trainer-config fields each method's live update starts from (`steps` apart)."""
+        keys = {"dpo": ("lr", "beta", "rpo_alpha", "max_length"), "sft": ("lr", "max_length"),
+                "ppo": ("max_length",)}[method]
+        return {key: getattr(self, key) for key in keys}
+
+
+LIVE_TRAINING = LiveTraining()
 
 
 # Requests ---------------------------------------------------------------------------
@@ -62,7 +121,7 @@ class ScoreReference:
 
 @dataclass
 class Update:
-    method: str = ""  # dpo | sft | ppo; "" = the engine's --method
+    method: str = ""  # one of METHODS; "" = the engine's --method
     examples: list[dict] = field(default_factory=list)
     hyperparameters: dict = field(default_factory=dict)
 

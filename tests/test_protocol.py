@@ -87,3 +87,22 @@ def test_client_side_imports_no_torch():
     code = "import sys, tui_align.client; print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_engine_entry_point_and_chat_helpers_are_light():
+    # engine/__main__.py holds the engine's options for both CLIs: parsing them loads no
+    # torch, and the engine never imports tui_align.
+    code = ("import sys, engine.__main__, engine.chat; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'tui_align') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_check_messages():
+    from engine.chat import check_messages
+    from engine.protocol import DataError
+
+    check_messages([{"role": "user", "content": "hi"}], "prompt")
+    for bad in ([], "hi", [{"role": "user"}], [{"role": "user", "content": 3}]):
+        with pytest.raises(DataError, match="^prompt"):
+            check_messages(bad, "prompt")

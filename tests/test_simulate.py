@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -58,9 +60,12 @@ def test_simulate_stores_picks_and_advances_the_version(tmp_path, tiny_model_dir
         assert store.counts() == {"prompts": 4, "pairs": 4, "ratings": 0, "demos": 0, "updates": 2}
         assert store.latest_version() == 2 and (store.versions_dir / "v0002" / "adapter_model.safetensors").exists()
         responses = list(store.db["responses"].rows)
-        assert len(responses) == 8 and all(r["ref_logps"] is not None and r["finish_reason"] for r in responses)
+        assert len(responses) == 8 and all(r["finish_reason"] for r in responses)
         assert {r["version"] for r in responses} == {0, 1}  # rounds 3-4 came from the first update's version
         assert store.pending_count("dpo") == 0  # both updates finished: all four pairs consumed
         (_, example), *_ = store.feedback("dpo")
         assert example["prompt"][0]["role"] == "system" and example["prompt"][1]["content"] in ("Say hi.", "Name a fruit.")
         assert any("win rate" in e["message"] for e in store.db["events"].rows)
+        # what simulate ran is metadata, never sent to the engine as a training override
+        assert store.meta["metadata"]["judge"].endswith(":pick") and store.overrides == {}
+        assert all(len(json.loads(u["feedback_ids"])) <= 8 for u in store.db["updates"].rows)

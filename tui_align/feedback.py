@@ -1,101 +1,109 @@
 """Stored feedback as TRL-format training rows: what each method trains on, and what is pending.
 
-Rules (`feedback`, `pending_feedback`, `tui-align sessions export`):
+Every judgment makes its training rows when it is committed (the `examples` table), so
+finding what is pending, or the window of a live update, is an indexed query with a LIMIT,
+whatever the session holds. The rules (SessionStore.record_*):
 - dpo: every preference pair whose outcome is `chosen`. Pairs come from picks (the chosen
   reply over each rejected one), from edits (the edited reply over the original) and from
   ratings: two responses to the same prompt turn, rated on the same scale with different
   scores, yield a pair (higher over lower) when the second rating is recorded. Ties,
   both-bad and skipped judgments are kept but excluded from DPO.
 - sft: every demonstration (a reply the person wrote or edited), as {prompt, completion},
-  then every picked reply (the chosen response of a pick judgment that still continues its
-  conversation), also as {prompt, completion}: fine-tuning on the accepted one of N samples
-  is rejection sampling (best-of-n) fine-tuning. A pick's feedback id is minus its judgment
-  id, so it never collides with a demonstration id.
+  and the first pick of each turn while its reply continues the conversation (a later pick
+  of a ranking, or a reply replaced by an edit or a later pick, is not one): fine-tuning on
+  the accepted one of N samples is rejection sampling (best-of-n) fine-tuning.
 - ppo: every rating, as {prompt, completion, score}; thumbs and 1-5 scores are mapped to
   [-1, 1] (thumbs 0 -> -1, 1 -> 1; 1-5 -> (score - 3) / 2), numeric scores are kept as is.
-Feedback is consumed by an update that finished with status `done`; failed or cancelled
-updates leave it pending.
+  A re-score of the same reply replaces the earlier one.
+An example is consumed by the first update that finished with status `done` on it; failed
+or cancelled updates leave it pending. Withdrawn examples (a judgment taken back) are never
+trained on again.
 """
 
 from __future__ import annotations
 
-import json
+import random
 
-from engine.protocol import UserError
+from engine.protocol import METHODS, UserError
 
-METHODS = ("dpo", "sft", "ppo")
-# SFT rows: demonstrations, then the first pick of each turn whose chosen reply still continues
-# the conversation (a later pick of a ranking, or a reply replaced by an edit, is not one).
-_SFT_ROWS = """select * from (select id, turn_id, text, created from demonstrations
-               union all
-               select -p.id as id, p.turn_id, c.text, p.created from preferences p join responses c on c.id = p.chosen_id
-               where p.origin = 'pick' and p.outcome = 'chosen' and p.id = p.judgment_id and c.chosen = 1
-                 and c.source = 'model')
-               order by created, abs(id)"""
+_EXAMPLES = """select e.id, e.turn_id, e.score, e.update_id, c.text as chosen, r.text as rejected
+               from examples e join responses c on c.id = e.response_id left join responses r on r.id = e.rejected_id"""
 
 
-def _assistant(text: str) -> list[dict]:
-    return [{"role": "assistant", "content": text}]
-
-
-def _reward(score: float, scale: str) -> float:
+def reward(score: float, scale: str) -> float:
+    """A rating on its scale as a PPO reward in [-1, 1] (numeric scores as they are)."""
     return {"thumbs": lambda s: 2 * s - 1, "1-5": lambda s: (s - 3) / 2}.get(scale, lambda s: s)(score)
+
+
+def _check(method: str) -> None:
+    if method not in METHODS:
+        raise UserError(f"method {method!r}: choose one of {', '.join(METHODS)}")
 
 
 class FeedbackQueries:
     """Mixed into SessionStore: needs `self.db` and `self.prompt(turn_id)`."""
 
     def feedback(self, method: str) -> list[tuple[int, dict]]:
-        """(feedback id, TRL-format example) for all feedback usable by `method`, oldest first."""
-        if method not in METHODS:
-            raise UserError(f"method {method!r}: choose one of {', '.join(METHODS)}")
-        if method == "dpo":
-            rows = self.db.query(
-                """select p.id, p.turn_id, c.text as chosen, r.text as rejected,
-                          c.ref_logps as ref_c, r.ref_logps as ref_r
-                   from preferences p join responses c on c.id = p.chosen_id join responses r on r.id = p.rejected_id
-                   where p.outcome = 'chosen' order by p.id""")
-            out = []
-            for row in rows:
-                example = {"prompt": self.prompt(row["turn_id"]), "chosen": _assistant(row["chosen"]),
-                           "rejected": _assistant(row["rejected"])}
-                if row["ref_c"] is not None and row["ref_r"] is not None:
-                    example.update(ref_chosen_logps=row["ref_c"], ref_rejected_logps=row["ref_r"])
-                out.append((row["id"], example))
-            return out
-        if method == "sft":
-            return [(row["id"], {"prompt": self.prompt(row["turn_id"]), "completion": _assistant(row["text"])})
-                    for row in self.db.query(_SFT_ROWS)]
-        return [(row["id"], {"prompt": row["prompt"], "completion": _assistant(row["text"]),
-                             "score": _reward(row["score"], row["scale"])}) for row in self.rated_responses()]
-
-    def rated_responses(self) -> list[dict]:
-        """Every rating with its prompt and reply: {id, prompt, text, score, scale}, oldest first."""
-        rows = self.db.query("""select g.id, g.score, g.scale, s.turn_id, s.text from ratings g
-                                join responses s on s.id = g.response_id order by g.id""")
-        return [{**row, "prompt": self.prompt(row["turn_id"])} for row in rows]
-
-    def consumed(self, method: str) -> set[int]:
-        rows = self.db["updates"].rows_where("method = ? and status = 'done'", [method], select="feedback_ids")
-        return {i for row in rows for i in json.loads(row["feedback_ids"] or "[]")}
-
-    def pending_feedback(self, method: str) -> tuple[list[dict], list[int]]:
-        """(examples, feedback ids) not yet consumed by a finished update of `method`."""
-        used = self.consumed(method)
-        pending = [(i, ex) for i, ex in self.feedback(method) if i not in used]
-        return [ex for _, ex in pending], [i for i, _ in pending]
-
-    def recent_feedback(self, method: str, limit: int) -> tuple[list[dict], list[int]]:
-        """The last `limit` examples, consumed or not (a sliding window for live updates)."""
-        recent = self.feedback(method)[-limit:]
-        return [ex for _, ex in recent], [i for i, _ in recent]
+        """(example id, TRL-format example) for all feedback usable by `method`, oldest first (export, replay)."""
+        _check(method)
+        rows = self.db.query(f"{_EXAMPLES} where e.method = ? and e.withdrawn = 0 order by e.id", [method])
+        return self._build(method, list(rows))
 
     def pending_count(self, method: str) -> int:
-        """len(pending_feedback(method)[1]), from ids alone (no prompt is rebuilt)."""
-        if method not in METHODS:
-            raise UserError(f"method {method!r}: choose one of {', '.join(METHODS)}")
-        sql = {"dpo": "select id from preferences where outcome = 'chosen'",
-               "sft": f"select id from ({_SFT_ROWS})",
-               "ppo": "select g.id from ratings g join responses s on s.id = g.response_id"}[method]
-        used = self.consumed(method)
-        return sum(1 for (i,) in self.db.execute(sql).fetchall() if i not in used)
+        """Examples of `method` no finished update has trained on (an index range, no row rebuilt)."""
+        _check(method)
+        return self.db.execute("""select count(*) from examples where method = ? and withdrawn = 0
+                                  and update_id is null""", [method]).fetchone()[0]
+
+    def update_window(self, method: str, window: int, replay: int = 0,
+                      rng: random.Random | None = None) -> list[tuple[int, dict]]:
+        """The examples of one live update, oldest first: the newest `window` pending ones, topped up to
+        `window` with the most recently trained ones, plus up to `replay` older trained ones sampled at
+        random. Never more than window + replay rows, whatever the session holds."""
+        _check(method)
+        where = f"{_EXAMPLES} where e.method = ? and e.withdrawn = 0"
+        rows = list(self.db.query(f"{where} and e.update_id is null order by e.id desc limit ?", [method, window]))
+        if len(rows) < window:  # fewer pending than the window: the newest 2 * window rows hold enough trained ones
+            recent = self.db.query(f"{where} order by e.id desc limit ?", [method, 2 * window])
+            rows += [r for r in recent if r["update_id"] is not None][:window - len(rows)]
+        if replay:
+            rng = rng or random.Random()
+            (top,) = self.db.execute("select max(id) from examples").fetchone()
+            taken, wanted = {r["id"] for r in rows}, len(rows) + replay
+            for _ in range(4 * replay):  # random probes into the trained rows: O(replay log n)
+                if len(taken) >= wanted or not top:
+                    break
+                probe = self.db.query(f"{where} and e.update_id is not null and e.id <= ? order by e.id desc limit 1",
+                                      [method, rng.randint(1, top)])
+                for row in probe:
+                    if row["id"] not in taken:
+                        taken.add(row["id"])
+                        rows.append(row)
+        return self._build(method, sorted(rows, key=lambda r: r["id"]))
+
+    def _build(self, method: str, rows: list[dict]) -> list[tuple[int, dict]]:
+        prompts: dict[int, list[dict]] = {}  # one walk up the conversation per turn
+        out = []
+        for row in rows:
+            turn = row["turn_id"]
+            if turn not in prompts:
+                prompts[turn] = self.prompt(turn)
+            example = {"prompt": prompts[turn]}
+            if method == "dpo":
+                example.update(chosen=_assistant(row["chosen"]), rejected=_assistant(row["rejected"]))
+            else:
+                example["completion"] = _assistant(row["chosen"])
+            if method == "ppo":
+                example["score"] = row["score"]
+            out.append((row["id"], example))
+        return out
+
+    def rated_responses(self) -> list[dict]:
+        """Every rating in force with its prompt and reply: {id, prompt, text, score, scale}, oldest first."""
+        rows = self.db.query("""select g.id, g.score, g.scale, s.turn_id, s.text from ratings g
+                                join responses s on s.id = g.response_id where g.withdrawn = 0 order by g.id""")
+        return [{**row, "prompt": self.prompt(row["turn_id"])} for row in rows]
+
+
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]

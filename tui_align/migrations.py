@@ -6,8 +6,9 @@ is the number of migrations of this set applied to it; `session.schema_version` 
 for people reading the file with other tools. Never edit a released migration: add one.
 
 Tables (one row per thing a person did or the engine produced):
-  session        the one row of metadata: model, method, hyperparameters, created, versions,
-                 active_version (the live one: set by every finished update and rollback)
+  session        the one row: model, method, hyperparameters (training overrides sent with
+                 every live update), metadata (what made the session, e.g. simulate's run),
+                 created, active_version (the live one: set by every finished update and rollback)
   conversations  one per dialogue; `system` is its optional system prompt
   turns          user messages; `parent_id` is the response they answer (NULL: the first),
                  so a conversation is a tree, OpenAssistant-style
@@ -17,7 +18,11 @@ Tables (one row per thing a person did or the engine produced):
   preferences    one row per (chosen, rejected) pair with its outcome and the shown order;
                  rows of one judgment (a ranking of N>2) share `judgment_id`
   demonstrations a reply the person wrote or edited (kept as a response too)
-  updates        one live or batch update: the feedback it consumed, metrics, version, status
+  examples       one training row per method, made when the feedback is stored (a pair, a
+                 demonstration or picked reply, a reward); `update_id` is the update that
+                 consumed it (NULL: pending); `withdrawn` rows are never trained on again
+  updates        one live or batch update: the examples it trained on, metrics, version, status
+  (ratings, preferences and demonstrations carry `withdrawn`: taken back, or replaced by a re-score)
   versions       adapter versions written by the engine under versions/vNNNN
   events         the log of notifications and errors
 """
@@ -78,6 +83,64 @@ def m003_active_version(db: Database) -> None:
     """The version the person left live (after an update or a rollback): where a restart resumes.
     NULL (sessions from before): the highest recorded version."""
     db["session"].add_column("active_version", int)
+
+
+@MIGRATIONS()
+def m004_examples_metadata_withdrawn(db: Database) -> None:
+    """Training rows made once, at commit (pending ones found by index, not by rebuilding the
+    session); session metadata apart from training overrides; withdrawn judgments; reference
+    log-probs left to the engine, whose cache is keyed by what they depend on."""
+    import json
+
+    db["session"].add_column("metadata", str)
+    for row in db["session"].rows:  # simulate kept its run in the overrides column: move it out
+        overrides = json.loads(row["hyperparameters"] or "{}")
+        meta = {k: overrides.pop(k) for k in ("simulate", "judge") if k in overrides}
+        db["session"].update(row["id"], {"hyperparameters": json.dumps(overrides), "metadata": json.dumps(meta)})
+    for table in ("preferences", "ratings", "demonstrations"):
+        db[table].add_column("withdrawn", int, not_null_default=0)
+    db["responses"].transform(drop={"ref_logps"})
+    db["examples"].create({
+        "id": int, "method": str, "source": str, "source_id": int, "turn_id": int, "response_id": int,
+        "rejected_id": int, "score": float, "update_id": int, "withdrawn": int, "created": float,
+    }, pk="id", defaults={"withdrawn": 0}, not_null={"withdrawn"})
+    db["examples"].create_index(["method", "withdrawn", "update_id", "id"])  # pending, newest first
+    db["examples"].create_index(["method", "withdrawn", "id"])  # recent and sampled trained rows
+    db["examples"].create_index(["source", "source_id"])
+    db["preferences"].create_index(["turn_id"])
+    db["ratings"].create_index(["response_id"])
+    # Backfill, oldest first, with the rules of tui_align/feedback.py; map the old feedback ids
+    # (dpo: preference id, sft: demonstration id or minus the pick's id, ppo: rating id).
+    old_ids: dict[tuple[str, int], int] = {}
+    rows = db.query("""select 'dpo' as method, 'preference' as source, p.id as source_id, p.turn_id, p.chosen_id as response_id,
+                              p.rejected_id, null as score, p.created, p.id as old_id
+                       from preferences p where p.outcome = 'chosen'
+                       union all
+                       select 'sft', 'demonstration', d.id, d.turn_id, d.response_id, null, null, d.created, d.id
+                       from demonstrations d
+                       union all
+                       select 'sft', 'preference', p.id, p.turn_id, p.chosen_id, null, null, p.created, -p.id
+                       from preferences p join responses c on c.id = p.chosen_id
+                       where p.origin = 'pick' and p.outcome = 'chosen' and p.id = p.judgment_id and c.chosen = 1
+                         and c.source = 'model'
+                       union all
+                       select 'ppo', 'rating', g.id, s.turn_id, g.response_id, null,
+                              case g.scale when 'thumbs' then 2 * g.score - 1 when '1-5' then (g.score - 3) / 2.0
+                                   else g.score end, g.created, g.id
+                       from ratings g join responses s on s.id = g.response_id
+                       order by created""")
+    for row in rows:
+        old = (row.pop("method"), row.pop("old_id"))
+        old_ids[old] = db["examples"].insert({"method": old[0], **row}).last_pk
+    for update in db["updates"].rows_where("status = 'done'", order_by="id"):
+        ids = [old_ids[(update["method"], i)] for i in json.loads(update["feedback_ids"] or "[]")
+               if (update["method"], i) in old_ids]
+        if ids:
+            db.execute(f"update examples set update_id = ? where update_id is null and id in ({','.join('?' * len(ids))})",
+                       [update["id"], *ids])
+        db["updates"].update(update["id"], {"feedback_ids": json.dumps(ids)})
+
+
 SCHEMA_VERSION = len(MIGRATIONS._migrations)
 
 

@@ -1,6 +1,6 @@
 """One round of the live loop, as plain data: a prompt, N candidates shown in a random order, feedback.
 
-No Textual here: the chat screen drives it, tests can read it.
+No Textual here: the LiveLoop fills it and records its judgments, the chat screen shows it.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class Round:
     version: int = 0  # the adapter version that produced the candidates
     ranking: list[int] = field(default_factory=list)  # slots pressed so far, best first
     scores: dict[int, int] = field(default_factory=dict)  # slot -> 1..5 (ppo)
+    complete: bool = False  # judged and stored: the next key starts the next round
 
     @classmethod
     def start(cls, turn_id: int, prompt: list[dict], n: int, rng: random.Random, version: int = 0) -> Round:
@@ -44,6 +45,15 @@ class Round:
 
     def slot_of(self, candidate: int) -> int:
         return self.shown_order.index(candidate)
+
+    @property
+    def shown(self) -> list[int]:
+        """Response ids as shown, first slot first."""
+        return [self.response_at(s) for s in range(self.n)]
+
+    def next_unscored(self) -> int | None:
+        """The first slot without a score: the one the next score key judges."""
+        return next((s for s in range(self.n) if s not in self.scores), None)
 
     def response_at(self, slot: int) -> int:
         return self.response_ids[self.shown_order[slot]]

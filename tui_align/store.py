@@ -26,7 +26,7 @@ from sqlite_utils import Database
 
 from engine.protocol import UserError
 from tui_align import __version__
-from tui_align.feedback import FeedbackQueries
+from tui_align.feedback import FeedbackQueries, reward
 from tui_align.migrations import MIGRATIONS, SCHEMA_VERSION, schema_version, unknown_migrations, upgrade
 
 OUTCOMES = ("chosen", "tie", "both_bad", "skipped")
@@ -56,12 +56,14 @@ class SessionStore(FeedbackQueries):
 
     @classmethod
     def open(cls, sessions_dir: str | Path, name: str, *, create: bool = True, readonly: bool = False,
-             model: str | None = None, method: str = "dpo", hyperparameters: dict | None = None) -> "SessionStore":
+             model: str | None = None, method: str = "dpo", hyperparameters: dict | None = None,
+             metadata: dict | None = None) -> "SessionStore":
         """Open (or create) the session `name`; raises SessionError with a one-line reason.
 
         A writer upgrades an older schema in place (each migration in a transaction) and is
-        refused while another process writes. A newer schema is refused. `model`, `method`
-        and `hyperparameters` are recorded only when the session is created.
+        refused while another process writes. A newer schema is refused. `model`, `method`,
+        `hyperparameters` (training overrides every live update sends) and `metadata` (what
+        made the session, never sent to the engine) are recorded only when it is created.
         """
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or ""):
             raise SessionError(f"session name {name!r}: use letters, digits, '.', '_' and '-'")
@@ -87,7 +89,7 @@ class SessionStore(FeedbackQueries):
                 if not db["session"].count:
                     db["session"].insert({
                         "id": 1, "model": model, "method": method, "hyperparameters": json.dumps(hyperparameters or {}),
-                        "created": time.time(), "tool_version": __version__, "schema_version": SCHEMA_VERSION,
+                        "metadata": json.dumps(metadata or {}), "created": time.time(), "tool_version": __version__, "schema_version": SCHEMA_VERSION,
                     })
                 (folder / "versions").mkdir(exist_ok=True)
         except sqlite3.DatabaseError as exc:
@@ -163,9 +165,15 @@ class SessionStore(FeedbackQueries):
 
     @property
     def meta(self) -> dict:
-        """model, method, hyperparameters (dict), created, tool_version, schema_version, name."""
+        """model, method, hyperparameters (dict), metadata (dict), created, tool_version, schema_version, name."""
         row = self.db["session"].get(1)
-        return {**row, "hyperparameters": json.loads(row["hyperparameters"] or "{}"), "name": self.name}
+        return {**row, "hyperparameters": json.loads(row["hyperparameters"] or "{}"),
+                "metadata": json.loads(row["metadata"] or "{}"), "name": self.name}
+
+    @property
+    def overrides(self) -> dict:
+        """Training hyperparameters this session sends with every live update (on top of the engine's defaults)."""
+        return self.meta["hyperparameters"]
 
     # Conversations ----------------------------------------------------------------------
 
@@ -210,15 +218,12 @@ class SessionStore(FeedbackQueries):
                 }).last_pk)
         return ids
 
-    def record_ref_logps(self, response_ids: list[int], logps: list[float]) -> None:
-        """Cache reference log-probs (adapter off) so updates need not recompute them."""
-        with self.db.atomic():
-            for rid, value in zip(response_ids, logps):
-                self.db["responses"].update(rid, {"ref_logps": value})
-
-    def choose(self, turn_id: int, response_id: int) -> None:
-        """Mark the response that continues the conversation (its siblings stay in the tree)."""
-        self.db.execute("update responses set chosen = (id = ?) where turn_id = ?", [response_id, turn_id])
+    def choose(self, turn_id: int, response_id: int | None) -> None:
+        """Mark the response that continues the conversation (its siblings stay in the tree; None: no
+        reply continues it). A picked reply that no longer continues it stops being an SFT example."""
+        self.db.execute("update responses set chosen = (id is ?) where turn_id = ?", [response_id, turn_id])
+        self.db.execute("""update examples set withdrawn = 1 where turn_id = ? and method = 'sft'
+                           and source = 'preference' and response_id is not ?""", [turn_id, response_id])
 
     def responses(self, turn_id: int) -> list[dict]:
         return list(self.db["responses"].rows_where("turn_id = ?", [turn_id], order_by="id"))
@@ -264,6 +269,8 @@ class SessionStore(FeedbackQueries):
         return self._system(conversation_id) + messages[::-1]
 
     # Feedback ---------------------------------------------------------------------------
+    # Each judgment commits its rows and, in the same transaction, the training examples it
+    # makes (tui_align/feedback.py says which); nothing is rebuilt later.
 
     def record_preference(self, turn_id: int, chosen_id: int | None, rejected_ids: list[int],
                           outcome: str = "chosen", shown_order: list[int] | None = None, origin: str = "pick") -> int:
@@ -286,8 +293,8 @@ class SessionStore(FeedbackQueries):
         first, *others = candidates or [None]
         pairs = [(first, r) for r in others] or [(first, None)]
         now = time.time()
-        beaten = self.db.execute("select 1 from preferences where turn_id = ? and rejected_id = ? and outcome = 'chosen'",
-                                 [turn_id, chosen_id]).fetchone()
+        beaten = self.db.execute("""select 1 from preferences where turn_id = ? and rejected_id = ?
+                                    and outcome = 'chosen' and withdrawn = 0""", [turn_id, chosen_id]).fetchone()
         with self.db.atomic():
             judgment = None
             for chosen, rejected in pairs:
@@ -298,31 +305,38 @@ class SessionStore(FeedbackQueries):
                 if judgment is None:
                     judgment = pk
                     self.db["preferences"].update(pk, {"judgment_id": pk})
+                if outcome == "chosen":
+                    self._add_example("dpo", "preference", pk, turn_id, chosen, rejected, now=now)
             if outcome == "chosen" and origin == "pick" and not beaten:
                 self.choose(turn_id, chosen_id)
+                if self.db["responses"].get(chosen_id)["source"] == "model":  # best-of-n: the pick is a demonstration
+                    self._add_example("sft", "preference", judgment, turn_id, chosen_id, now=now)
         return judgment
 
     def record_rating(self, response_id: int, score: float, scale: str = "1-5") -> int:
-        """Rate one response; pairs it with differently rated siblings (see the module docstring)."""
+        """Rate one response; a re-score replaces its earlier rating (and the pairs made from it).
+        Pairs it with differently rated siblings (see tui_align/feedback.py)."""
         if scale not in SCALES:
             raise UserError(f"scale {scale!r}: choose one of {', '.join(SCALES)}")
         if (scale == "thumbs" and score not in (0, 1)) or (scale == "1-5" and not 1 <= score <= 5):
             raise UserError(f"score {score} is outside the {scale} scale")
         response = self.db["responses"].get(response_id)
+        now = time.time()
         with self.db.atomic():
+            for (earlier,) in self.db.execute("select id from ratings where response_id = ? and withdrawn = 0",
+                                              [response_id]).fetchall():
+                self.withdraw_rating(earlier)
             rating_id = self.db["ratings"].insert({
-                "response_id": response_id, "score": score, "scale": scale, "created": time.time(),
+                "response_id": response_id, "score": score, "scale": scale, "created": now,
             }).last_pk
+            self._add_example("ppo", "rating", rating_id, response["turn_id"], response_id,
+                              score=reward(score, scale), now=now)
             siblings = self.db.execute(
                 """select r.response_id, r.score from ratings r join responses s on s.id = r.response_id
-                   where s.turn_id = ? and r.scale = ? and r.response_id != ?
-                   and r.id = (select max(id) from ratings where response_id = r.response_id)""",
+                   where s.turn_id = ? and r.scale = ? and r.response_id != ? and r.withdrawn = 0""",
                 [response["turn_id"], scale, response_id]).fetchall()
             for other, other_score in siblings:
-                paired = self.db.execute(
-                    "select 1 from preferences where origin = 'rating' and chosen_id in (?, ?) and rejected_id in (?, ?)",
-                    [other, response_id, other, response_id]).fetchone()
-                if other_score != score and not paired:
+                if other_score != score:
                     better, worse = (response_id, other) if score > other_score else (other, response_id)
                     self.record_preference(response["turn_id"], better, [worse], origin="rating")
         return rating_id
@@ -339,29 +353,80 @@ class SessionStore(FeedbackQueries):
                 "turn_id": turn_id, "response_id": response_id, "edited_from": edited_from, "text": text,
                 "created": time.time(),
             }).last_pk
+            self._add_example("sft", "demonstration", demo_id, turn_id, response_id)
             if edited_from is not None:
                 self.record_preference(turn_id, response_id, [edited_from], origin="edit")
             self.choose(turn_id, response_id)
         return demo_id
 
+    def _add_example(self, method: str, source: str, source_id: int, turn_id: int, response_id: int,
+                     rejected_id: int | None = None, score: float | None = None, now: float | None = None) -> int:
+        return self.db["examples"].insert({
+            "method": method, "source": source, "source_id": source_id, "turn_id": turn_id,
+            "response_id": response_id, "rejected_id": rejected_id, "score": score, "created": now or time.time(),
+        }).last_pk
+
+    # Taking feedback back: the rows stay (nothing the person did is lost), marked withdrawn, and
+    # their examples leave every later update: pending ones are simply never trained on.
+
+    def withdraw_judgment(self, judgment_id: int) -> None:
+        """A pick, ranking step, tie, both-bad or skip (every pair of it); its turn continues with no reply."""
+        with self.db.atomic():
+            rows = self.db.execute("select id, turn_id from preferences where judgment_id = ?", [judgment_id]).fetchall()
+            self._withdraw("preference", [pk for pk, _ in rows])
+            for turn_id in {turn for _, turn in rows}:
+                self.db.execute("update responses set chosen = 0 where turn_id = ?", [turn_id])
+
+    def withdraw_rating(self, rating_id: int) -> None:
+        """A rating, its reward example and the pairs it made with its siblings' ratings."""
+        with self.db.atomic():
+            (response_id,) = self.db.execute("select response_id from ratings where id = ?", [rating_id]).fetchone()
+            self._withdraw("rating", [rating_id])
+            pairs = self.db.execute("""select id from preferences where origin = 'rating' and withdrawn = 0
+                                       and ? in (chosen_id, rejected_id)""", [response_id]).fetchall()
+            self._withdraw("preference", [pk for (pk,) in pairs])
+
+    def withdraw_demonstration(self, demo_id: int) -> None:
+        """An edit or a written reply, with its pair over the original; its turn continues with no reply."""
+        with self.db.atomic():
+            demo = self.db["demonstrations"].get(demo_id)
+            self._withdraw("demonstration", [demo_id])
+            pairs = self.db.execute("select id from preferences where origin = 'edit' and chosen_id = ?",
+                                    [demo["response_id"]]).fetchall()
+            self._withdraw("preference", [pk for (pk,) in pairs])
+            self.db.execute("update responses set chosen = 0 where turn_id = ?", [demo["turn_id"]])
+
+    def _withdraw(self, source: str, ids: list[int]) -> None:
+        table = {"preference": "preferences", "rating": "ratings", "demonstration": "demonstrations"}[source]
+        for pk in ids:
+            self.db.execute(f"update {table} set withdrawn = 1 where id = ?", [pk])
+            self.db.execute("update examples set withdrawn = 1 where source = ? and source_id = ?", [source, pk])
+
     # Updates and versions ---------------------------------------------------------------
 
-    def start_update(self, method: str, feedback_ids: list[int]) -> int:
+    def start_update(self, method: str, example_ids: list[int]) -> int:
         return self.db["updates"].insert({
-            "method": method, "feedback_ids": json.dumps(list(feedback_ids)), "status": "running",
+            "method": method, "feedback_ids": json.dumps(list(example_ids)), "status": "running",
             "started": time.time(),
         }).last_pk
 
     def finish_update(self, update_id: int, status: str, version: int | None = None, metrics: dict | None = None,
                       error: str | None = None) -> None:
-        """status: done (its feedback is consumed; its version becomes the active one), failed or cancelled."""
+        """status: done (its pending examples are consumed; its version becomes the active one), failed or
+        cancelled (nothing consumed)."""
         with self.db.atomic():
             self.db["updates"].update(update_id, {
                 "status": status, "version": version, "metrics": json.dumps(metrics or {}, default=str),
                 "error": error, "finished": time.time(),
             })
-            if status == "done" and version is not None:
-                self.set_active_version(version)
+            if status == "done":
+                ids = json.loads(self.db["updates"].get(update_id)["feedback_ids"] or "[]")
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start:start + 500]
+                    self.db.execute(f"update examples set update_id = ? where update_id is null "
+                                    f"and id in ({','.join('?' * len(chunk))})", [update_id, *chunk])
+                if version is not None:
+                    self.set_active_version(version)
 
     def record_version(self, number: int, path: str | Path, metrics: dict | None = None) -> None:
         self.db["versions"].upsert({"number": number, "path": str(path), "metrics": json.dumps(metrics or {}, default=str),
@@ -387,12 +452,13 @@ class SessionStore(FeedbackQueries):
                 for row in self.db["updates"].rows_where("status = 'done'", order_by="id")]
 
     def counts(self) -> dict:
-        """prompts (user turns), pairs (trainable preference pairs), ratings, demos, updates (done)."""
+        """prompts (user turns), pairs (trainable preference pairs), ratings, demos, updates (done); withdrawn
+        feedback is not counted."""
         one = lambda sql: self.db.execute(sql).fetchone()[0]  # noqa: E731
         return {"prompts": one("select count(*) from turns"),
-                "pairs": one("select count(*) from preferences where outcome = 'chosen'"),
-                "ratings": one("select count(*) from ratings"),
-                "demos": one("select count(*) from demonstrations"),
+                "pairs": one("select count(*) from preferences where outcome = 'chosen' and withdrawn = 0"),
+                "ratings": one("select count(*) from ratings where withdrawn = 0"),
+                "demos": one("select count(*) from demonstrations where withdrawn = 0"),
                 "updates": one("select count(*) from updates where status = 'done'")}
 
     def last_activity(self) -> float:

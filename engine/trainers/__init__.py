@@ -1,4 +1,4 @@
-from engine.trainers.config import TrainConfig
+from engine.protocol import TrainConfig
 from engine.trainers.dpo import DPOTrainer
 from engine.trainers.ppo import PPOConfig, PPOTrainer
 from engine.trainers.reward import RewardTrainer

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 
-from engine.protocol import NonFiniteLoss
-from engine.trainers.config import TrainConfig
+from engine.protocol import NonFiniteLoss, TrainConfig
 
 
 class Trainer:

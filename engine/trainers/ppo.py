@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from engine.data import _chat_ids, collate, tokenize_pair
+from engine.chat import chat_ids
+from engine.data import collate, tokenize_pair
 from engine.protocol import DataError, NonFiniteLoss
 from engine.logprobs import token_logps
 from engine.losses import KL_ESTIMATORS, gae, kl_penalty, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss
@@ -191,7 +192,7 @@ class PPOTrainer:
         chat template when the tokenizer has one, else the plain text."""
         if getattr(self.tokenizer, "chat_template", None):
             messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-            return _chat_ids(self.tokenizer, messages, add_generation_prompt=True)
+            return chat_ids(self.tokenizer, messages, add_generation_prompt=True)
         text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import typer
 
-from tui_align import DEFAULT_SYSTEM_PROMPT
+from engine.protocol import METHODS
 from tui_align.cli.common import fail, user_errors
+from tui_align.loop import LoopConfig
 
-METHODS = ("dpo", "ppo", "sft")
+LOOP = LoopConfig()  # the defaults of every flag below that sets the live loop's policy
 
 
 def chat_train(
@@ -20,14 +21,18 @@ def chat_train(
                                 "the version live when it was left) if it exists."),
     method: str = typer.Option(None, "--method", help="dpo (pick the better reply), ppo (score replies 1-5) or sft "
                                "(edits as demonstrations); default: the session's method, else dpo."),
-    candidates: int = typer.Option(2, "--candidates", min=1, max=8, help="Candidate replies per round (1-8)."),
-    update_every: int = typer.Option(4, "--update-every", min=1, help="Train after this many feedback items."),
+    candidates: int = typer.Option(LOOP.candidates, "--candidates", min=1, max=8, help="Candidate replies per round (1-8)."),
+    update_every: int = typer.Option(LOOP.update_every, "--update-every", min=1,
+                                     help="Train after this many new training rows (a pick of 2 makes one pair)."),
+    window: int = typer.Option(LOOP.window, "--window", min=1, help="Rows per live update: the newest untrained "
+                               "ones, topped up with the most recently trained."),
     sessions_dir: Path = typer.Option(None, "--sessions-dir", help="Folder of sessions (default: $TUI_ALIGN_SESSIONS "
                                       "or ./sessions)."),
     device: str = typer.Option("auto", "--device", help="Engine device: auto, cpu or cuda."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Longest reply, in tokens."),
-    temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="Sampling temperature of the candidates."),
-    system: str = typer.Option(DEFAULT_SYSTEM_PROMPT, "--system", help="System prompt of new conversations ('' for "
+    max_new_tokens: int = typer.Option(LOOP.max_new_tokens, "--max-new-tokens", min=1, help="Longest reply, in tokens."),
+    temperature: float = typer.Option(LOOP.temperature, "--temperature", min=0.0,
+                                      help="Sampling temperature of the candidates."),
+    system: str = typer.Option(LOOP.system, "--system", help="System prompt of new conversations ('' for "
                                "none). Short answers finish, and finished replies teach more than cut-off ones."),
 ) -> None:
     """Chat with the model in a terminal UI; every pick, score or edit trains it within seconds."""
@@ -62,9 +67,8 @@ def chat_train(
         store.close()
         fail("--candidates: dpo needs at least 2 candidates to compare")
 
-    from tui_align.app import ChatConfig, ChatTrainApp  # Textual only now: --help stays instant
+    from tui_align.app import ChatTrainApp, engine_client  # Textual only now: --help stays instant
 
-    config = ChatConfig(model=model or meta["model"], method=method, candidates=candidates, update_every=update_every,
-                        device=device, max_new_tokens=max_new_tokens, temperature=temperature,
-                        system=system or None)
-    ChatTrainApp(store, config).run()
+    config = LoopConfig(method=method, candidates=candidates, update_every=update_every, window=window,
+                        max_new_tokens=max_new_tokens, temperature=temperature, system=system or None)
+    ChatTrainApp(store, config, engine_client(store, model or meta["model"], method, device)).run()

@@ -1,14 +1,14 @@
 """`tui-align simulate`: the live loop with a judge in the person's chair.
 
-Each round: a prompt, 2 candidates from the engine (through EngineClient, as the TUI does),
-reference log-probs scored right away (the TUI does it while the person reads), the
-judge's blind pick stored through SessionStore exactly as a person's pick is, and every K
-picks a DPO+RPO update on the most recent pairs. At the end the judge compares the final
-version with version 0 on held-out prompts, blind and in random order.
+The same LiveLoop `chat-train` runs, with the same defaults (tui_align/loop.py): each round
+a prompt, the loop's candidates, the judge's blind pick stored through the loop exactly as
+a person's key would store it, and the loop's own updates. The simulated person is patient:
+before typing the next prompt it waits for a running update, as a person who reads for as
+long as an update takes. At the end the judge compares the final version with version 0 on
+held-out prompts, blind and in random order (measurement, not policy).
 
-Defaults follow DESIGN.md "The live loop: what we measured": a pair of two cut-off
-fragments teaches nothing but length, so replies are kept short (a system prompt asking
-for brief answers, a modest max_new_tokens) and the judge sees each reply's finish reason.
+The judge sees each reply's finish reason: a pair of two cut-off fragments teaches nothing
+but length (DESIGN.md, "The live loop").
 """
 
 from __future__ import annotations
@@ -16,33 +16,18 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from importlib import resources
 from pathlib import Path
 
 import typer
 
-from tui_align import DEFAULT_SYSTEM_PROMPT
 from tui_align.cli.common import fail, user_errors
 from tui_align.cli.sessions import SESSIONS_DIR
+from tui_align.loop import LoopConfig
 
-
-
-@dataclass
-class SimulateConfig:
-    rounds: int = 40
-    update_every: int = 2
-    window: int = 8
-    steps: int = 1
-    lr: float = 2e-4
-    beta: float = 0.1
-    rpo_alpha: float = 1.0
-    max_new_tokens: int = 64
-    temperature: float = 0.8
-    top_p: float = 0.95
-    system: str = DEFAULT_SYSTEM_PROMPT
-    eval_samples: int = 2
-    seed: int = 0
+LOOP = LoopConfig(seed=0)
+EVAL_SAMPLES = 2  # replies per held-out prompt and version
 
 
 def builtin_prompts(name: str) -> list[str]:
@@ -56,21 +41,23 @@ def _lines(text: str) -> list[str]:
 def simulate(
     judge: str = typer.Option(..., "--judge", help="shorter, longer, package.module:function or path/file.py:function; "
                                                    "called as judge(prompt, a, b) -> 0, 1 or None."),
-    rounds: int = typer.Option(40, "--rounds", help="Rounds to run (one prompt, two candidates, one judgment each)."),
+    rounds: int = typer.Option(40, "--rounds", help="Rounds to run (one prompt, the loop's candidates, one judgment each)."),
     session: str = typer.Option(None, "--session", help="Session to store the picks in (default: simulate-<time>); "
                                                         "an existing one resumes at its active version."),
     model: str = typer.Option(None, "--model", help="Model folder, GGUF file or hub id (default: bundled SmolLM2-135M-Instruct)."),
-    update_every: int = typer.Option(2, "--update-every", help="Run an update after every K picks."),
-    window: int = typer.Option(8, "--window", help="Each update trains on the most recent W pairs."),
-    steps: int = typer.Option(1, "--steps", help="Optimizer steps per update."),
-    lr: float = typer.Option(2e-4, "--lr", help="Learning rate of the live updates."),
-    rpo_alpha: float = typer.Option(1.0, "--rpo-alpha", help="Weight of the chosen reply's NLL added to DPO (RPO)."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Longest reply, in tokens."),
-    temperature: float = typer.Option(0.8, "--temperature", help="Sampling temperature of the candidates."),
-    system: str = typer.Option(DEFAULT_SYSTEM_PROMPT, "--system", help="System prompt of every conversation ('' for none)."),
+    update_every: int = typer.Option(LOOP.update_every, "--update-every", help="Run an update after this many new training rows."),
+    window: int = typer.Option(LOOP.window, "--window", help="Rows per update: the newest untrained ones, topped up with the most recently trained."),
+    steps: int = typer.Option(None, "--steps", help="Optimizer steps per update (default: the engine's live default). "
+                                                   "Stored as the session's training override, as are --lr, --beta and --rpo-alpha."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate of the live updates (default: the engine's live default)."),
+    beta: float = typer.Option(None, "--beta", help="DPO temperature of the live updates (default: the engine's)."),
+    rpo_alpha: float = typer.Option(None, "--rpo-alpha", help="Weight of the chosen reply's NLL added to DPO (RPO; default: the engine's)."),
+    max_new_tokens: int = typer.Option(LOOP.max_new_tokens, "--max-new-tokens", help="Longest reply, in tokens."),
+    temperature: float = typer.Option(LOOP.temperature, "--temperature", help="Sampling temperature of the candidates."),
+    system: str = typer.Option(LOOP.system, "--system", help="System prompt of every conversation ('' for none)."),
     prompts: Path = typer.Option(None, "--prompts", help="Text file, one training prompt a line (default: the built-in list)."),
     eval_prompts: int = typer.Option(16, "--eval-prompts", help="Held-out prompts for the final comparison (0 skips it)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the prompt order, the shown order and the sampling."),
+    seed: int = typer.Option(LOOP.seed, "--seed", help="Seed of the prompt order, the shown order and the sampling."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (the engine's device)."),
     sessions_dir: Path = SESSIONS_DIR,
 ) -> None:
@@ -81,7 +68,7 @@ def simulate(
         from tui_align.store import SessionStore, sessions_dir as resolve
 
         for name, value in (("--rounds", rounds), ("--update-every", update_every), ("--window", window),
-                            ("--steps", steps), ("--max-new-tokens", max_new_tokens)):
+                            ("--steps", steps or 1), ("--max-new-tokens", max_new_tokens)):
             if value < 1:
                 fail(f"{name} must be at least 1")
         judge_fn = load_judge(judge)
@@ -94,40 +81,44 @@ def simulate(
         else:
             train_prompts = builtin_prompts("prompts.txt")
         heldout = [p for p in builtin_prompts("heldout.txt") if p not in set(train_prompts)][:max(eval_prompts, 0)]
-        cfg = SimulateConfig(rounds=rounds, update_every=update_every, window=window, steps=steps, lr=lr,
-                             rpo_alpha=rpo_alpha, max_new_tokens=max_new_tokens, temperature=temperature,
-                             system=system, seed=seed)
+        config = replace(LOOP, update_every=update_every, window=window, max_new_tokens=max_new_tokens,
+                         temperature=temperature, system=system or None, seed=seed)
+        overrides = {k: v for k, v in dict(steps=steps, lr=lr, beta=beta, rpo_alpha=rpo_alpha).items() if v is not None}
         name = session or time.strftime("simulate-%Y%m%d-%H%M%S")
-        store = SessionStore.open(resolve(sessions_dir), name, model=model, method="dpo",
-                                  hyperparameters={"simulate": asdict(cfg), "judge": judge})
+        store = SessionStore.open(resolve(sessions_dir), name, model=model, method="dpo", hyperparameters=overrides,
+                                  metadata={"simulate": {**asdict(config), "rounds": rounds}, "judge": judge})
         try:
-            typer.echo(f"session {name} ({store.folder}); judge {judge}; {rounds} rounds, update every {update_every} picks")
-            asyncio.run(run(cfg, store, judge_fn, judge, train_prompts, heldout, model, device))
+            typer.echo(f"session {name} ({store.folder}); judge {judge}; {rounds} rounds, update every "
+                       f"{update_every} rows on the newest {window}")
+            asyncio.run(run(config, rounds, store, judge_fn, judge, train_prompts, heldout, model, device))
         finally:
             store.close()
 
 
-async def run(cfg: SimulateConfig, store, judge, judge_name: str, train_prompts: list[str], heldout: list[str],
-              model: str | None, device: str) -> dict:
+async def run(config: LoopConfig, rounds: int, store, judge, judge_name: str, train_prompts: list[str],
+              heldout: list[str], model: str | None, device: str) -> dict:
     from tui_align.client import EngineClient, EngineDied
+    from tui_align.loop import LiveLoop
 
     started = time.perf_counter()
-    client = EngineClient(model=model, method="dpo", session_dir=store.folder, device=device,
-                          version=store.active_version())
+    client = EngineClient(model=model, method=config.method, session_dir=store.folder, device=device)
+    loop = LiveLoop(store, client, config, on_notice=lambda text, severity: typer.echo(f"  {text.splitlines()[0]}"))
     try:
-        info = await client.start()
+        if not await loop.start():
+            fail("the engine did not start", code=1)
+        info = client.info
         typer.echo(f"engine ready: {info.get('model')} on {info.get('device')}, version {client.version} "
                    f"({time.perf_counter() - started:.1f} s)")
-        picks = await train(cfg, store, client, judge, judge_name, train_prompts)
+        picks = await train(config, rounds, loop, judge, judge_name, train_prompts)
         if client.version == 0 or not heldout:
             typer.echo("no comparison: " + ("no update ran" if heldout else "--eval-prompts 0"))
             return {"version": client.version, "picks": picks}
-        result = {**await evaluate(cfg, client, judge, judge_name, heldout), "picks": picks}
+        result = {**await evaluate(config, client, judge, judge_name, heldout), "picks": picks}
     except EngineDied as exc:
         store.log("error", f"simulate: {exc}")
         fail(f"the engine died: {exc}", code=1)
     finally:
-        await client.close()
+        await loop.close()
     result["wall_s"] = time.perf_counter() - started
     line = (f"win rate of v{result['version']} vs v0 on {result['comparisons']} held-out comparisons "
             f"({judge_name} judge, blind): {result['win_rate']:.1%} ({result['wins']} wins, {result['ties']} ties, "
@@ -137,67 +128,41 @@ async def run(cfg: SimulateConfig, store, judge, judge_name: str, train_prompts:
     return result
 
 
-async def generate(client, messages: list[dict], cfg: SimulateConfig, n: int, seed: int) -> list[dict]:
-    async for event in client.generate(messages, n=n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                       top_p=cfg.top_p, seed=seed):
+async def generate(client, messages: list[dict], config: LoopConfig, n: int, seed: int) -> list[dict]:
+    async for event in client.generate(messages, n=n, seed=seed, **config.sampling):
         if event["type"] == "done":
             return event["candidates"]
     raise RuntimeError("generate ended without a done event")
 
 
-async def train(cfg: SimulateConfig, store, client, judge, judge_name: str, prompts: list[str]) -> int:
-    """The training rounds; returns the number of picks (judgments that were not ties)."""
-    from tui_align.client import EngineError
+async def train(config: LoopConfig, rounds: int, loop, judge, judge_name: str, prompts: list[str]) -> int:
+    """The training rounds, through the loop; returns the number of picks (judgments that were not ties)."""
     from tui_align.judges import Reply, checked_pick
 
-    rng = random.Random(cfg.seed)
     order = prompts[:]
-    rng.shuffle(order)
-    sampling = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p}
+    random.Random(config.seed).shuffle(order)
     picks = 0
-    for number in range(1, cfg.rounds + 1):
+    for number in range(1, rounds + 1):
+        await loop.wait_for_update()  # the patient person: the next prompt once the last update is live
         prompt = order[(number - 1) % len(order)]
-        conversation = store.new_conversation(system=cfg.system or None)
-        turn = store.add_user_turn(conversation, prompt)
-        messages = store.history(conversation)
-        candidates = await generate(client, messages, cfg, n=2, seed=cfg.seed * 100_000 + number)
-        shown = rng.sample([0, 1], 2)  # blind: which candidate is shown left is random
-        ids = store.add_responses(turn, candidates, client.version, {**sampling, "seed": cfg.seed * 100_000 + number}, shown)
-        if candidates[0]["text"] != candidates[1]["text"]:
-            scored = await client.score_reference([{"prompt": messages, "chosen": [_assistant(candidates[0]["text"])],
-                                                    "rejected": [_assistant(candidates[1]["text"])]}])
-            store.record_ref_logps(ids, [scored[0]["ref_chosen_logps"], scored[0]["ref_rejected_logps"]])
-        replies = [Reply(c["text"], c.get("finish_reason"), c.get("tokens")) for c in candidates]
-        pick = checked_pick(judge, judge_name, prompt, replies[shown[0]], replies[shown[1]])
-        shown_ids = [ids[i] for i in shown]
+        conversation = loop.store.new_conversation(system=config.system)
+        round_ = await loop.generate(loop.begin(conversation, prompt))
+        shown = [round_.results[i] for i in round_.shown_order]
+        replies = [Reply(c["text"], c.get("finish_reason"), c.get("tokens")) for c in shown]
+        pick = checked_pick(judge, judge_name, prompt, replies[0], replies[1])
         if pick is None:
-            store.record_preference(turn, None, shown_ids, outcome="tie", shown_order=shown_ids)
+            loop.outcome(round_, "tie")
         else:
-            store.record_preference(turn, shown_ids[pick], [shown_ids[1 - pick]], shown_order=shown_ids)
+            loop.pick(round_, pick)
             picks += 1
-        left, right = (candidates[i] for i in shown)
-        typer.echo(f"round {number:>3}/{cfg.rounds}  v{client.version:<3} left {_describe(left)} | right "
-                   f"{_describe(right)}  -> {('left', 'right')[pick] if pick is not None else 'no pick'}")
-        if pick is not None and picks % cfg.update_every == 0:
-            examples, feedback_ids = store.recent_feedback("dpo", cfg.window)
-            update_id = store.start_update("dpo", feedback_ids)
-            hyperparameters = {"lr": cfg.lr, "beta": cfg.beta, "rpo_alpha": cfg.rpo_alpha, "steps": cfg.steps}
-            try:
-                done = await client.update("dpo", examples, hyperparameters)
-            except EngineError as exc:
-                store.finish_update(update_id, "failed", error=str(exc))
-                store.log("error", f"update {update_id} failed: {exc}")
-                typer.echo(f"  update failed: {exc}")
-                continue
-            metrics = done.get("metrics", {})
-            store.finish_update(update_id, "done", version=done["version"], metrics=metrics)
-            store.record_version(done["version"], store.versions_dir / f"v{done['version']:04d}", metrics)
-            typer.echo(f"  update on {len(examples)} pairs -> v{done['version']}: loss {metrics.get('loss', float('nan')):.3f}"
-                       f", accuracy {metrics.get('rewards/accuracy', float('nan')):.2f} ({done.get('seconds', 0):.1f} s)")
+        typer.echo(f"round {number:>3}/{rounds}  v{round_.version:<3} left {_describe(shown[0])} | right "
+                   f"{_describe(shown[1])}  -> {('left', 'right')[pick] if pick is not None else 'no pick'}"
+                   f"{'  (update started)' if loop.updating else ''}")
+    await loop.wait_for_update()
     return picks
 
 
-async def evaluate(cfg: SimulateConfig, client, judge, judge_name: str, prompts: list[str]) -> dict:
+async def evaluate(cfg: LoopConfig, client, judge, judge_name: str, prompts: list[str]) -> dict:
     """The judge's blind verdicts, final version vs version 0, on the same prompts and seeds."""
     from tui_align.judges import Reply, checked_pick
 
@@ -209,7 +174,7 @@ async def evaluate(cfg: SimulateConfig, client, judge, judge_name: str, prompts:
         samples[version] = []
         for i, prompt in enumerate(prompts):
             messages = ([{"role": "system", "content": cfg.system}] if cfg.system else []) + [{"role": "user", "content": prompt}]
-            candidates = await generate(client, messages, cfg, n=cfg.eval_samples, seed=10_000_000 + i)
+            candidates = await generate(client, messages, cfg, n=EVAL_SAMPLES, seed=10_000_000 + i)
             samples[version].append([Reply(c["text"], c.get("finish_reason"), c.get("tokens")) for c in candidates])
     if client.version != final:
         await client.rollback(final)  # leave the engine where training left it
@@ -231,10 +196,6 @@ async def evaluate(cfg: SimulateConfig, client, judge, judge_name: str, prompts:
                f"v0 {finished(0):.0%}")
     return {"version": final, "comparisons": total, "wins": wins, "ties": ties, "losses": losses,
             "win_rate": (wins + ties / 2) / max(total, 1)}
-
-
-def _assistant(text: str) -> dict:
-    return {"role": "assistant", "content": text}
 
 
 def _describe(candidate: dict) -> str:

@@ -1,22 +1,24 @@
-"""The main screen: conversation, candidates, prompt; it runs the rounds.
+"""The main screen: conversation, candidates, prompt; a view of the LiveLoop's rounds.
 
 A round: Enter sends the prompt (stored), the input is disabled while the candidates stream,
-then focus moves to the candidates and the feedback keys are live; the judgment is committed
-to the store, then shown, and the chosen reply joins the conversation.
+then focus moves to the candidates and the feedback keys are live; the loop commits the
+judgment, then the screen shows it, and the chosen reply joins the conversation.
+The prompt line always says what the next key judges, and when the round is complete.
 """
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from textual import work
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer
 
 from tui_align.client import EngineDied, EngineError
+from tui_align.loop import LiveLoop, LoopState
 from tui_align.rounds import SLOT_LETTERS, Phase, Round
 from tui_align.screens.editor import EditorScreen
 from tui_align.screens.help import HelpScreen
@@ -34,9 +36,9 @@ PLACEHOLDERS = {
     Phase.GENERATING: "Candidates are streaming… Esc stops them",
     Phase.JUDGING: "Judge the candidates: a/b pick · t tie · x both bad · s skip · e edit · r regenerate",
 }
-
+RANK_JUDGING = "Rank them: press 1-{n} on the best, then the next… · a-{last} picks one · t tie · x bad · e edit"
 ENGINE_DOWN = "The engine stopped: ctrl+r restarts it at the last saved version"
-PPO_JUDGING = "Score each candidate: 1-5 or +/- (←/→ moves) · a/b pick · e edit · r regenerate"
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
 
 class ChatScreen(Screen):
@@ -45,20 +47,22 @@ class ChatScreen(Screen):
         Binding("q", "quit", "quit"),
         Binding("u", "train_now", "train"),
         Binding("ctrl+z", "app.rollback", "undo update"),
+        Binding("ctrl+t", "take_back", "take back", priority=True),
         Binding("n", "new_conversation", "new"),
         Binding("m", "toggle_metrics", "metrics"),
         Binding("i", "focus_prompt", "type", show=False),
         Binding("escape", "escape", "leave box / stop", show=False),
     ]
 
-    def __init__(self, store, config) -> None:
+    phase: reactive[Phase] = reactive(Phase.LOADING, init=False)
+
+    def __init__(self, loop: LiveLoop) -> None:
         super().__init__()
-        self.store, self.config = store, config
-        self.phase = Phase.LOADING
+        self.loop = loop
+        self.store, self.config = loop.store, loop.config
         self.round: Round | None = None
         self.interrupted: Round | None = None  # a round the engine died in: regenerated after the restart
-        self.rng = random.Random(config.seed)
-        self.conversation_id = store.latest_conversation() or store.new_conversation(self.config.system)
+        self.conversation_id = self.store.latest_conversation() or self.store.new_conversation(self.config.system)
 
     def compose(self):
         self.status_bar = StatusBar(id="status")
@@ -73,13 +77,12 @@ class ChatScreen(Screen):
 
     def on_mount(self) -> None:
         history = [m for m in self.store.history(self.conversation_id) if m["role"] != "system"]
-        version = self.store.latest_version()
-        banner = (f"session {self.store.name} · resumed at v{version} · {len(history) // 2} earlier turns"
+        banner = (f"session {self.store.name} · resumed at v{self.loop.state.version} · {len(history) // 2} earlier turns"
                   if history else f"session {self.store.name} · {self.config.method} · new conversation")
         self.conversation.show(history, banner)
-        self.app.refresh_status(state="loading", note="starting the engine…", version=version,
-                                pending=self.store.pending_count(self.config.method),
-                                model=Path(self.config.model).name if self.config.model else "SmolLM2-135M-Instruct")
+        self.status_bar.model = Path(self.loop.client.model).name if self.loop.client.model else DEFAULT_MODEL
+        self.status_bar.state = self.app.loop_state
+        self.watch(self.app, "loop_state", self.loop_changed, init=False)
         self.prompt.focus()
         self.refresh_metrics()
 
@@ -97,15 +100,7 @@ class ChatScreen(Screen):
     def prompt(self) -> PromptInput:
         return self.query_one(PromptInput)
 
-    @property
-    def generating(self) -> bool:
-        return self.phase is Phase.GENERATING
-
-    def set_phase(self, phase: Phase) -> None:
-        self.phase = phase
-        ppo = phase is Phase.JUDGING and self.config.method == "ppo"
-        down = phase is Phase.LOADING and self.app.engine_state == "error"
-        self.prompt.placeholder = PPO_JUDGING if ppo else ENGINE_DOWN if down else PLACEHOLDERS[phase]
+    def watch_phase(self, phase: Phase) -> None:
         self.candidates.judging = phase is Phase.JUDGING
         self.prompt.disabled = phase in (Phase.GENERATING, Phase.JUDGING)
         # On the pane, not the screen: a class on the screen restyles every widget in the conversation.
@@ -114,31 +109,49 @@ class ChatScreen(Screen):
             self.candidates.focus_first()
         elif phase in (Phase.PROMPT, Phase.LOADING):
             self.prompt.focus()
+        self.show_hint()
         self.refresh_bindings()
+
+    def show_hint(self) -> None:
+        """The prompt line says what the next key does: which candidate it judges, or that the round is done."""
+        r, phase = self.round, self.phase
+        if phase is Phase.LOADING and self.loop.state.engine == "error":
+            hint = ENGINE_DOWN
+        elif phase is Phase.JUDGING and r is not None and self.config.method == "ppo":
+            slot = self.candidates.focused_slot()
+            hint = (f"Scoring {SLOT_LETTERS[slot].upper()}: 1-5 or +/- · ←/→ moves · {len(r.scores)} of {r.n} "
+                    "scored · e edit · r regenerate · s skip the rest")
+        elif phase is Phase.JUDGING and r is not None and r.n > 2:
+            hint = RANK_JUDGING.format(n=r.n, last=SLOT_LETTERS[r.n - 1])
+            if r.ranking:
+                hint = f"Ranked so far: {' > '.join(SLOT_LETTERS[s].upper() for s in r.ranking)} · " + hint
+        else:
+            hint = PLACEHOLDERS[phase]
+        self.prompt.placeholder = hint
+
+    def on_candidate_pane_focused(self, message: CandidatePane.Focused) -> None:
+        self.show_hint()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in LETTER_ACTIONS and isinstance(self.focused, PromptInput):
             return False
         return True
 
-    # The engine, as the app reports it ----------------------------------------------------------
+    # The loop's state, as the app hands it down ------------------------------------------------
 
-    def engine_ready(self) -> None:
-        self.set_phase(Phase.PROMPT)
-        if self.interrupted is not None:  # the engine died mid-round: the prompt is stored, ask again
-            interrupted, self.interrupted = self.interrupted, None
-            self.begin_round(interrupted.turn_id, interrupted.prompt)
-
-    def ready_phase(self) -> Phase:
-        """Where a finished round leaves the screen: the prompt, unless there is no engine to answer it."""
-        return Phase.LOADING if self.app.engine_state in ("loading", "error") else Phase.PROMPT
-
-    def engine_lost(self) -> None:
-        if self.phase is Phase.GENERATING and self.round is not None:
-            self.interrupted = self.round
-            self.round = None
-        if self.phase is not Phase.JUDGING:  # a finished round can still be judged and stored
-            self.set_phase(Phase.LOADING)
+    def loop_changed(self, state: LoopState) -> None:
+        self.status_bar.state = state
+        if state.engine == "ready" and self.phase is Phase.LOADING:
+            self.phase = Phase.PROMPT
+            if self.interrupted is not None:  # the engine died mid-round: the prompt is stored, ask again
+                interrupted, self.interrupted = self.interrupted, None
+                self.begin_round(self.loop.round_for(interrupted.turn_id))
+        elif state.engine != "ready" and self.phase is Phase.PROMPT:
+            self.phase = Phase.LOADING
+        elif self.phase is Phase.LOADING:
+            self.show_hint()
+        if state.last_update is not None:
+            self.refresh_metrics()
 
     # A round --------------------------------------------------------------------------------
 
@@ -146,70 +159,34 @@ class ChatScreen(Screen):
         if self.phase is not Phase.PROMPT:
             self.notify("wait for the engine" if self.phase is Phase.LOADING else "judge the candidates first")
             return
-        turn_id = self.store.add_user_turn(self.conversation_id, message.text)
+        round_ = self.loop.begin(self.conversation_id, message.text)
         self.prompt.clear()
         self.conversation.add_turn("user", message.text)
-        self.begin_round(turn_id, self.store.prompt(turn_id))
+        self.begin_round(round_)
 
-    def begin_round(self, turn_id: int, prompt: list[dict]) -> None:
-        self.round = Round.start(turn_id, prompt, self.config.candidates, self.rng, version=self.app.client.version)
+    def begin_round(self, round_: Round) -> None:
+        self.round = round_
         self.candidates.reset()
-        self.set_phase(Phase.GENERATING)
-        self.app.set_engine_state("generating", f"{self.config.candidates} candidates from v{self.round.version}")
-        self.generate(self.round)
+        self.phase = Phase.GENERATING
+        self.generate(round_)
 
     @work(group="generate", exclusive=True)
     async def generate(self, round_: Round) -> None:
         views = self.candidates.views
-        config = self.config
         try:
-            async for event in self.app.client.generate(
-                    round_.prompt, n=round_.n, max_new_tokens=config.max_new_tokens,
-                    temperature=config.temperature, seed=self.rng.randrange(2**31)):
-                if event["type"] == "token":
-                    round_.texts[event["candidate"]] += event["text"]
-                    views[round_.slot_of(event["candidate"])].append(event["text"])
-                elif event["type"] == "done":
-                    round_.version = event.get("version", round_.version)  # an update may have landed meanwhile
-                    self.candidates_done(round_, event["candidates"])
-        except EngineDied as exc:
-            self.app.engine_died(exc)
-            self.engine_lost()  # also when the death was already noticed: keep the prompt for the restart
+            await self.loop.generate(round_, on_token=lambda slot, text: views[slot].append(text))
+        except EngineDied:
+            self.interrupted, self.round = round_, None  # kept for the restart
+            self.phase = Phase.LOADING
+            return
         except EngineError as exc:
-            self.store.log("error", f"generation failed: {exc}")
             self.notify(f"generation failed: {exc}", severity="error", timeout=10)
             self.round = None
-            self.app.set_engine_state("idle")
-            self.set_phase(Phase.PROMPT)
-
-    def candidates_done(self, round_: Round, results: list[dict]) -> None:
-        sampling = {"temperature": self.config.temperature, "top_p": 0.95, "max_new_tokens": self.config.max_new_tokens}
-        round_.results = results
-        round_.response_ids = self.store.add_responses(round_.turn_id, results, round_.version, sampling,
-                                                       shown_order=round_.shown_order)
-        for candidate, result in enumerate(results):
-            self.candidates.views[round_.slot_of(candidate)].finish(result["text"], result)
-        if self.app.engine_state == "generating":
-            self.app.set_engine_state("training" if self.app.update_running else "idle")
-        self.set_phase(Phase.JUDGING)
-        if self.config.method == "dpo" and round_.n >= 2:
-            self.score_reference(round_)
-
-    @work(group="reference")
-    async def score_reference(self, round_: Round) -> None:
-        """Reference log-probs while the person reads, so the update later need not compute them."""
-        texts = [r["text"] for r in round_.results]
-        pairs = [(i, (i + 1) % round_.n) for i in range(0, round_.n, 2)]
-        examples = [{"prompt": round_.prompt, "chosen": [{"role": "assistant", "content": texts[i]}],
-                     "rejected": [{"role": "assistant", "content": texts[j]}]} for i, j in pairs]
-        try:
-            scored = await self.app.client.score_reference(examples)
-        except (EngineDied, EngineError):
-            return  # not needed: the update computes what is missing; a death is noticed elsewhere
-        logps = {}
-        for (i, j), example in zip(pairs, scored):
-            logps[i], logps[j] = example["ref_chosen_logps"], example["ref_rejected_logps"]
-        self.store.record_ref_logps([round_.response_ids[i] for i in logps], list(logps.values()))
+            self.phase = Phase.PROMPT
+            return
+        for slot in range(round_.n):
+            views[slot].finish(round_.text_at(slot), round_.results[round_.shown_order[slot]])
+        self.phase = Phase.JUDGING
 
     # Feedback ---------------------------------------------------------------------------------
 
@@ -217,62 +194,49 @@ class ChatScreen(Screen):
         self.feedback(message.kind, message.slot, message.value)
 
     def feedback(self, kind: str, slot: int = 0, value: int | None = None) -> None:
-        """Commit the judgment, then show it; only while judging."""
+        """Hand the judgment to the loop (which commits it), then show it; only while judging."""
         r = self.round
         if self.phase is not Phase.JUDGING or r is None:
             self.notify("nothing to judge yet")
             return
-        shown = [r.response_at(s) for s in range(r.n)]
         letter = SLOT_LETTERS[slot].upper()
         if kind == "pick":
-            self.store.record_preference(r.turn_id, r.response_at(slot), r.others(slot), shown_order=shown)
+            self.loop.pick(r, slot)
             self.complete(slot, f"{letter} preferred over {r.n - 1} · stored")
-        elif kind == "digit" and self.config.method == "ppo":
-            self.rate(slot, value, "1-5")
-        elif kind == "thumb":
-            self.rate(slot, value, "thumbs")
-        elif kind == "digit":
-            if 1 <= value <= r.n and r.add_rank(value - 1):
-                for i, better in enumerate(r.ranking[:-1]):
-                    self.store.record_preference(r.turn_id, r.response_at(better),
-                                                 [r.response_at(s) for s in r.ranking[i + 1:]], shown_order=shown)
-                order = " > ".join(SLOT_LETTERS[s].upper() for s in r.ranking)
-                self.complete(r.ranking[0], f"ranked {order} · stored")
-            elif 1 <= value <= r.n:
+        elif kind in ("digit", "thumb") and self.config.method == "ppo":
+            scale = "1-5" if kind == "digit" else "thumbs"
+            if scale == "1-5" and not 1 <= value <= 5:
+                return
+            complete = self.loop.rate(r, slot, value, scale)
+            label = f"{value}/5" if scale == "1-5" else ("👍" if value else "👎")
+            self.candidates.views[slot].mark(f"{label} stored", "rated")
+            if complete:
+                self.complete(r.best_scored(), "rated · stored")
+            else:
+                self.candidates.views[r.next_unscored()].focus()
+                self.show_hint()
+        elif kind == "digit" and 1 <= value <= r.n:
+            if self.loop.rank(r, value - 1):
+                self.complete(r.ranking[0], f"ranked {' > '.join(SLOT_LETTERS[s].upper() for s in r.ranking)} · stored")
+            else:
                 self.candidates.views[value - 1].mark(f"#{len(r.ranking)}")
+                self.show_hint()
         elif kind in ("tie", "both_bad", "skip"):
-            outcome = {"skip": "skipped"}.get(kind, kind)
-            self.store.record_preference(r.turn_id, None, shown, outcome=outcome, shown_order=shown)
-            if kind == "tie":  # either may continue the conversation: the left one does
-                self.store.choose(r.turn_id, r.response_at(0))
+            self.loop.outcome(r, kind)
+            if kind == "tie":
                 self.complete(0, "tie · stored")
             else:
-                self.complete(None, f"{outcome.replace('_', ' ')} · stored; ask again")
+                self.complete(None, f"{kind.replace('_', ' ')} · stored; ask again")
         elif kind == "edit":
             self.app.push_screen(EditorScreen(r.text_at(slot), f"edit {letter}: ctrl+s stores it"),
                                  lambda text: self.edited(r, slot, text))
         elif kind == "regenerate":
-            self.begin_round(r.turn_id, r.prompt)
-
-    def rate(self, slot: int, score: int, scale: str) -> None:
-        r = self.round
-        self.store.record_rating(r.response_at(slot), score, scale)
-        r.scores[slot] = score if scale == "1-5" else (5 if score else 1)
-        label = f"{score}/5" if scale == "1-5" else ("👍" if score else "👎")
-        self.candidates.views[slot].mark(f"{label} stored", "rated")
-        unrated = [s for s in range(r.n) if s not in r.scores]
-        if unrated:
-            self.candidates.views[unrated[0]].focus()
-            self.app.feedback_committed()
-        else:
-            best = r.best_scored()
-            self.store.choose(r.turn_id, r.response_at(best))
-            self.complete(best, "rated · stored")
+            self.begin_round(self.loop.round_for(r.turn_id))
 
     def edited(self, round_: Round, slot: int, text: str | None) -> None:
         if text is None or self.round is not round_:
             return
-        self.store.record_demonstration(round_.turn_id, text, edited_from=round_.response_at(slot))
+        self.loop.edit(round_, slot, text)
         self.complete(None, f"{SLOT_LETTERS[slot].upper()} edited · stored", text=text)
 
     def complete(self, slot: int | None, note: str, text: str | None = None) -> None:
@@ -286,8 +250,33 @@ class ChatScreen(Screen):
         else:
             self.conversation.add_turn("system", f"*{note}*")
         self.round = None
-        self.set_phase(self.ready_phase())
-        self.app.feedback_committed()
+        self.phase = Phase.PROMPT if self.loop.ready else Phase.LOADING
+        self.refresh_metrics()
+
+    def action_take_back(self) -> None:
+        """ctrl+t: withdraw the last judgment; its round can be judged again."""
+        if self.phase is Phase.GENERATING:
+            self.notify("wait for the candidates (Esc stops them)")
+            return
+        judgment = self.loop.take_back()
+        if judgment is None:
+            self.notify("no judgment of this run to take back")
+            return
+        r = judgment.round
+        if r is not self.round:  # a finished round: open it again, and drop what it added to the conversation
+            self.conversation.remove_last_turn()
+            self.round = r
+            for slot, view in enumerate(self.candidates.views):
+                view.finish(r.text_at(slot), r.results[r.shown_order[slot]])
+                if slot in r.scores:
+                    view.mark(f"{r.scores[slot]}/5 stored", "rated")
+            self.phase = Phase.JUDGING
+        elif judgment.slot is not None:
+            self.candidates.views[judgment.slot].finish(r.text_at(judgment.slot),
+                                                        r.results[r.shown_order[judgment.slot]])
+            self.candidates.views[judgment.slot].focus()
+        self.show_hint()
+        self.notify("taken back: it is never trained on from now", timeout=4)
 
     # Screen actions -------------------------------------------------------------------------------
 
@@ -299,7 +288,7 @@ class ChatScreen(Screen):
         self.round = None
         self.candidates.reset()
         self.conversation.show([], f"session {self.store.name} · new conversation")
-        self.set_phase(self.ready_phase())
+        self.phase = Phase.PROMPT if self.loop.ready else Phase.LOADING
 
     def action_toggle_metrics(self) -> None:
         panel = self.query_one(MetricsPanel)
@@ -326,7 +315,7 @@ class ChatScreen(Screen):
 
     async def action_escape(self) -> None:
         if self.phase is Phase.GENERATING:
-            await self.app.client.cancel()  # the engine stops within a token; `done` follows
+            await self.loop.client.cancel()  # the engine stops within a token; `done` follows
         elif isinstance(self.focused, PromptInput):
             self.conversation.focus()
         else:
@@ -343,6 +332,7 @@ class ChatScreen(Screen):
         yield "Skip round", "No feedback; stored as skipped (s)", lambda: self.feedback("skip")
         yield "Edit reply", "Correct the focused candidate (e)", lambda: self.feedback("edit", slot())
         yield "Regenerate", "New candidates for the same prompt (r)", lambda: self.feedback("regenerate")
+        yield "Take back", "Withdraw the last judgment (ctrl+t)", self.action_take_back
         yield "New conversation", "Start over (n)", self.action_new_conversation
         yield "Toggle metrics", "Sparklines of the updates (m)", self.action_toggle_metrics
         yield "Help", "Every key (?)", self.action_help

@@ -29,6 +29,9 @@ class CandidatePane(Container):
         Binding("r", "feedback('regenerate')", "regen"),
     ]
 
+    class Focused(Message):
+        """Focus moved to another candidate: the next score key judges it."""
+
     class Feedback(Message):
         """The person judged the round: kind is pick/digit/thumb/tie/both_bad/skip/edit/regenerate."""
 
@@ -60,11 +63,16 @@ class CandidatePane(Container):
         kind = parameters[0]
         if kind == "pick" and parameters[1] >= self.n:
             return False
+        if kind in ("pick", "tie") and self.method == "ppo":  # a score session: letters are not votes
+            return False
         if kind == "thumb" and self.method != "ppo":
             return False
         if kind == "digit" and self.method != "ppo" and (self.n <= 2 or parameters[1] > self.n):
             return False
         return True if self.judging else None  # None: shown greyed out while streaming
+
+    def on_descendant_focus(self) -> None:
+        self.post_message(self.Focused())
 
     def action_feedback(self, kind: str, value: int | None = None) -> None:
         slot = value if kind == "pick" else self.focused_slot()

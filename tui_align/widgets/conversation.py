@@ -31,7 +31,8 @@ class Turn(Static):
 
 
 class ConversationPane(VerticalScroll):
-    """Past turns. `add_turn` appends and scrolls; `show` replaces everything (start-up, new conversation)."""
+    """Past turns. `add_turn` appends and scrolls, `remove_last_turn` undoes it; `show` replaces everything
+    (start-up, new conversation)."""
 
     can_focus = True
 
@@ -46,6 +47,12 @@ class ConversationPane(VerticalScroll):
             turns.first().remove()
         self.mount(Turn(role, content, note))
         self.scroll_end(animate=False)
+
+    def remove_last_turn(self) -> None:
+        """A judgment taken back: its reply (or note) leaves the conversation."""
+        turns = self.query(Turn)
+        if turns:
+            turns.last().remove()
 
     def show(self, messages: list[dict], banner: str = "") -> None:
         self.remove_children()

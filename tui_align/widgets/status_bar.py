@@ -1,11 +1,14 @@
-"""One line: engine state, device, model, version, feedback waiting for the next update, last update."""
+"""One line: engine activity, version, feedback waiting for the next update, last update, model, device."""
 
 from __future__ import annotations
 
 import time
 
 from rich.text import Text
+from textual.reactive import reactive
 from textual.widgets import Static
+
+from tui_align.loop import LoopState
 
 STATE_STYLES = {
     "loading": "bold yellow", "generating": "bold cyan", "training": "bold magenta",
@@ -17,47 +20,43 @@ SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
 class StatusBar(Static):
-    """Attributes down: the app sets fields with `show(...)`; the bar renders them, nothing else."""
+    """Attributes down: the screen sets `state` (the loop's) and may set a `note` of its own."""
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__("", **kwargs)
-        self.fields = {"state": "loading", "device": "", "model": "", "version": 0, "pending": 0,
-                       "update_every": 4, "last_update": None, "last_seconds": None, "note": ""}
-        self.frame = 0
+    state: reactive[LoopState] = reactive(LoopState, init=False)
+    note: reactive[str] = reactive("", init=False)  # shown instead of the loop's note while set
+    model: reactive[str] = reactive("", init=False)  # until the engine says which model it loaded
+    frame: reactive[int] = reactive(0, init=False)
 
     def on_mount(self) -> None:
-        self.set_interval(5, self.refresh_text)  # keeps "12 s ago" current
+        self.set_interval(5, self.refresh)  # keeps "12 s ago" current
         self.set_interval(0.15, self.spin)
-        self.refresh_text()
 
     def spin(self) -> None:
         """A spinner while the engine works (loading the model, generating, training)."""
-        if self.fields["state"] in BUSY:
+        if self.state.activity in BUSY:
             self.frame = (self.frame + 1) % len(SPINNER)
-            self.refresh_text()
 
-    def show(self, **fields) -> None:
-        self.fields.update(fields)
-        self.refresh_text()
-
-    def refresh_text(self) -> None:
-        f = self.fields
+    def render(self) -> Text:
+        s = self.state
         text = Text(no_wrap=True, overflow="ellipsis")
-        busy = f"{SPINNER[self.frame]} " if f["state"] in BUSY else ""
-        text.append(f" {busy}{f['state']} ", STATE_STYLES.get(f["state"], "bold"))
-        if f["note"]:
-            text.append(f" {f['note']}", "italic")
-        text.append(f"  v{f['version']}", "bold")
-        text.append(f"  feedback {f['pending']}/{f['update_every']}")
-        if f["last_update"] is not None:
-            ago = time.time() - f["last_update"]
-            took = f" in {f['last_seconds']:.1f} s" if f["last_seconds"] else ""
-            text.append(f"  last update {_ago(ago)}{took}", "dim")
-        if f["model"]:
-            text.append(f"  {f['model']}", "dim")
-        if f["device"]:
-            text.append(f" · {f['device']}", "dim")
-        self.update(text)
+        activity = s.activity
+        busy = f"{SPINNER[self.frame]} " if activity in BUSY else ""
+        text.append(f" {busy}{activity} ", STATE_STYLES.get(activity, "bold"))
+        note = self.note or s.note
+        if note:
+            text.append(f" {note}", "italic")
+        text.append(f"  v{s.version}", "bold")
+        text.append(f"  feedback {s.pending}/{s.update_every}")
+        if s.backlog:
+            text.append(f" (backlog {s.backlog}: {s.window} per update; `tui-align replay` trains on all)", "yellow")
+        if s.last_update is not None:
+            took = f" in {s.last_seconds:.1f} s" if s.last_seconds else ""
+            text.append(f"  last update {_ago(time.time() - s.last_update)}{took}", "dim")
+        if s.model or self.model:
+            text.append(f"  {s.model or self.model}", "dim")
+        if s.device:
+            text.append(f" · {s.device}", "dim")
+        return text
 
 
 def _ago(seconds: float) -> str:

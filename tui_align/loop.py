@@ -1,0 +1,407 @@
+"""LiveLoop: the live policy, once. `chat-train` shows it; `simulate` puts a judge in the person's chair.
+
+It knows no Textual. It records every judgment through the SessionStore (committed before
+the call returns, so a view may say "stored" right after), decides when to update and on
+exactly which rows (a bounded window, whatever the session holds: SessionStore.update_window),
+sends the update, records the version, rolls back, restarts a dead engine, and reports every
+change of its state to whoever listens (`on_state`, `on_notice`).
+
+Updates run as asyncio tasks beside the rounds: the engine pre-empts an update step for a
+waiting generate, so a person is never made to wait for one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tui_align import DEFAULT_SYSTEM_PROMPT
+from tui_align.client import EngineClient, EngineDied, EngineError
+from tui_align.rounds import Round
+
+
+@dataclass
+class LoopConfig:
+    """The live loop's policy. chat-train's and simulate's flags default to these fields; the
+    training hyperparameters of an update are the engine's (engine.protocol.LIVE_TRAINING),
+    overridden per session (SessionStore.overrides)."""
+
+    method: str = "dpo"
+    candidates: int = 2  # replies per round, sampled as one batch
+    update_every: int = 2  # new training rows that start an update
+    window: int = 8  # rows per update: the newest pending ones, topped up with the most recently trained
+    replay: int = 0  # more rows per update, sampled from all older trained ones
+    max_new_tokens: int = 64  # short enough that most replies finish: cut-off pairs teach only length
+    temperature: float = 0.8
+    top_p: float = 0.95
+    system: str | None = DEFAULT_SYSTEM_PROMPT  # of new conversations; None: no system prompt
+    seed: int | None = None  # shown order and sampling seeds; None: fresh each run
+
+    @property
+    def sampling(self) -> dict:
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p}
+
+
+@dataclass(frozen=True)
+class LoopState:
+    """What a view shows; a new object on every change."""
+
+    engine: str = "loading"  # loading | ready | error
+    generating: bool = False
+    updating: bool = False
+    version: int = 0
+    pending: int = 0  # training rows waiting for an update
+    update_every: int = 2
+    window: int = 8
+    note: str = ""
+    model: str = ""
+    device: str = ""
+    last_update: float | None = None  # when the last update finished (time.time())
+    last_seconds: float | None = None  # how long it took
+
+    @property
+    def activity(self) -> str:
+        """One word for the status bar: error, loading, generating, training or idle."""
+        if self.engine != "ready":
+            return self.engine
+        return "generating" if self.generating else "training" if self.updating else "idle"
+
+    @property
+    def backlog(self) -> int:
+        """Pending rows beyond one update's window (worked through, `window` at a time)."""
+        return max(0, self.pending - self.window)
+
+
+@dataclass
+class Judgment:
+    """One stored judgment, so that it can be taken back: which rows, and the round they judged."""
+
+    round: Round
+    kind: str  # preference | rating | demonstration
+    ids: list[int] = field(default_factory=list)
+    slot: int | None = None  # the rated slot, for a rating
+
+
+class LiveLoop:
+    def __init__(self, store, client: EngineClient, config: LoopConfig,
+                 on_state: Callable[[LoopState], None] | None = None,
+                 on_notice: Callable[[str, str], None] | None = None):
+        self.store, self.client, self.config = store, client, config
+        self.on_state = on_state or (lambda state: None)
+        self.on_notice = on_notice or (lambda text, severity: None)
+        self.rng = random.Random(config.seed)
+        self.state = LoopState(version=store.active_version(), pending=store.pending_count(config.method),
+                               update_every=config.update_every, window=config.window)
+        self.last: list[Judgment] = []  # this run's judgments, newest last (take_back pops one)
+        self._update_task: asyncio.Task | None = None
+        self._update_id: int | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    # State ------------------------------------------------------------------------------
+
+    def _set(self, **changes) -> None:
+        self.state = replace(self.state, **changes)
+        self.on_state(self.state)
+
+    @property
+    def ready(self) -> bool:
+        return self.state.engine == "ready"
+
+    @property
+    def updating(self) -> bool:
+        return self._update_task is not None and not self._update_task.done()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # The engine's life ------------------------------------------------------------------
+
+    async def start(self, restart: bool = False) -> bool:
+        """Start (or restart) the engine at the session's live version; False if it failed (and said why)."""
+        self._set(engine="loading", generating=False, note="restarting the engine…" if restart else "loading the model…")
+        self.client.start_version = self.store.active_version()  # a rollback survives a restart
+        try:
+            info = await (self.client.restart() if restart else self.client.start())
+        except (EngineDied, EngineError, OSError) as exc:
+            self._failed(f"the engine did not start: {describe(exc)}")
+            return False
+        version = self.client.version
+        if version > self.store.latest_version():  # written by an update we did not see finish
+            self.store.record_version(version, self.store.versions_dir / f"v{version:04d}")
+        model = Path(str(info.get("model", ""))).name or "model"
+        self.store.log("info", f"engine ready: {model} on {info.get('device')} at v{version}")
+        self._set(engine="ready", version=version, model=model, device=str(info.get("device", "")), note="",
+                  pending=self.store.pending_count(self.config.method))
+        if self.state.backlog:
+            self.on_notice(f"{self.state.pending} training rows are waiting: they are trained {self.config.window} "
+                           f"at a time while you go on; `tui-align replay {self.store.name}` trains on all of them "
+                           "in batch", "information")
+        self.maybe_update()
+        return True
+
+    def check_engine(self) -> None:
+        """Notice a death even when no request is in flight (views call it every second or so)."""
+        if self.state.engine == "ready" and not self.client.alive:
+            self._died()
+
+    def _died(self, exc: EngineDied | None = None) -> None:
+        if self.state.engine == "error":
+            return
+        code = getattr(exc, "returncode", None) if exc else self.client.returncode
+        if self._update_id is not None:
+            self.store.finish_update(self._update_id, "failed", error="engine died")
+            self._update_id = None
+        self._failed(f"the engine died (exit {code}){': ' + last_error(exc, self.client) if last_error(exc, self.client) else ''}")
+
+    def _failed(self, message: str) -> None:
+        self.store.log("error", message)
+        self._set(engine="error", generating=False, updating=False, note="ctrl+r restarts the engine")
+        self.on_notice(f"{message}\nPress ctrl+r to restart it at the last saved version.", "error")
+
+    async def close(self) -> None:
+        """Stop a running update (recorded as cancelled) and the engine; everything the person did is
+        already stored. Safe to call twice."""
+        tasks = [task for task in self._tasks if not task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self.client.shutdown(), timeout=5)
+        except Exception:  # noqa: BLE001 - a dead or stuck engine must not keep us here
+            pass
+        await self.client.close()
+
+    # Rounds -----------------------------------------------------------------------------
+
+    def begin(self, conversation_id: int, text: str) -> Round:
+        """Store the person's message and open a round on it."""
+        turn_id = self.store.add_user_turn(conversation_id, text)
+        return self.round_for(turn_id)
+
+    def round_for(self, turn_id: int) -> Round:
+        """A new round on a stored turn (a first try, a regenerate, or a retry after an engine death)."""
+        return Round.start(turn_id, self.store.prompt(turn_id), self.config.candidates, self.rng,
+                           version=self.client.version)
+
+    async def generate(self, round_: Round, on_token: Callable[[int, str], None] | None = None) -> Round:
+        """Stream the round's candidates (on_token(slot, text)), then store them. Raises EngineDied or
+        EngineError after reporting it."""
+        cfg = self.config
+        seed = self.rng.randrange(2**31)
+        self._set(generating=True)
+        try:
+            async for event in self.client.generate(round_.prompt, n=round_.n, seed=seed, **cfg.sampling):
+                if event["type"] == "token":
+                    round_.texts[event["candidate"]] += event["text"]
+                    if on_token is not None:
+                        on_token(round_.slot_of(event["candidate"]), event["text"])
+                elif event["type"] == "done":
+                    round_.version = event.get("version", round_.version)  # an update may have landed meanwhile
+                    round_.results = event["candidates"]
+        except EngineDied as exc:
+            self._died(exc)
+            raise
+        except EngineError as exc:
+            self.store.log("error", f"generation failed: {exc}")
+            raise
+        finally:
+            if self.state.generating:
+                self._set(generating=False)
+        round_.response_ids = self.store.add_responses(round_.turn_id, round_.results, round_.version,
+                                                       {**cfg.sampling, "seed": seed}, shown_order=round_.shown_order)
+        if cfg.method == "dpo" and round_.n >= 2:
+            self._spawn(self._score_reference(round_))
+        return round_
+
+    async def _score_reference(self, round_: Round) -> None:
+        """Reference log-probs while the person reads: the engine caches them for the update."""
+        texts = [r["text"] for r in round_.results]
+        examples = [{"prompt": round_.prompt, "chosen": [_assistant(texts[i])],
+                     "rejected": [_assistant(texts[(i + 1) % round_.n])]} for i in range(0, round_.n, 2)]
+        try:
+            await self.client.score_reference(examples)
+        except (EngineDied, EngineError):
+            pass  # not needed: the update computes what is missing; a death is noticed elsewhere
+
+    # Judgments: each is committed before it returns -------------------------------------
+
+    def pick(self, round_: Round, slot: int) -> None:
+        """The reply in `slot` beats every other one."""
+        judgment = self.store.record_preference(round_.turn_id, round_.response_at(slot), round_.others(slot),
+                                                shown_order=round_.shown)
+        round_.ranking = [slot] + [s for s in range(round_.n) if s != slot]
+        self._judged(Judgment(round_, "preference", [judgment]), complete=True)
+
+    def rank(self, round_: Round, slot: int) -> bool:
+        """The next best slot of a ranking of N > 2; stored (and True) once the ranking is complete."""
+        if not round_.add_rank(slot):
+            return False
+        ids = [self.store.record_preference(round_.turn_id, round_.response_at(better),
+                                            [round_.response_at(s) for s in round_.ranking[i + 1:]],
+                                            shown_order=round_.shown)
+               for i, better in enumerate(round_.ranking[:-1])]
+        self._judged(Judgment(round_, "preference", ids), complete=True)
+        return True
+
+    def outcome(self, round_: Round, kind: str) -> None:
+        """tie, both_bad or skip: stored, never trained on. A tie continues with the left reply."""
+        outcome = {"skip": "skipped"}.get(kind, kind)
+        judgment = self.store.record_preference(round_.turn_id, None, round_.shown, outcome=outcome,
+                                                shown_order=round_.shown)
+        if kind == "tie":
+            self.store.choose(round_.turn_id, round_.response_at(0))
+        self._judged(Judgment(round_, "preference", [judgment]), complete=True)
+
+    def rate(self, round_: Round, slot: int, score: int, scale: str = "1-5") -> bool:
+        """Score one reply (a re-score replaces the earlier one); True once every reply has a score,
+        when the best one continues the conversation."""
+        rating = self.store.record_rating(round_.response_at(slot), score, scale)
+        round_.scores[slot] = score if scale == "1-5" else (5 if score else 1)
+        complete = len(round_.scores) == round_.n
+        if complete:
+            self.store.choose(round_.turn_id, round_.response_at(round_.best_scored()))
+        self._judged(Judgment(round_, "rating", [rating], slot=slot), complete=complete)
+        return complete
+
+    def edit(self, round_: Round, slot: int, text: str) -> None:
+        """The person's correction of the reply in `slot`: a demonstration, and a pair over the original."""
+        demo = self.store.record_demonstration(round_.turn_id, text, edited_from=round_.response_at(slot))
+        self._judged(Judgment(round_, "demonstration", [demo]), complete=True)
+
+    def _judged(self, judgment: Judgment, complete: bool) -> None:
+        judgment.round.complete = complete
+        self.last.append(judgment)
+        self._set(pending=self.store.pending_count(self.config.method))
+        self.maybe_update()
+
+    def take_back(self) -> Judgment | None:
+        """Withdraw this run's last judgment: never trained on from now (if an update already used it,
+        it is left out of every later one). Its round is open again; None if there is nothing to take back."""
+        if not self.last:
+            return None
+        judgment = self.last.pop()
+        withdraw = {"preference": self.store.withdraw_judgment, "rating": self.store.withdraw_rating,
+                    "demonstration": self.store.withdraw_demonstration}[judgment.kind]
+        for pk in judgment.ids:
+            withdraw(pk)
+        round_ = judgment.round
+        round_.complete = False
+        round_.ranking = []
+        if judgment.kind == "rating":
+            round_.scores.pop(judgment.slot, None)
+            self.store.choose(round_.turn_id, None)  # a complete round had continued with its best reply
+        self._set(pending=self.store.pending_count(self.config.method))
+        return judgment
+
+    # Updates ----------------------------------------------------------------------------
+
+    def maybe_update(self) -> None:
+        """Start an update once `update_every` rows are pending (and again after it, through a backlog)."""
+        if self.ready and not self.updating and self.state.pending >= self.config.update_every:
+            self._update_task = self._spawn(self.update())
+
+    def train_now(self) -> str | None:
+        """Start an update on whatever is pending; a reason when it cannot."""
+        if self.updating:
+            return "an update is already training"
+        if not self.ready:
+            return "the engine is not ready"
+        if not self.state.pending:
+            return f"no new {self.config.method} feedback to train on yet"
+        self._update_task = self._spawn(self.update())
+        return None
+
+    async def wait_for_update(self) -> None:
+        """Until the running update (and any it chained) has finished."""
+        while self.updating:
+            await asyncio.shield(self._update_task)
+
+    async def update(self) -> dict | None:
+        """One update on the window; its version is recorded before this returns. None if it failed."""
+        method = self.config.method
+        rows = self.store.update_window(method, self.config.window, self.config.replay, self.rng)
+        if not rows or not self.ready:
+            return None
+        ids, examples = [i for i, _ in rows], [e for _, e in rows]
+        self._update_id = update_id = self.store.start_update(method, ids)
+        self._set(updating=True, note=f"training on {len(examples)} examples…")
+        try:
+            done = await self.client.update(method, examples, self.store.overrides or None,
+                                            on_progress=self._progress)
+        except EngineDied as exc:
+            self._died(exc)
+            return None
+        except EngineError as exc:  # NaN/inf loss (discarded, previous version stays), out of memory, ...
+            self._update_id = None
+            self.store.finish_update(update_id, "failed", error=describe(exc))
+            self.store.log("warning", f"update discarded: {describe(exc)}")
+            self._set(updating=False, note="")
+            self.on_notice(f"update discarded, v{self.client.version} stays live: {describe(exc)}", "warning")
+            return None
+        except asyncio.CancelledError:
+            if self._update_id is not None:
+                self.store.finish_update(update_id, "cancelled", error="stopped during the update")
+            self._update_id = None
+            raise
+        self._update_id = None
+        version, metrics = done["version"], done.get("metrics", {})
+        self.store.finish_update(update_id, "done", version=version, metrics=metrics)
+        self.store.record_version(version, self.store.versions_dir / f"v{version:04d}", metrics)
+        self.store.log("info", f"update {update_id}: v{version} live after {done.get('seconds', 0):.1f} s "
+                               f"on {len(examples)} examples")
+        self._set(updating=False, version=version, note=f"v{version} is live", last_update=time.time(),
+                  last_seconds=done.get("seconds"), pending=self.store.pending_count(method))
+        loss = metrics.get("loss")
+        self.on_notice(f"v{version} is live" + (f" (loss {loss:.3f})" if isinstance(loss, float) else ""), "update")
+        self._update_task = None
+        self.maybe_update()  # a backlog is worked through, one bounded update at a time
+        return done
+
+    def _progress(self, event: dict) -> None:
+        if event.get("step") is not None:
+            self._set(note=f"training step {event['step']}…")
+
+    async def rollback(self) -> str:
+        """Undo the last update (the previous version's weights, exactly); says what happened."""
+        if self.updating or not self.ready:
+            return "wait for the engine to be idle before rolling back"
+        current = self.client.version
+        if current <= 0:
+            return "already at v0, the base model"
+        try:
+            versions = {v["version"]: v for v in await self.client.versions()}
+            parent = versions.get(current, {}).get("parent")  # the version this update was trained from
+            await self.client.rollback(current - 1 if parent is None else parent)
+        except EngineDied as exc:
+            self._died(exc)
+            return "the engine died"
+        except EngineError as exc:
+            return f"rollback failed: {describe(exc)}"
+        version = self.client.version
+        self.store.set_active_version(version)
+        self.store.log("info", f"rolled back from v{current} to v{version}")
+        self._set(version=version, note=f"rolled back to v{version}")
+        return f"rolled back to v{version}"
+
+
+def describe(exc: BaseException) -> str:
+    return getattr(exc, "message", None) or str(exc) or type(exc).__name__
+
+
+def last_error(exc: EngineDied | None, client: EngineClient) -> str:
+    """The engine's last stderr line that says what went wrong (not a warning's source line)."""
+    tail = (getattr(exc, "stderr_tail", "") or client.stderr_tail or "").strip().splitlines()
+    lines = [line.strip() for line in tail if line.strip()]
+    errors = [line for line in lines if "Error" in line or line.startswith("error")]
+    return (errors or lines or [""])[-1]
+
+
+def _assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}

@@ -13,9 +13,11 @@ from tui_align.client import EngineDied, EngineError
 
 
 class FakeEngine:
-    def __init__(self, replies: list[str] | None = None, finish_reason: str = "stop", model: str | None = None):
-        self.replies = replies or ["Short.", "A longer reply here."]
+    def __init__(self, replies: list[str] | None = None, finish_reason: str = "stop", model: str | None = None,
+                 candidates: list[dict] | None = None):
+        self.replies = replies or [c["text"] for c in candidates or []] or ["Short.", "A longer reply here."]
         self.finish_reason = finish_reason
+        self.candidates = candidates  # whole `done` candidates (finish reasons, tokens), when given
         self.model = model
         self.version = 0
         self.start_version: int | None = None
@@ -64,8 +66,10 @@ class FakeEngine:
             for word in text.split(" "):
                 await asyncio.sleep(0)
                 yield {"type": "token", "candidate": i, "text": word + " "}
-        yield {"type": "done", "version": self.version, "candidates": [
-            {"text": t, "finish_reason": self.finish_reason, "tokens": len(t.split())} for t in texts]}
+        done = [{"text": t, "finish_reason": self.finish_reason, "tokens": len(t.split())} for t in texts]
+        if self.candidates:
+            done = [dict(self.candidates[i % len(self.candidates)], text=t) for i, t in enumerate(texts)]
+        yield {"type": "done", "version": self.version, "candidates": done}
 
     async def score_reference(self, examples):
         self._check("score_reference")

@@ -21,6 +21,14 @@ CANDIDATES = [{"text": "Short.", "tokens": 2, "finish_reason": "stop", "ttft_s":
               {"text": "A much longer reply", "tokens": 5, "finish_reason": "length", "ttft_s": 0.1, "tokens_per_s": 20.0}]
 
 
+def pending_feedback(store, method: str) -> tuple[list[dict], list[int]]:
+    """(examples, ids) no finished update has trained on, oldest first."""
+    ids = [r["id"] for r in store.db.query("select id from examples where method = ? and withdrawn = 0 "
+                                           "and update_id is null order by id", [method])]
+    by_id = dict(store.feedback(method))
+    return [by_id[i] for i in ids], ids
+
+
 @pytest.fixture
 def store(tmp_path):
     with SessionStore.open(tmp_path, "s", model="tiny", hyperparameters={"lr": 1e-4}) as s:
@@ -45,15 +53,13 @@ def test_tree_history_and_training_rows(store):
         {"role": "assistant", "content": "Short."}, {"role": "user", "content": "More"},
         {"role": "assistant", "content": "Edited."}]
     assert store.counts() == {"prompts": 2, "pairs": 3, "ratings": 2, "demos": 1, "updates": 0}
-    examples, ids = store.pending_feedback("dpo")
+    examples, ids = pending_feedback(store, "dpo")
     assert [e["chosen"][0]["content"] for e in examples] == ["Short.", "A much longer reply", "Edited."]
     assert examples[1]["prompt"][-1] == {"role": "user", "content": "More"} and len(examples[1]["prompt"]) == 4
-    sft, _ = store.pending_feedback("sft")  # the pick of t1 is a demonstration too (best-of-n)
+    sft, _ = pending_feedback(store, "sft")  # the pick of t1 is a demonstration too (best-of-n)
     assert sft == [{"prompt": examples[0]["prompt"], "completion": [{"role": "assistant", "content": "Short."}]},
                    {"prompt": examples[1]["prompt"], "completion": [{"role": "assistant", "content": "Edited."}]}]
-    assert [e["score"] for e in store.pending_feedback("ppo")[0]] == [-0.5, 1.0]
-    store.record_ref_logps([a, b], [-1.5, -9.0])
-    assert store.pending_feedback("dpo")[0][0]["ref_chosen_logps"] == -1.5
+    assert [e["score"] for e in pending_feedback(store, "ppo")[0]] == [-0.5, 1.0]
 
     failed = store.start_update("dpo", ids[:2])
     store.finish_update(failed, "failed", error="boom")
@@ -61,9 +67,9 @@ def test_tree_history_and_training_rows(store):
     done = store.start_update("dpo", ids[:2])
     store.finish_update(done, "done", version=1, metrics={"loss": 0.6})
     store.record_version(1, store.versions_dir / "v0001", {"loss": 0.6})
-    assert store.pending_feedback("dpo")[1] == ids[2:]
+    assert pending_feedback(store, "dpo")[1] == ids[2:]
     assert store.latest_version() == 1 and store.metrics_history()[0]["loss"] == 0.6
-    assert store.recent_feedback("dpo", 2)[1] == ids[1:]
+    assert [i for i, _ in store.update_window("dpo", 2)] == ids[1:]  # the newest pending, topped up
     assert store.latest_conversation() == conv
     store.log("warning", "engine restarted")
     assert store.meta["hyperparameters"] == {"lr": 1e-4} and store.meta["schema_version"] == SCHEMA_VERSION
@@ -86,10 +92,10 @@ def test_sft_takes_the_first_pick_of_a_turn_but_not_a_replaced_one(store):
     a, b, c = store.add_responses(turn, [{"text": "A"}, {"text": "B"}, {"text": "C"}], 0, {})
     store.record_preference(turn, a, [b, c])
     store.record_preference(turn, b, [c])  # the rest of a ranking: not a demonstration
-    examples, ids = store.pending_feedback("sft")
-    assert [e["completion"][0]["content"] for e in examples] == ["A"] and ids[0] < 0
+    examples, ids = pending_feedback(store, "sft")
+    assert [e["completion"][0]["content"] for e in examples] == ["A"]
     store.record_demonstration(turn, "Better.", edited_from=a)  # the edit replaces the pick
-    assert [e["completion"][0]["content"] for e in store.pending_feedback("sft")[0]] == ["Better."]
+    assert [e["completion"][0]["content"] for e in pending_feedback(store, "sft")[0]] == ["Better."]
 
 
 def test_pending_count_matches_pending_feedback(store):
@@ -103,11 +109,11 @@ def test_pending_count_matches_pending_feedback(store):
         if n == 2:
             store.record_demonstration(turn, "Mine.", edited_from=b)
     for method in ("dpo", "sft", "ppo"):
-        ids = store.pending_feedback(method)[1]
+        ids = pending_feedback(store, method)[1]
         assert store.pending_count(method) == len(ids) > 0
         done = store.start_update(method, ids[:1])
         store.finish_update(done, "done", version=1)
-        assert store.pending_count(method) == len(store.pending_feedback(method)[0]) == len(ids) - 1
+        assert store.pending_count(method) == len(pending_feedback(store, method)[0]) == len(ids) - 1
 
 
 def test_bad_feedback_is_refused(store):
@@ -130,7 +136,7 @@ def test_older_schema_is_upgraded(tmp_path):
     db["turns"].insert({"id": 1, "conversation_id": 1, "parent_id": None, "text": "Hi", "created": 1.0})
     db.close()
     with SessionStore.open(tmp_path, "old") as store:
-        assert store.meta["schema_version"] == SCHEMA_VERSION == 3
+        assert store.meta["schema_version"] == SCHEMA_VERSION == 4
         assert store.history(1) == [{"role": "user", "content": "Hi"}]
         store.log("info", "the events table exists now")
         store.record_version(2, store.versions_dir / "v0002")

@@ -10,7 +10,8 @@ import pytest
 
 from textual.widgets import TextArea
 
-from tui_align.app import ChatConfig, ChatTrainApp
+from tui_align.app import ChatTrainApp, engine_client
+from tui_align.loop import LoopConfig
 from tui_align.rounds import Phase
 from tui_align.store import SessionStore
 from tui_align.widgets.candidate import CandidateView
@@ -24,11 +25,11 @@ async def wait_until(pilot, condition, timeout: float = 90.0, what: str = "") ->
         await pilot.pause(0.02)
 
 
-def make_app(tmp_path, tiny_model_dir, **overrides) -> ChatTrainApp:
-    store = SessionStore.open(tmp_path / "sessions", "t", model=str(tiny_model_dir),
-                              method=overrides.get("method", "dpo"))
-    options = dict(model=str(tiny_model_dir), device="cpu", max_new_tokens=12, update_every=100, seed=0)
-    return ChatTrainApp(store, ChatConfig(**{**options, **overrides}))
+def make_app(tmp_path, tiny_model_dir, store=None, **overrides) -> ChatTrainApp:
+    method = overrides.get("method", "dpo")
+    store = store or SessionStore.open(tmp_path / "sessions", "t", model=str(tiny_model_dir), method=method)
+    options = dict(max_new_tokens=12, update_every=100, seed=0)
+    return ChatTrainApp(store, LoopConfig(**{**options, **overrides}), engine_client(store, str(tiny_model_dir), method, "cpu"))
 
 
 def preferences(store) -> list[dict]:
@@ -53,7 +54,7 @@ async def test_round_pick_edit_update_rollback(tmp_path, tiny_model_dir, monkeyp
         chat = app.chat
         first_frame = time.perf_counter() - started
         assert first_frame < 1.0, f"first frame after {first_frame:.2f} s"
-        assert chat.phase is Phase.LOADING and chat.status_bar.fields["state"] == "loading"
+        assert chat.phase is Phase.LOADING and chat.status_bar.state.activity == "loading"
         await wait_until(pilot, lambda: chat.phase is Phase.PROMPT, what="the engine")
         niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)  # the engine yields the CPU to the screen
         assert os.getpriority(os.PRIO_PROCESS, app.client.pid) == niceness
@@ -73,7 +74,7 @@ async def test_round_pick_edit_update_rollback(tmp_path, tiny_model_dir, monkeyp
         assert pref["chosen_id"] == shown_a and pref["outcome"] == "chosen" and pref["origin"] == "pick"
         assert chat.phase is Phase.PROMPT and not chat.prompt.disabled and app.focused is chat.prompt
         assert store.history(chat.conversation_id)[-1]["content"] == store.db["responses"].get(shown_a)["text"]
-        assert app.chat.status_bar.fields["pending"] == 1
+        assert app.chat.status_bar.state.pending == 1
 
         # A vote key in the prompt is text again; `e` edits: a demonstration and a pair over the original.
         await send(pilot, chat, "Tell me more")
@@ -91,14 +92,14 @@ async def test_round_pick_edit_update_rollback(tmp_path, tiny_model_dir, monkeyp
         # `u` trains now: a new version, recorded in the store; ctrl+z rolls it back.
         chat.conversation.focus()
         await pilot.press("u")
-        await wait_until(pilot, lambda: app.client.version == 1 and not app.update_running, what="v1")
-        assert store.latest_version() == 1 and chat.status_bar.fields["version"] == 1
+        await wait_until(pilot, lambda: app.client.version == 1 and not app.loop.updating, what="v1")
+        assert store.latest_version() == 1 and chat.status_bar.state.version == 1
         (update,) = store.db["updates"].rows
         assert update["status"] == "done" and update["version"] == 1
         assert store.pending_count("dpo") == 0
         await pilot.press("ctrl+z")
         await wait_until(pilot, lambda: app.client.version == 0, what="the rollback")
-        assert chat.status_bar.fields["version"] == 0 and store.active_version() == 0
+        assert chat.status_bar.state.version == 0 and store.active_version() == 0
         await pilot.press("q")
     assert not app.client.alive
 
@@ -106,7 +107,7 @@ async def test_round_pick_edit_update_rollback(tmp_path, tiny_model_dir, monkeyp
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_until(pilot, lambda: app.chat.phase is Phase.PROMPT, what="the engine")
         assert app.client.version == 0 and app.store.latest_version() == 1
-        assert app.chat.status_bar.fields["version"] == 0
+        assert app.chat.status_bar.state.version == 0
         await pilot.press("q")
 
 
@@ -119,8 +120,8 @@ async def test_engine_killed_mid_generation_is_shown_and_restarts(tmp_path, tiny
         await wait_until(pilot, lambda: any(v.text for v in chat.candidates.views), what="the first token")
         assert chat.phase is Phase.GENERATING
         os.kill(app.client.info["pid"], signal.SIGKILL)
-        await wait_until(pilot, lambda: app.engine_state == "error", what="the death to be noticed")
-        assert chat.status_bar.fields["state"] == "error"
+        await wait_until(pilot, lambda: app.loop_state.engine == "error", what="the death to be noticed")
+        assert chat.status_bar.state.activity == "error"
         assert any("engine died" in n.message for n in app._notifications)
         assert any("died" in e["message"] for e in app.store.db["events"].rows_where("level = 'error'"))
         assert app.check_action("restart_engine", ()) is True
@@ -128,7 +129,7 @@ async def test_engine_killed_mid_generation_is_shown_and_restarts(tmp_path, tiny
         await pilot.press("ctrl+r")
         # The restarted engine answers the interrupted prompt again; the round can be judged and stored.
         await wait_until(pilot, lambda: chat.phase is Phase.JUDGING, what="the regenerated round")
-        assert app.engine_state in ("idle", "generating") and app.client.alive
+        assert app.loop_state.engine == "ready" and app.client.alive
         await pilot.press("b")
         assert len(preferences(app.store)) == 1
         await pilot.press("q")
@@ -146,11 +147,11 @@ async def test_event_loop_never_stalls_while_generating_and_training(tmp_path, t
         app.set_interval(0.01, lambda: ticks.append(time.perf_counter()))
         await send(pilot, chat, "Write a poem")
         await pilot.press("a")  # update_every=1: an update starts in the background...
-        await wait_until(pilot, lambda: app.update_running or app.client.version >= 1, what="the automatic update")
+        await wait_until(pilot, lambda: app.loop.updating or app.client.version >= 1, what="the automatic update")
         await send(pilot, chat, "Another one")  # ...while the person keeps chatting
-        await wait_until(pilot, lambda: not app.update_running and app.client.version >= 1, what="v1")
+        await wait_until(pilot, lambda: not app.loop.updating and app.client.version >= 1, what="v1")
         await pilot.press("b")
-        await wait_until(pilot, lambda: not app.update_running and app.client.version >= 2, what="v2")
+        await wait_until(pilot, lambda: not app.loop.updating and app.client.version >= 2, what="v2")
         assert app.store.latest_version() >= 2
         await pilot.press("q")
     gaps = [b - a for a, b in zip(ticks, ticks[1:])]
@@ -179,16 +180,16 @@ async def test_ppo_scores_are_ratings(tmp_path, tiny_model_dir, method):
 async def test_a_failed_update_is_shown_logged_and_its_feedback_stays_pending(tmp_path, tiny_model_dir):
     """The engine refuses the update (here an absurd learning rate; NaN and out-of-memory take the same path)."""
     store = SessionStore.open(tmp_path / "sessions", "nan", model=str(tiny_model_dir), hyperparameters={"lr": 1e38})
-    app = ChatTrainApp(store, ChatConfig(model=str(tiny_model_dir), device="cpu", max_new_tokens=8, update_every=1))
+    app = make_app(tmp_path, tiny_model_dir, store=store, max_new_tokens=8, update_every=1)
     async with app.run_test(size=(80, 24)) as pilot:
         chat = app.chat
         await wait_until(pilot, lambda: chat.phase is Phase.PROMPT, what="the engine")
         await send(pilot, chat, "Hi")
         await pilot.press("a")  # update_every=1: the update starts, and fails
-        await wait_until(pilot, lambda: store.db["updates"].count and not app.update_running, what="the update")
+        await wait_until(pilot, lambda: store.db["updates"].count and not app.loop.updating, what="the update")
         (update,) = store.db["updates"].rows
         assert update["status"] == "failed" and update["error"]
-        assert app.client.version == 0 and app.engine_state == "idle" and app.client.alive
+        assert app.client.version == 0 and app.loop_state.activity == "idle" and app.client.alive
         assert any("update discarded" in n.message for n in app._notifications)
         assert any("update discarded" in e["message"] for e in store.db["events"].rows_where("level = 'warning'"))
         assert store.pending_count("dpo") == 1  # the pick stays pending for the next update

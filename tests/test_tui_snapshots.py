@@ -1,13 +1,18 @@
 """Snapshots of the chat screen at 80x24 and 160x48 (pytest-textual-snapshot).
 
-Deterministic: no engine is started; the screen is put in a judging state through the same
-methods the live round uses, with fixed candidate texts. Regenerate with --snapshot-update.
+Deterministic: the fake engine client (tests/fakes.py) answers with fixed candidates, and the
+round runs as a person's would: a prompt typed, Enter, the candidates streamed. Regenerate
+with --snapshot-update.
 """
 
 from __future__ import annotations
 
-from tui_align.app import ChatConfig, ChatTrainApp
-from tui_align.rounds import Phase, Round
+import time
+
+from tests.fakes import FakeEngine
+from tui_align.app import ChatTrainApp
+from tui_align.loop import LoopConfig
+from tui_align.rounds import Phase
 from tui_align.store import SessionStore
 
 HISTORY_PROMPT = "What does DPO stand for?"
@@ -37,23 +42,21 @@ def snapshot_app(tmp_path) -> ChatTrainApp:
         update = store.start_update("dpo", [])
         store.finish_update(update, "done", version=number, metrics=metrics)
         store.record_version(number, store.versions_dir / f"v{number:04d}", metrics)
-    app = ChatTrainApp(store, ChatConfig(model="SmolLM2-135M-Instruct", seed=0), start_engine=False)
-    app.client.version = len(UPDATES)
-    return app
+    engine = FakeEngine(candidates=CANDIDATES, model="SmolLM2-135M-Instruct")
+    engine.parents = {number: number - 1 for number in range(1, len(UPDATES) + 1)}
+    return ChatTrainApp(store, LoopConfig(seed=0), engine)
 
 
 async def judging(pilot, metrics: bool = False) -> None:
     """A round whose candidates are done: what a person sees when the feedback keys are live."""
-    app = pilot.app
-    await pilot.pause()  # the screen is composed
-    chat = app.chat
-    app.engine_ready({"model": "SmolLM2-135M-Instruct", "device": "cpu"})
-    turn = app.store.add_user_turn(chat.conversation_id, PROMPT)
-    chat.conversation.add_turn("user", PROMPT)
-    chat.round = Round(turn, app.store.prompt(turn), shown_order=[1, 0], texts=["", ""], version=3)
-    chat.candidates.reset()
-    chat.set_phase(Phase.GENERATING)
-    chat.candidates_done(chat.round, CANDIDATES)
+    chat = pilot.app.chat
+    for phase in (Phase.PROMPT, Phase.JUDGING):
+        started = time.monotonic()
+        while chat.phase is not phase:
+            assert time.monotonic() - started < 10, f"no {phase} after 10 s"
+            await pilot.pause(0.01)
+        if phase is Phase.PROMPT:
+            await pilot.press(*PROMPT, "enter")
     if metrics:
         chat.action_toggle_metrics()
     await pilot.pause()
@@ -78,7 +81,7 @@ async def test_every_action_is_in_the_command_palette_and_help_opens(tmp_path):
         await judging(pilot)
         titles = {command.title for command in app.get_system_commands(app.screen)}
         assert {"Pick A", "Pick B", "Tie", "Both bad", "Skip round", "Edit reply", "Regenerate", "Train now",
-                "Undo last update", "New conversation", "Toggle metrics", "Help", "Restart engine", "Quit"} <= titles
+                "Undo last update", "Take back", "New conversation", "Toggle metrics", "Help", "Restart engine", "Quit"} <= titles
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")

@@ -16,7 +16,7 @@ engine_app = typer.Typer(help="The engine process that owns the model (the TUI s
     add_help_option=False,
 )
 def serve(ctx: typer.Context) -> None:
-    """Load the model once, print one `ready ...` line on stdout, serve one client at a time (options: --help)."""
+    """Load the model once, print one `ready ...` line on stdout, serve one client at a time (--help: the options)."""
     from tui_align.cli.common import passive_openmp
 
     passive_openmp()  # as python -m engine: before torch loads OpenMP

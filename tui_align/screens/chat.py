@@ -81,8 +81,7 @@ class ChatScreen(Screen):
                   if history else f"session {self.store.name} · {self.config.method} · new conversation")
         self.conversation.show(history, banner)
         self.status_bar.model = Path(self.loop.client.model).name if self.loop.client.model else DEFAULT_MODEL
-        self.status_bar.state = self.app.loop_state
-        self.watch(self.app, "loop_state", self.loop_changed, init=False)
+        self.watch(self.app, "loop_state", self.loop_changed)  # init: the engine may be ready already
         self.prompt.focus()
         self.refresh_metrics()
 

@@ -43,7 +43,8 @@ def first_frame(sessions: Path) -> float:
 
 
 async def longest_stall(sessions: Path) -> tuple[float, int]:
-    from tui_align.app import ChatConfig, ChatTrainApp
+    from tui_align.app import ChatTrainApp, engine_client
+    from tui_align.loop import LoopConfig
     from tui_align.rounds import Phase
     from tui_align.store import SessionStore
 
@@ -52,7 +53,7 @@ async def longest_stall(sessions: Path) -> tuple[float, int]:
             await pilot.pause(0.02)
 
     store = SessionStore.open(sessions, "stall")
-    app = ChatTrainApp(store, ChatConfig(max_new_tokens=48, update_every=1, seed=0))
+    app = ChatTrainApp(store, LoopConfig(max_new_tokens=48, update_every=1, seed=0), engine_client(store, None, "dpo"))
     ticks: list[float] = []
     async with app.run_test(size=(100, 30)) as pilot:
         chat = app.chat
@@ -62,7 +63,7 @@ async def longest_stall(sessions: Path) -> tuple[float, int]:
             await pilot.press(*prompt, "enter")
             await until(pilot, lambda: chat.phase is Phase.JUDGING)
             await pilot.press(pick)
-        await until(pilot, lambda: not app.update_running and app.client.version >= 2)
+        await until(pilot, lambda: not app.loop.updating and app.client.version >= 2)
         await pilot.press("q")
     return max(b - a for a, b in zip(ticks, ticks[1:])), len(ticks)
 

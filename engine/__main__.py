@@ -30,25 +30,27 @@ class _Parser(argparse.ArgumentParser):
 def parser(prog: str = "python -m engine") -> argparse.ArgumentParser:
     root = _Parser(prog=prog, description="The tui-align engine process.")
     commands = root.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    serve = commands.add_parser("serve", help=SERVE_HELP, description=SERVE_HELP)
-    serve.add_argument("--model", default=None, help="Model folder, GGUF file or hub id (default: SmolLM2-135M-Instruct).")
-    serve.add_argument("--method", default="dpo", choices=METHODS, help="Default update method.")
+    # No defaults here: an option left out is not passed, so ServeOptions (engine/server.py, engine/live.py)
+    # holds each default once.
+    serve = commands.add_parser("serve", help=SERVE_HELP, description=SERVE_HELP, argument_default=argparse.SUPPRESS)
+    serve.add_argument("--model", help="Model folder, GGUF file or hub id (default: SmolLM2-135M-Instruct).")
+    serve.add_argument("--method", choices=METHODS, help="Default update method.")
     where = serve.add_mutually_exclusive_group()
-    where.add_argument("--socket", default=None, help="Unix socket path, created 0600 (default ./engine.sock).")
-    where.add_argument("--listen", default=None, help="HOST:PORT on loopback (TCP; needs --token-file). Port 0 picks one.")
-    serve.add_argument("--token-file", default=None, help="File holding the token clients must send in hello.")
-    serve.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="Where the model runs.")
-    serve.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="Weight dtype.")
-    serve.add_argument("--session-dir", default=None, help="Session folder: versions go to SESSION/versions/vNNNN; "
+    where.add_argument("--socket", help="Unix socket path, created 0600 (default ./engine.sock).")
+    where.add_argument("--listen", help="HOST:PORT on loopback (TCP; needs --token-file). Port 0 picks one.")
+    serve.add_argument("--token-file", help="File holding the token clients must send in hello.")
+    serve.add_argument("--device", choices=["auto", "cpu", "cuda"], help="Where the model runs.")
+    serve.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="Weight dtype.")
+    serve.add_argument("--session-dir", help="Session folder: versions go to SESSION/versions/vNNNN; "
                                                           "an engine started on it resumes at its latest version.")
-    serve.add_argument("--version", type=int, default=None,
+    serve.add_argument("--version", type=int,
                        help="Start at this saved version of --session-dir (0: the base model; default: the latest).")
     serve.add_argument("--watch-stdin", action="store_true",
                        help="Exit when stdin closes (the client that spawned the engine has gone).")
-    serve.add_argument("--threads", type=int, default=None,
+    serve.add_argument("--threads", type=int,
                        help="Torch threads for model work (default: all cores but one, left for the event loop and the TUI).")
-    serve.add_argument("--lora-r", type=int, default=16, help="LoRA rank of the live adapter.")
-    serve.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha of the live adapter.")
+    serve.add_argument("--lora-r", type=int, help="LoRA rank of the live adapter (default 16).")
+    serve.add_argument("--lora-alpha", type=int, help="LoRA alpha of the live adapter (default 32).")
     return root
 
 

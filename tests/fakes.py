@@ -31,6 +31,7 @@ class FakeEngine:
         self.starts = 0
         self.fail_next: dict[str, Exception] = {}
         self.update_gate: asyncio.Event | None = None  # set: updates wait for it (an update "running")
+        self.update_seconds = 0.0  # how long an update takes
         self._alive = False
 
     @property
@@ -81,6 +82,7 @@ class FakeEngine:
         self.updates.append({"method": method, "examples": examples, "hyperparameters": hyperparameters})
         if self.update_gate is not None:
             await self.update_gate.wait()
+        await asyncio.sleep(self.update_seconds)
         self._check("update")  # it may have died meanwhile
         if on_progress:
             on_progress({"type": "progress", "step": 1})

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 
-from textual import work
+from textual import events, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.reactive import reactive
@@ -23,6 +24,7 @@ from tui_align.screens.quit import QuitScreen
 from tui_align.store import SessionStore
 
 GC_EVERY = 5.0  # seconds between garbage collections at quiet moments
+QUIET = 2.0  # seconds with no key and no change of the loop's state: a full collection is not felt
 ENGINE_NICENESS = 10  # the engine's threads yield the CPU to the screen
 NOTICE_SEVERITY = {"error": ("error", 30), "warning": ("warning", 10), "update": ("information", 4),
                    "information": ("information", 12)}
@@ -53,6 +55,7 @@ class ChatTrainApp(App):
         self.model_name = model_name  # shown until the engine says what it loaded
         self.start_engine_on_mount = start_engine  # False only for screen snapshots
         self.quit_after_update = False
+        self.last_activity = time.monotonic()  # a key, or a change of the loop's state
 
     @property
     def client(self) -> EngineClient:
@@ -60,6 +63,12 @@ class ChatTrainApp(App):
 
     def _loop_changed(self, state: LoopState) -> None:
         self.loop_state = state
+        self.last_activity = time.monotonic()
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key):
+            self.last_activity = time.monotonic()
+        await super().on_event(event)
 
     def _notice(self, text: str, severity: str) -> None:
         level, timeout = NOTICE_SEVERITY.get(severity, ("information", 8))
@@ -87,9 +96,10 @@ class ChatTrainApp(App):
         gc.freeze()  # modules, classes and the screen live as long as the app: no collection need scan them
 
     def collect_garbage(self) -> None:
-        """Python's full collections scan every object (100 ms+ here): run them while nothing streams or
-        trains, then freeze the survivors so the automatic ones stay short. Once in a while, unfreeze first."""
-        if self.loop_state.activity != "idle":
+        """Python's full collections scan every object (20-100 ms here): run them while nothing streams or
+        trains and the person has not pressed a key for a while, then freeze the survivors so the automatic
+        ones stay short. Once in a while, unfreeze first."""
+        if self.loop_state.activity != "idle" or time.monotonic() - self.last_activity < QUIET:
             return
         self._collections = getattr(self, "_collections", 0) + 1
         if self._collections % 100 == 0:

@@ -107,6 +107,7 @@ def m004_examples_metadata_withdrawn(db: Database) -> None:
     db["examples"].create_index(["method", "withdrawn", "update_id", "id"])  # pending, newest first
     db["examples"].create_index(["method", "withdrawn", "id"])  # recent and sampled trained rows
     db["examples"].create_index(["source", "source_id"])
+    db["examples"].create_index(["turn_id"])
     db["preferences"].create_index(["turn_id"])
     db["ratings"].create_index(["response_id"])
     # Backfill, oldest first, with the rules of tui_align/feedback.py; map the old feedback ids

@@ -1,8 +1,7 @@
 """`tui-align replay NAME [NAME...]`: batch training on all the feedback of saved sessions.
 
 The same trainer and flags as `tui-align train`, in this process (so `accelerate launch`
-works); the rows come from the sessions instead of a file. Cached reference log-probs are
-dropped: the reference is recomputed for the model being trained.
+works); the rows come from the sessions instead of a file. Withdrawn feedback is left out.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from tui_align.cli import train as t
 from tui_align.cli.common import fail, user_errors
 from tui_align.cli.sessions import SESSIONS_DIR
 
-METHODS = {"dpo": "dpo", "sft": "sft"}
+REPLAY_METHODS = ("dpo", "sft")  # of engine.protocol.METHODS: those with a batch trainer over session rows
 
 
 def collect(store, method: str) -> tuple[list[dict], dict[str, int]]:
@@ -23,7 +22,8 @@ def collect(store, method: str) -> tuple[list[dict], dict[str, int]]:
     skipped: dict[str, int] = {}
     if method == "dpo":
         for outcome, n in store.db.execute(
-                "select outcome, count(distinct judgment_id) from preferences where outcome != 'chosen' group by outcome"):
+                "select outcome, count(distinct judgment_id) from preferences where outcome != 'chosen' and withdrawn = 0 "
+                "group by outcome"):
             skipped[f"{outcome} (not a preference)"] = n
         rows = []
         for _, ex in store.feedback("dpo"):
@@ -50,7 +50,7 @@ def replay(
     with user_errors():
         from tui_align.store import SessionStore, sessions_dir as resolve
 
-        if method not in METHODS:
+        if method not in REPLAY_METHODS:
             fail(f"--method {method}: choose dpo or sft")
         rows, skipped, models = [], {}, set()
         for name in names:

@@ -242,8 +242,9 @@ def import_(file: Path = typer.Argument(..., help="JSONL file or datasets.save_t
         staging = root / f".importing-{name}-{os.getpid()}"
         try:
             with SessionStore.open(staging, name, model=model) as store:
-                for row in rows:
-                    import_row(store, row, kind)
+                with store.db.atomic():  # one commit: the staging folder is renamed into place only when complete
+                    for row in rows:
+                        import_row(store, row, kind)
                 counts = store.counts()
             (staging / name).rename(root / name)
         finally:

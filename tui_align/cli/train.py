@@ -6,28 +6,31 @@ from pathlib import Path
 
 import typer
 
+from engine.protocol import TrainConfig
 from tui_align.cli.common import user_errors
+
+DEFAULTS = TrainConfig()  # each option's default, defined once there
 
 train_app = typer.Typer(help="Train a LoRA adapter headless, on a dataset (runs under `accelerate launch` too).", no_args_is_help=True)
 
 DATA = typer.Option(..., "--data", help="JSONL file or a folder saved by datasets.save_to_disk, in TRL's format.")
 OUTPUT = typer.Option(..., "--output", help="Folder to write the adapter to; must not exist yet.")
 MODEL = typer.Option(None, "--model", help="Model folder, GGUF file or hub id (default: bundled SmolLM2-135M-Instruct).")
-MAX_STEPS = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (overrides --epochs).")
-EPOCHS = typer.Option(1, "--epochs", help="Passes over the data.")
-BATCH_SIZE = typer.Option(4, "--batch-size", help="Examples per forward pass (per device).")
-GRAD_ACCUM = typer.Option(1, "--grad-accum", help="Forward passes per optimizer step.")
-LR = typer.Option(1e-4, "--lr", help="AdamW learning rate of the LoRA weights.")
-MAX_LENGTH = typer.Option(1024, "--max-length", help="Truncate prompt+completion to this many tokens.")
+MAX_STEPS = typer.Option(DEFAULTS.max_steps, "--max-steps", help="Stop after this many optimizer steps (overrides --epochs).")
+EPOCHS = typer.Option(DEFAULTS.epochs, "--epochs", help="Passes over the data.")
+BATCH_SIZE = typer.Option(DEFAULTS.batch_size, "--batch-size", help="Examples per forward pass (per device).")
+GRAD_ACCUM = typer.Option(DEFAULTS.grad_accum, "--grad-accum", help="Forward passes per optimizer step.")
+LR = typer.Option(DEFAULTS.lr, "--lr", help="AdamW learning rate of the LoRA weights.")
+MAX_LENGTH = typer.Option(DEFAULTS.max_length, "--max-length", help="Truncate prompt+completion to this many tokens.")
 LORA_R = typer.Option(16, "--lora-r", help="LoRA rank.")
 LORA_ALPHA = typer.Option(32, "--lora-alpha", help="LoRA scaling alpha.")
-SEED = typer.Option(0, "--seed", help="Random seed (shuffling and LoRA initialisation).")
+SEED = typer.Option(DEFAULTS.seed, "--seed", help="Random seed (shuffling and LoRA initialisation).")
 MERGE = typer.Option(False, "--merge", help="Also write OUTPUT/merged: a full model with the adapter merged in.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
-BETA = typer.Option(0.1, "--beta", help="DPO temperature: how far the policy may move from the reference.")
-LOSS_TYPE = typer.Option("sigmoid", "--loss-type", help="DPO loss: sigmoid, hinge, ipo or robust.")
-LABEL_SMOOTHING = typer.Option(0.0, "--label-smoothing", help="Assumed label-flip rate (cDPO with sigmoid, robust).")
-RPO_ALPHA = typer.Option(None, "--rpo-alpha", help="Add this weight times the chosen reply's NLL (RPO); keeps small-data DPO from drifting.")
+BETA = typer.Option(DEFAULTS.beta, "--beta", help="DPO temperature: how far the policy may move from the reference.")
+LOSS_TYPE = typer.Option(DEFAULTS.loss_type, "--loss-type", help="DPO loss: sigmoid, hinge, ipo or robust.")
+LABEL_SMOOTHING = typer.Option(DEFAULTS.label_smoothing, "--label-smoothing", help="Assumed label-flip rate (cDPO with sigmoid, robust).")
+RPO_ALPHA = typer.Option(DEFAULTS.rpo_alpha, "--rpo-alpha", help="Add this weight times the chosen reply's NLL (RPO); keeps small-data DPO from drifting.")
 
 
 @train_app.command()
@@ -74,7 +77,6 @@ def run(method: str, data: Path, output: Path, model: str | None, merge: bool, d
 
         from engine.headless import train
         from engine.models import LoRAConfig
-        from engine.trainers import TrainConfig
 
         metrics = train(method, rows, output, model, TrainConfig.from_dict(options),
                         LoRAConfig(r=lora_r, alpha=lora_alpha), merge=merge, device=device)
@@ -153,7 +155,6 @@ def rm(data: Path = DATA, output: Path = OUTPUT, model: str = MODEL, max_steps: 
         rows = load_examples(data, "preference")
 
         from engine.models import LoRAConfig
-        from engine.trainers import TrainConfig
         from engine.trainers.reward import train_reward_model
 
         config = TrainConfig(lr=lr, max_steps=max_steps, epochs=epochs, batch_size=batch_size,

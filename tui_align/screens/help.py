@@ -12,8 +12,10 @@ HELP = """\
 
 A **round**: type a prompt, press **Enter**; the candidates stream in; judge them; the
 reply you chose continues the conversation. Every judgement is stored before the screen
-says so, and every *K* of them train the model in the background (*feedback 3/4* in the
-status bar) while you keep chatting.
+says so, and every *K* new training rows train the model in the background (*feedback 1/2* in
+the status bar) while you keep chatting. The line under the candidates always says what the
+next key judges. A session with more untrained rows than one update takes says *backlog*:
+they are trained a window at a time while you go on (`tui-align replay` trains on all of them).
 
 ## While typing
 | key | |
@@ -22,6 +24,7 @@ status bar) while you keep chatting.
 | ctrl+j / alt+enter | new line |
 | Esc | leave the prompt box (to use the single-letter keys) |
 | ctrl+z | roll back the model one version (when the box is empty) |
+| ctrl+t | take back the last judgment: never trained on from now, its round opens again |
 | ctrl+p | command palette: every action by name |
 
 ## When the candidates are done
@@ -29,7 +32,7 @@ status bar) while you keep chatting.
 |---|---|
 | a / b (c, d...) | this one is better |
 | 1..N | rank all of them, best first (more than two candidates) |
-| 1-5, + / - | score / thumbs for the focused one (PPO sessions) |
+| 1-5, + / - | score / thumbs for the focused one (PPO sessions; a second score replaces the first) |
 | t | tie |
 | x | both bad |
 | s | skip this round (stored as skipped) |
@@ -42,6 +45,7 @@ status bar) while you keep chatting.
 |---|---|
 | u | train now on the feedback waiting |
 | ctrl+z | undo the last update (roll back one version) |
+| ctrl+t | take back the last judgment |
 | n | new conversation |
 | m | metrics panel |
 | ctrl+r | restart the engine at the last version (after an error) |

@@ -1,0 +1,119 @@
+"""Per-judgment work does not grow with the session: a 100,000-pair session, made with `sessions import`.
+
+    flock /tmp/bench.lock .venv/bin/python bench/big_session.py [--rows 100000] [--rounds 200]
+
+Measures, on one session that holds `--rows` imported pairs nobody trained on:
+- `tui-align chat-train`'s first frame (started in a detached tmux window, polled every 20 ms
+  until the status bar is drawn);
+- a pick committed and shown as stored: the time the chat screen takes to handle the key
+  (the LiveLoop commits the pair, then the screen shows it), p50 and p99 over `--rounds`
+  rounds under Textual's Pilot; the engine is the fake client of tests/fakes.py, which
+  answers at once (an update takes 2 s), so the figure is the TUI process's own work;
+- the examples of every live update the loop sent meanwhile (the backlog is worked through
+  `window` rows at a time): their largest count, against the window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def first_frame(sessions: Path) -> float:
+    """Seconds from `tui-align chat-train` to its status bar on screen (then the window is closed)."""
+    def tmux(*args: str) -> str:
+        return subprocess.run(["tmux", *args], capture_output=True, text=True).stdout
+
+    command = f"TUI_ALIGN_SESSIONS={sessions} {Path('.venv/bin/tui-align').resolve()} chat-train"
+    started = time.perf_counter()
+    tmux("new-session", "-d", "-s", "bench-big", "-x", "100", "-y", "30", command)
+    try:
+        while "feedback" not in tmux("capture-pane", "-p", "-t", "bench-big"):
+            time.sleep(0.02)
+        return time.perf_counter() - started
+    finally:
+        tmux("kill-session", "-t", "bench-big")  # SIGHUP; the engine exits when its stdin closes
+        time.sleep(1)
+
+
+def make_session(root: Path, rows: int) -> float:
+    data = root / "pairs.jsonl"
+    with data.open("w") as f:
+        for i in range(rows):
+            f.write(json.dumps({"prompt": [{"role": "user", "content": f"Question {i}: say something short."}],
+                                "chosen": [{"role": "assistant", "content": f"Short answer {i}."}],
+                                "rejected": [{"role": "assistant", "content": f"A much longer answer {i} that rambles."}]})
+                    + "\n")
+    started = time.perf_counter()
+    subprocess.run([".venv/bin/tui-align", "sessions", "import", str(data), "--name", "default",
+                    "--sessions-dir", str(root / "sessions")], check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+async def picks(root: Path, rounds: int) -> tuple[list[float], list[int], int]:
+    from tests.fakes import FakeEngine
+    from tui_align.app import ChatTrainApp
+    from tui_align.loop import LoopConfig
+    from tui_align.rounds import Phase
+    from tui_align.screens.chat import ChatScreen
+    from tui_align.store import SessionStore
+
+    handled: list[float] = []
+    original = ChatScreen.feedback
+
+    def timed(self, *args, **kwargs):
+        started = time.perf_counter()
+        original(self, *args, **kwargs)
+        handled.append(time.perf_counter() - started)
+
+    ChatScreen.feedback = timed
+    store = SessionStore.open(root / "sessions", "default")
+    engine = FakeEngine()
+    engine.update_seconds = 2.0  # a live update on the default model takes seconds: the backlog runs beside
+    config = LoopConfig(seed=0)
+    app = ChatTrainApp(store, config, engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        chat = app.chat
+        for _ in range(rounds):
+            while chat.phase is not Phase.PROMPT:
+                await pilot.pause(0.005)
+            await pilot.press(*"Hi", "enter")
+            while chat.phase is not Phase.JUDGING:
+                await pilot.pause(0.005)
+            await pilot.press("a")
+        pending = app.loop.state.pending
+        await pilot.press("escape", "q")
+    ChatScreen.feedback = original
+    return handled, [len(u["examples"]) for u in engine.updates], pending
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000, help="imported pairs in the session")
+    parser.add_argument("--rounds", type=int, default=200, help="picks to time")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench-big-"))
+    seconds = make_session(root, args.rows)
+    print(f"sessions import of {args.rows} pairs: {seconds:.1f} s")
+    frames = [first_frame(root / "sessions") for _ in range(3)]
+    print("chat-train first frame on it (s):", " ".join(f"{f:.2f}" for f in frames), f"max {max(frames):.2f}")
+    handled, sizes, pending = asyncio.run(picks(root, args.rounds))
+    ms = sorted(h * 1000 for h in handled)
+    p99 = ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))]
+    print(f"pick committed and shown, {len(ms)} picks: p50 {statistics.median(ms):.1f} ms, p99 {p99:.1f} ms, "
+          f"max {ms[-1]:.1f} ms")
+    print(f"live updates meanwhile: {len(sizes)}, examples per update max {max(sizes, default=0)} "
+          f"(window 8); still pending after them: {pending}")
+
+
+if __name__ == "__main__":
+    main()

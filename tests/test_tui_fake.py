@@ -1,0 +1,98 @@
+"""The chat screen as a view of the LiveLoop, on the fake engine client: keys, hints, corrections."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tests.fakes import FakeEngine
+from tui_align.app import ChatTrainApp
+from tui_align.loop import LoopConfig
+from tui_align.rounds import Phase
+from tui_align.store import SessionStore
+
+
+def fake_app(tmp_path, method="dpo", **config) -> ChatTrainApp:
+    store = SessionStore.open(tmp_path / "sessions", "fake", method=method)
+    return ChatTrainApp(store, LoopConfig(**{"method": method, "seed": 0, "update_every": 100, **config}), FakeEngine())
+
+
+async def until(pilot, condition, what: str) -> None:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < 10, f"timed out waiting for {what}"
+        await pilot.pause(0.01)
+
+
+async def ask(pilot, text: str = "Hi") -> None:
+    chat = pilot.app.chat
+    await until(pilot, lambda: chat.phase is Phase.PROMPT, "the prompt")
+    await pilot.press(*text, "enter")
+    await until(pilot, lambda: chat.phase is Phase.JUDGING, "the candidates")
+
+
+def ratings(store) -> list[tuple[int, float, int]]:
+    return [(r["response_id"], r["score"], r["withdrawn"]) for r in store.db["ratings"].rows_where(order_by="id")]
+
+
+async def test_a_rescore_replaces_and_letters_are_not_votes_in_a_score_session(tmp_path):
+    app = fake_app(tmp_path, method="ppo")
+    async with app.run_test(size=(100, 30)) as pilot:
+        chat, store = app.chat, app.store
+        await ask(pilot)
+        a, b = chat.round.response_at(0), chat.round.response_at(1)
+        assert chat.prompt.placeholder.startswith("Scoring A") and "0 of 2 scored" in chat.prompt.placeholder
+        await pilot.press("5")  # A scored; focus moves on to B by itself, and the hint says so
+        assert chat.prompt.placeholder.startswith("Scoring B") and "1 of 2 scored" in chat.prompt.placeholder
+        await pilot.press("left", "1")  # back to A: the new score replaces the first
+        assert [(r, s) for r, s, w in ratings(store) if not w] == [(a, 1)]
+        assert app.loop_state.pending == 1
+        await pilot.press(*"abt")  # typed as if the round were over: no pick, no tie is stored
+        assert not store.db["preferences"].count and chat.phase is Phase.JUDGING
+        await pilot.press("4")
+        assert chat.phase is Phase.PROMPT and [(r, s) for r, s, w in ratings(store) if not w] == [(a, 1), (b, 4)]
+        await pilot.press("escape", "q")
+
+
+async def test_take_back_opens_the_round_again_and_the_pick_is_never_trained(tmp_path):
+    app = fake_app(tmp_path, update_every=1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        chat, store, engine = app.chat, app.store, app.client
+        engine.update_gate = asyncio.Event()  # the update waits: the take-back comes first
+        await ask(pilot)
+        await pilot.press("a")
+        assert chat.phase is Phase.PROMPT and app.loop.updating
+        await pilot.press("ctrl+t")
+        assert chat.phase is Phase.JUDGING and chat.round is not None
+        assert store.db["preferences"].get(1)["withdrawn"] == 1 and app.loop_state.pending == 0
+        await pilot.press("b")  # judged again
+        engine.update_gate.set()
+        await until(pilot, lambda: len(engine.updates) == 2 and not app.loop.updating, "the second update")
+        chosen = [e["chosen"][0]["content"] for u in engine.updates for e in u["examples"]]
+        assert chat.round is None and chosen[-1] == store.db["responses"].get(
+            store.db["preferences"].get(2)["chosen_id"])["text"]
+        await pilot.press("ctrl+t", "ctrl+t")  # then nothing is left to take back
+        assert any("nothing" in n.message or "no judgment" in n.message for n in app._notifications)
+        await pilot.press("escape", "escape", "q")
+
+
+async def test_a_backlog_is_shown_and_the_status_bar_follows_the_loop(tmp_path):
+    store = SessionStore.open(tmp_path / "sessions", "fake")
+    conversation = store.new_conversation()
+    for i in range(20):
+        turn = store.add_user_turn(conversation, f"q{i}")
+        x, y = store.add_responses(turn, [{"text": "x"}, {"text": "y"}], None, {})
+        store.record_preference(turn, x, [y])
+    engine = FakeEngine()
+    engine.update_gate = asyncio.Event()
+    app = ChatTrainApp(store, LoopConfig(seed=0), engine)
+    async with app.run_test(size=(160, 30)) as pilot:
+        await until(pilot, lambda: app.loop.updating, "the first backlog update")
+        bar = app.chat.status_bar
+        text = str(bar.render())
+        assert "training" in text and "feedback 20/2" in text and "backlog 12" in text
+        assert any("tui-align replay fake" in n.message for n in app._notifications)
+        engine.update_gate.set()
+        await until(pilot, lambda: not app.loop.updating and app.loop_state.pending == 0, "the backlog")
+        assert max(len(u["examples"]) for u in engine.updates) == 8 and "idle" in str(bar.render())
+        await pilot.press("escape", "q")

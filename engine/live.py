@@ -8,6 +8,7 @@ job is queued, so a bad request is answered at once and never reaches the model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from engine.trainers import DPOTrainer, SFTTrainer, TrainConfig
 # packed rows (one-pair DPO step 0.57 -> 0.43 s); decoding keeps the model's own, ~5% faster there.
 TRAIN_ATTENTION = {"cpu": "eager"}
 MAX_STEPS_PER_UPDATE = 64
+VERSION_CACHE = 4  # saved versions' adapters kept in memory for `generate` with a `version` (arena rounds)
 MAX_PREEMPTIONS = 5  # per step, so a stream of generates cannot starve an update
 
 
@@ -80,6 +82,7 @@ class LiveEngine:
         self.root = self.session_dir / "versions"
         self.root.mkdir(parents=True, exist_ok=True)
         self.trainers: dict = {}
+        self._version_cache: dict[int, dict] = {}
         self.generate_waiting = lambda: False  # set by the server: is a generate queued?
         self._preemptible = False
         self._update_job = None  # the update whose step is running: its cancel stops the step too
@@ -123,6 +126,8 @@ class LiveEngine:
             raise DataError("temperature must be a finite number >= 0 (0 is greedy)")
         if not 0 < req.top_p <= 1:
             raise DataError("top_p must be in (0, 1]")
+        if req.version is not None:
+            self.check_rollback(req.version)
 
     def check_examples(self, method: str, examples: list) -> list[dict]:
         if method not in METHODS:
@@ -183,18 +188,54 @@ class LiveEngine:
         from engine.generation import Generation
 
         began = time.perf_counter()  # the first next(): the job leaves the queue and runs
-        gen = Generation(self.policy, self.tokenizer, req.messages, n=req.n, max_new_tokens=req.max_new_tokens,
-                         temperature=req.temperature, top_p=req.top_p, seed=req.seed, started=began)
+        other = None if req.version is None or req.version == self.version else self.version_state(req.version)
+        with self._adapter(other):  # the prefill too runs with the asked-for version
+            gen = Generation(self.policy, self.tokenizer, req.messages, n=req.n, max_new_tokens=req.max_new_tokens,
+                             temperature=req.temperature, top_p=req.top_p, seed=req.seed, started=began)
         while not gen.done:
             self._use_attention(self.decode_attention)
             if job.cancelled.is_set():
                 gen.cancel()
                 break
-            for candidate, text in next(gen):
+            with self._adapter(other):  # per step: an update step may run between two of them
+                pieces = next(gen)
+            for candidate, text in pieces:
                 emit("token", candidate=candidate, text=text)
             yield
-        emit("done", candidates=gen.results(), version=self.version, seed=gen.seed,
+        emit("done", candidates=gen.results(), version=self.version if other is None else req.version, seed=gen.seed,
              seconds=round(time.perf_counter() - received, 4), queued_s=round(began - received, 4))
+
+    def version_state(self, version: int) -> dict:
+        """A saved version's adapter tensors (by PEFT name, on the model's device), read from disk once."""
+        if version not in self._version_cache:
+            if len(self._version_cache) >= VERSION_CACHE:  # oldest first
+                del self._version_cache[next(iter(self._version_cache))]
+            if version == 0:
+                self._version_cache[0] = self.initial_state
+            else:
+                from safetensors.torch import load_file
+
+                folder = vs.version_dir(self.root, version)
+                state = load_file(folder / vs.ADAPTER, device=self.device)
+                self._version_cache[version] = {k: state[k].to(self.adapter[k].dtype) for k in self.adapter}
+        return self._version_cache[version]
+
+    @contextlib.contextmanager
+    def _adapter(self, state: dict | None):
+        """Run with another version's adapter in the live tensors, then put the live values back exactly."""
+        if state is None:
+            yield
+            return
+        with torch.no_grad():
+            live = {k: v.detach().clone() for k, v in self.adapter.items()}
+            for k, v in self.adapter.items():
+                v.copy_(state[k])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, v in self.adapter.items():
+                    v.copy_(live[k])
 
     def score_reference_job(self, job, rows: list[dict], emit):
         trainer = self.trainer("dpo")

@@ -112,6 +112,7 @@ class Generate:
     temperature: float = 0.8
     top_p: float = 0.95
     seed: int | None = None
+    version: int | None = None  # sample with this saved version's adapter (the live one stays); null: the live one
 
 
 @dataclass

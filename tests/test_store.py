@@ -136,7 +136,7 @@ def test_older_schema_is_upgraded(tmp_path):
     db["turns"].insert({"id": 1, "conversation_id": 1, "parent_id": None, "text": "Hi", "created": 1.0})
     db.close()
     with SessionStore.open(tmp_path, "old") as store:
-        assert store.meta["schema_version"] == SCHEMA_VERSION == 4
+        assert store.meta["schema_version"] == SCHEMA_VERSION == 5
         assert store.history(1) == [{"role": "user", "content": "Hi"}]
         store.log("info", "the events table exists now")
         store.record_version(2, store.versions_dir / "v0002")

@@ -26,6 +26,7 @@ import random
 
 from engine.protocol import METHODS, UserError
 
+PENDING_CAP = 1000  # pending rows counted exactly; beyond it a view shows "1000+"
 _EXAMPLES = """select e.id, e.turn_id, e.score, e.update_id, c.text as chosen, r.text as rejected
                from examples e join responses c on c.id = e.response_id left join responses r on r.id = e.rejected_id"""
 
@@ -49,11 +50,12 @@ class FeedbackQueries:
         rows = self.db.query(f"{_EXAMPLES} where e.method = ? and e.withdrawn = 0 order by e.id", [method])
         return self._build(method, list(rows))
 
-    def pending_count(self, method: str) -> int:
-        """Examples of `method` no finished update has trained on (an index range, no row rebuilt)."""
+    def pending_count(self, method: str, cap: int = PENDING_CAP) -> int:
+        """Examples of `method` no finished update has trained on, counted up to `cap` (an index range
+        with a LIMIT: its cost does not grow with a backlog)."""
         _check(method)
-        return self.db.execute("""select count(*) from examples where method = ? and withdrawn = 0
-                                  and update_id is null""", [method]).fetchone()[0]
+        return self.db.execute("""select count(*) from (select 1 from examples where method = ? and withdrawn = 0
+                                  and update_id is null limit ?)""", [method, cap]).fetchone()[0]
 
     def update_window(self, method: str, window: int, replay: int = 0,
                       rng: random.Random | None = None) -> list[tuple[int, dict]]:

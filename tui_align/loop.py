@@ -20,7 +20,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tui_align import DEFAULT_SYSTEM_PROMPT
+from tui_align.arena import opponent as arena_opponent
 from tui_align.client import EngineClient, EngineDied, EngineError
+from tui_align.feedback import PENDING_CAP
 from tui_align.rounds import Round
 
 
@@ -40,6 +42,7 @@ class LoopConfig:
     top_p: float = 0.95
     system: str | None = DEFAULT_SYSTEM_PROMPT  # of new conversations; None: no system prompt
     seed: int | None = None  # shown order and sampling seeds; None: fresh each run
+    arena_every: int = 5  # every K-th prompt is a blind arena round: the live version against an earlier one; 0: never
 
     @property
     def sampling(self) -> dict:
@@ -62,6 +65,7 @@ class LoopState:
     device: str = ""
     last_update: float | None = None  # when the last update finished (time.time())
     last_seconds: float | None = None  # how long it took
+    votes: int = 0  # arena votes stored in this run (a view of the leaderboard refreshes on it)
 
     @property
     def activity(self) -> str:
@@ -97,6 +101,7 @@ class LiveLoop:
         self.state = LoopState(version=store.active_version(), pending=store.pending_count(config.method),
                                update_every=config.update_every, window=config.window)
         self.last: list[Judgment] = []  # this run's judgments, newest last (take_back pops one)
+        self.prompts = 0  # prompts asked in this run: every arena_every-th is an arena round
         self._update_task: asyncio.Task | None = None
         self._update_id: int | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -140,7 +145,7 @@ class LiveLoop:
         self._set(engine="ready", version=version, model=model, device=str(info.get("device", "")), note="",
                   pending=self.store.pending_count(self.config.method))
         if self.state.backlog:
-            self.on_notice(f"{self.state.pending} training rows are waiting: they are trained {self.config.window} "
+            self.on_notice(f"{self.state.pending}{'+' if self.state.pending >= PENDING_CAP else ''} training rows are waiting: they are trained {self.config.window} "
                            f"at a time while you go on; `tui-align replay {self.store.name}` trains on all of them "
                            "in batch", "information")
         self.maybe_update()
@@ -183,12 +188,20 @@ class LiveLoop:
     def begin(self, conversation_id: int, text: str) -> Round:
         """Store the person's message and open a round on it."""
         turn_id = self.store.add_user_turn(conversation_id, text)
-        return self.round_for(turn_id)
+        self.prompts += 1
+        cfg = self.config
+        arena = cfg.method == "dpo" and cfg.arena_every > 0 and self.prompts % cfg.arena_every == 0
+        return self.round_for(turn_id, arena=arena)
 
-    def round_for(self, turn_id: int) -> Round:
-        """A new round on a stored turn (a first try, a regenerate, or a retry after an engine death)."""
-        return Round.start(turn_id, self.store.prompt(turn_id), self.config.candidates, self.rng,
-                           version=self.client.version)
+    def round_for(self, turn_id: int, arena: bool = False) -> Round:
+        """A new round on a stored turn (a first try, a regenerate, or a retry after an engine death). An
+        arena round pits the live version against the earlier one a vote tells most about, one reply each,
+        shown blind and in random order like any round."""
+        live = self.client.version
+        rival = arena_opponent(live, self.store.version_numbers(), self.store.arena_votes()) if arena else None
+        if rival is not None:
+            return Round.start(turn_id, self.store.prompt(turn_id), 2, self.rng, version=live, versions=[live, rival])
+        return Round.start(turn_id, self.store.prompt(turn_id), self.config.candidates, self.rng, version=live)
 
     async def generate(self, round_: Round, on_token: Callable[[int, str], None] | None = None) -> Round:
         """Stream the round's candidates (on_token(slot, text)), then store them. Raises EngineDied or
@@ -196,15 +209,25 @@ class LiveLoop:
         cfg = self.config
         seed = self.rng.randrange(2**31)
         self._set(generating=True)
+        # One request for the round's candidates, or one per version in an arena round.
+        requests = ([(None, range(round_.n))] if round_.versions is None else
+                    [(v, [i]) for i, v in enumerate(round_.versions)])
+        results: list[dict] = [{}] * round_.n
         try:
-            async for event in self.client.generate(round_.prompt, n=round_.n, seed=seed, **cfg.sampling):
-                if event["type"] == "token":
-                    round_.texts[event["candidate"]] += event["text"]
-                    if on_token is not None:
-                        on_token(round_.slot_of(event["candidate"]), event["text"])
-                elif event["type"] == "done":
-                    round_.version = event.get("version", round_.version)  # an update may have landed meanwhile
-                    round_.results = event["candidates"]
+            for version, candidates in requests:
+                async for event in self.client.generate(round_.prompt, n=len(candidates), seed=seed, version=version,
+                                                        **cfg.sampling):
+                    if event["type"] == "token":
+                        candidate = candidates[event["candidate"]]
+                        round_.texts[candidate] += event["text"]
+                        if on_token is not None:
+                            on_token(round_.slot_of(candidate), event["text"])
+                    elif event["type"] == "done":
+                        for candidate, result in zip(candidates, event["candidates"]):
+                            results[candidate] = result
+                        if version is None:  # an update may have landed meanwhile
+                            round_.version = event.get("version", round_.version)
+            round_.results = results
         except EngineDied as exc:
             self._died(exc)
             raise
@@ -214,7 +237,7 @@ class LiveLoop:
         finally:
             if self.state.generating:
                 self._set(generating=False)
-        round_.response_ids = self.store.add_responses(round_.turn_id, round_.results, round_.version,
+        round_.response_ids = self.store.add_responses(round_.turn_id, round_.results, round_.versions or round_.version,
                                                        {**cfg.sampling, "seed": seed}, shown_order=round_.shown_order)
         if cfg.method == "dpo" and round_.n >= 2:
             self._spawn(self._score_reference(round_))
@@ -237,6 +260,7 @@ class LiveLoop:
         judgment = self.store.record_preference(round_.turn_id, round_.response_at(slot), round_.others(slot),
                                                 shown_order=round_.shown)
         round_.ranking = [slot] + [s for s in range(round_.n) if s != slot]
+        self._vote(round_, judgment, "ab"[slot])
         self._judged(Judgment(round_, "preference", [judgment]), complete=True)
 
     def rank(self, round_: Round, slot: int) -> bool:
@@ -257,7 +281,15 @@ class LiveLoop:
                                                 shown_order=round_.shown)
         if kind == "tie":
             self.store.choose(round_.turn_id, round_.response_at(0))
+        self._vote(round_, judgment, outcome)
         self._judged(Judgment(round_, "preference", [judgment]), complete=True)
+
+    def _vote(self, round_: Round, judgment: int, outcome: str) -> None:
+        """An arena round's judgment is also a vote between its versions (as shown: a first)."""
+        if round_.versions is not None:
+            shown_versions = [round_.versions[c] for c in round_.shown_order]
+            self.store.record_arena(round_.turn_id, judgment, shown_versions, round_.shown, outcome)
+            self._set(votes=self.state.votes + 1)
 
     def rate(self, round_: Round, slot: int, score: int, scale: str = "1-5") -> bool:
         """Score one reply (a re-score replaces the earlier one); True once every reply has a score,

@@ -24,6 +24,7 @@ Tables (one row per thing a person did or the engine produced):
   updates        one live or batch update: the examples it trained on, metrics, version, status
   (ratings, preferences and demonstrations carry `withdrawn`: taken back, or replaced by a re-score)
   versions       adapter versions written by the engine under versions/vNNNN
+  arena          blind votes between two versions' replies (a: shown first): a, b, tie, both_bad
   events         the log of notifications and errors
 """
 
@@ -140,6 +141,16 @@ def m004_examples_metadata_withdrawn(db: Database) -> None:
             db.execute(f"update examples set update_id = ? where update_id is null and id in ({','.join('?' * len(ids))})",
                        [update["id"], *ids])
         db["updates"].update(update["id"], {"feedback_ids": json.dumps(ids)})
+
+
+@MIGRATIONS()
+def m005_arena(db: Database) -> None:
+    """Blind arena votes: two versions' replies to one prompt, shown in random order, and the outcome."""
+    db["arena"].create({
+        "id": int, "turn_id": int, "judgment_id": int, "version_a": int, "version_b": int,
+        "response_a": int, "response_b": int, "outcome": str, "created": float,
+    }, pk="id", foreign_keys=[("turn_id", "turns", "id")])
+    db["arena"].create_index(["judgment_id"])
 
 
 SCHEMA_VERSION = len(MIGRATIONS._migrations)

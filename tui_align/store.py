@@ -199,19 +199,21 @@ class SessionStore(FeedbackQueries):
             "conversation_id": conversation_id, "parent_id": parent_id, "text": text, "created": time.time(),
         }).last_pk
 
-    def add_responses(self, turn_id: int, candidates: list[dict], version: int | None, sampling: dict,
+    def add_responses(self, turn_id: int, candidates: list[dict], version: int | list[int] | None, sampling: dict,
                       shown_order: list[int] | None = None, source: str = "model") -> list[int]:
         """Store the engine's candidates (its `done` payload) under a turn; returns their ids.
 
+        `version`: the adapter version that produced them, or one per candidate (an arena round).
         `shown_order` lists candidate indices as shown, left to right (or top to bottom):
         [1, 0] means candidate 1 was shown first.
         """
         order = shown_order or list(range(len(candidates)))
+        versions = version if isinstance(version, list) else [version] * len(candidates)
         now, ids = time.time(), []
         with self.db.atomic():
             for i, c in enumerate(candidates):
                 ids.append(self.db["responses"].insert({
-                    "turn_id": turn_id, "text": c["text"], "source": source, "version": version,
+                    "turn_id": turn_id, "text": c["text"], "source": source, "version": versions[i],
                     "sampling": json.dumps(sampling), "tokens": c.get("tokens"), "finish_reason": c.get("finish_reason"),
                     "ttft_s": c.get("ttft_s"), "tokens_per_s": c.get("tokens_per_s"),
                     "shown_position": order.index(i) if i in order else None, "chosen": 0, "created": now,
@@ -402,6 +404,26 @@ class SessionStore(FeedbackQueries):
             self.db.execute(f"update {table} set withdrawn = 1 where id = ?", [pk])
             self.db.execute("update examples set withdrawn = 1 where source = ? and source_id = ?", [source, pk])
 
+    # The arena --------------------------------------------------------------------------
+
+    def record_arena(self, turn_id: int, judgment_id: int, versions: list[int], responses: list[int],
+                     outcome: str) -> int:
+        """A blind vote between two versions (as shown: first, second); outcome a, b, tie or both_bad."""
+        if outcome not in ("a", "b", "tie", "both_bad", "skipped"):
+            raise UserError(f"arena outcome {outcome!r}: choose a, b, tie, both_bad or skipped")
+        return self.db["arena"].insert({
+            "turn_id": turn_id, "judgment_id": judgment_id, "version_a": versions[0], "version_b": versions[1],
+            "response_a": responses[0], "response_b": responses[1], "outcome": outcome, "created": time.time(),
+        }).last_pk
+
+    def arena_votes(self) -> list[tuple[int, int, float]]:
+        """(version a, version b, score of a) of every vote in force, oldest first: ties and both-bad are
+        half a win each; skipped and withdrawn votes are left out."""
+        rows = self.db.execute("""select a.version_a, a.version_b, a.outcome from arena a
+                                  join preferences p on p.id = a.judgment_id
+                                  where p.withdrawn = 0 and a.outcome != 'skipped' order by a.id""").fetchall()
+        return [(va, vb, {"a": 1.0, "b": 0.0}.get(outcome, 0.5)) for va, vb, outcome in rows]
+
     # Updates and versions ---------------------------------------------------------------
 
     def start_update(self, method: str, example_ids: list[int]) -> int:
@@ -440,6 +462,10 @@ class SessionStore(FeedbackQueries):
         """Where the engine should resume: the live version when the session was last used."""
         active = self.db["session"].get(1).get("active_version")
         return self.latest_version() if active is None else active
+
+    def version_numbers(self) -> list[int]:
+        """0 (the base) and every recorded version."""
+        return [0] + [n for (n,) in self.db.execute("select number from versions where number > 0 order by number")]
 
     def latest_version(self) -> int:
         return self.db.execute("select coalesce(max(number), 0) from versions").fetchone()[0]

@@ -26,6 +26,8 @@ def chat_train(
                                      help="Train after this many new training rows (a pick of 2 makes one pair)."),
     window: int = typer.Option(LOOP.window, "--window", min=1, help="Rows per live update: the newest untrained "
                                "ones, topped up with the most recently trained."),
+    arena_every: int = typer.Option(LOOP.arena_every, "--arena-every", min=0, help="Every K-th prompt is a blind "
+                                    "arena round: the live version against an earlier one (`l` shows the ratings); 0: never."),
     sessions_dir: Path = typer.Option(None, "--sessions-dir", help="Folder of sessions (default: $TUI_ALIGN_SESSIONS "
                                       "or ./sessions)."),
     device: str = typer.Option("auto", "--device", help="Engine device: auto, cpu or cuda."),
@@ -69,6 +71,6 @@ def chat_train(
 
     from tui_align.app import ChatTrainApp, engine_client  # Textual only now: --help stays instant
 
-    config = LoopConfig(method=method, candidates=candidates, update_every=update_every, window=window,
+    config = LoopConfig(method=method, candidates=candidates, update_every=update_every, window=window, arena_every=arena_every,
                         max_new_tokens=max_new_tokens, temperature=temperature, system=system or None)
     ChatTrainApp(store, config, engine_client(store, model or meta["model"], method, device)).run()

@@ -70,6 +70,7 @@ def show(name: str = typer.Argument(..., help="Session name."),
                        f"created {_when(meta['created'])}   schema v{meta['schema_version']}")
             typer.echo("feedback  " + "   ".join(f"{k} {v}" for k, v in counts.items()))
             typer.echo(f"version   {store.latest_version()}   last activity {_when(store.last_activity())}")
+            _version_tree(store)
             for row in store.metrics_history()[-5:]:
                 figures = "  ".join(f"{k}={v:.3g}" for k, v in row.items() if k in ("loss", "rewards/accuracy", "rewards/margin"))
                 typer.echo(f"  update {row['update']}: {row['method']} on {row['examples']} -> v{row['version']}  {figures}")
@@ -80,6 +81,55 @@ def show(name: str = typer.Argument(..., help="Session name."),
                     mark = "*" if r["chosen"] else " "
                     source = f"v{r['version']}" if r["version"] is not None else r["source"]
                     typer.echo(f"  {mark} [{source}, {r['finish_reason'] or '-'}] {_short(r['text'])}")
+
+
+def _version_tree(store) -> None:
+    """Each version with the one it was trained from, the rollbacks, and which one is live."""
+    import json
+    import re
+
+    from engine.versions import METADATA, version_dir
+
+    live = store.active_version()
+    typer.echo("versions  (parent <- version; * live)")
+    for number in store.version_numbers():
+        meta_file = version_dir(store.versions_dir, number) / METADATA
+        parent = json.loads(meta_file.read_text()).get("parent") if number and meta_file.exists() else None
+        link = f"v{parent} <- " if parent is not None else ""
+        typer.echo(f"  {'*' if number == live else ' '} {link}v{number}")
+    for event in store.db["events"].rows_where("message like 'rolled back%'", order_by="id"):
+        found = re.search(r"from v(\d+) to v(\d+)", event["message"])
+        if found:
+            typer.echo(f"    rollback v{found[1]} -> v{found[2]}  {_when(event['time'])}")
+
+
+@sessions_app.command()
+def leaderboard(name: str = typer.Argument(..., help="Session name."),
+                as_json: bool = typer.Option(False, "--json", help="One JSON list instead of a table."),
+                sessions_dir: Path = SESSIONS_DIR) -> None:
+    """Bradley-Terry ratings of the session's versions from its blind arena votes (Elo scale, v0 = 1000)."""
+    with user_errors():
+        from dataclasses import asdict
+        import json
+
+        from tui_align.arena import leaderboard as ratings
+        from tui_align.store import SessionStore, sessions_dir as resolve
+
+        with SessionStore.open(resolve(sessions_dir), name, readonly=True) as store:
+            votes, live = store.arena_votes(), store.active_version()
+        board = ratings(votes)
+        if as_json:
+            typer.echo(json.dumps([{**asdict(r), "live": r.version == live} for r in board], indent=1))
+            return
+        if not board:
+            typer.echo(f"session {name} has no arena votes yet (chat-train --arena-every K makes them)")
+            return
+        typer.echo(f"{'version':>8} {'rating':>7} {'95% interval':>15} {'votes':>6} {'vs v0':>6}  ({len(votes)} votes)")
+        for r in board:
+            rate = f"{r.win_rate_vs_v0:.0%}" if r.win_rate_vs_v0 is not None else "-"
+            mark = "*" if r.version == live else " "
+            typer.echo(f"{mark}{'v' + str(r.version):>7} {r.rating:>7.0f} {f'{r.low:.0f}-{r.high:.0f}':>15} "
+                       f"{r.votes:>6} {rate:>6}")
 
 
 def _short(text: str, width: int = 100) -> str:

@@ -28,6 +28,7 @@ from tui_align.loop import LoopConfig
 
 LOOP = LoopConfig(seed=0)
 EVAL_SAMPLES = 2  # replies per held-out prompt and version
+ARENA_CHECKED = 8  # voted versions whose held-out win rate is measured against the leaderboard
 
 
 def builtin_prompts(name: str) -> list[str]:
@@ -57,6 +58,8 @@ def simulate(
     system: str = typer.Option(LOOP.system, "--system", help="System prompt of every conversation ('' for none)."),
     prompts: Path = typer.Option(None, "--prompts", help="Text file, one training prompt a line (default: the built-in list)."),
     eval_prompts: int = typer.Option(16, "--eval-prompts", help="Held-out prompts for the final comparison (0 skips it)."),
+    arena_every: int = typer.Option(LOOP.arena_every, "--arena-every", help="Every K-th round is a blind arena round "
+                                    "(the live version against an earlier one), as in chat-train; 0: none."),
     seed: int = typer.Option(LOOP.seed, "--seed", help="Seed of the prompt order, the shown order and the sampling."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (the engine's device)."),
     sessions_dir: Path = SESSIONS_DIR,
@@ -71,6 +74,8 @@ def simulate(
                             ("--steps", steps or 1), ("--max-new-tokens", max_new_tokens)):
             if value < 1:
                 fail(f"{name} must be at least 1")
+        if arena_every < 0:
+            fail("--arena-every must be 0 (off) or more")
         judge_fn = load_judge(judge)
         if prompts is not None:
             if not prompts.is_file():
@@ -82,7 +87,7 @@ def simulate(
             train_prompts = builtin_prompts("prompts.txt")
         heldout = [p for p in builtin_prompts("heldout.txt") if p not in set(train_prompts)][:max(eval_prompts, 0)]
         config = replace(LOOP, update_every=update_every, window=window, max_new_tokens=max_new_tokens,
-                         temperature=temperature, system=system or None, seed=seed)
+                         temperature=temperature, system=system or None, seed=seed, arena_every=arena_every)
         overrides = {k: v for k, v in dict(steps=steps, lr=lr, beta=beta, rpo_alpha=rpo_alpha).items() if v is not None}
         name = session or time.strftime("simulate-%Y%m%d-%H%M%S")
         store = SessionStore.open(resolve(sessions_dir), name, model=model, method="dpo", hyperparameters=overrides,
@@ -113,7 +118,7 @@ async def run(config: LoopConfig, rounds: int, store, judge, judge_name: str, tr
         if client.version == 0 or not heldout:
             typer.echo("no comparison: " + ("no update ran" if heldout else "--eval-prompts 0"))
             return {"version": client.version, "picks": picks}
-        result = {**await evaluate(config, client, judge, judge_name, heldout), "picks": picks}
+        result = {**await evaluate(config, client, judge, judge_name, heldout, store), "picks": picks}
     except EngineDied as exc:
         store.log("error", f"simulate: {exc}")
         fail(f"the engine died: {exc}", code=1)
@@ -162,28 +167,29 @@ async def train(config: LoopConfig, rounds: int, loop, judge, judge_name: str, p
     return picks
 
 
-async def evaluate(cfg: LoopConfig, client, judge, judge_name: str, prompts: list[str]) -> dict:
-    """The judge's blind verdicts, final version vs version 0, on the same prompts and seeds."""
-    from tui_align.judges import Reply, checked_pick
+async def held_out(cfg: LoopConfig, client, prompts: list[str], version: int) -> list[list]:
+    """EVAL_SAMPLES replies of `version` to each held-out prompt, with fixed seeds (the live version stays)."""
+    from tui_align.judges import Reply
 
-    final = client.version
-    samples = {}
-    for version in (final, 0):
-        if client.version != version:
-            await client.rollback(version)
-        samples[version] = []
-        for i, prompt in enumerate(prompts):
-            messages = ([{"role": "system", "content": cfg.system}] if cfg.system else []) + [{"role": "user", "content": prompt}]
-            candidates = await generate(client, messages, cfg, n=EVAL_SAMPLES, seed=10_000_000 + i)
-            samples[version].append([Reply(c["text"], c.get("finish_reason"), c.get("tokens")) for c in candidates])
-    if client.version != final:
-        await client.rollback(final)  # leave the engine where training left it
+    out = []
+    for i, prompt in enumerate(prompts):
+        messages = ([{"role": "system", "content": cfg.system}] if cfg.system else []) + [{"role": "user", "content": prompt}]
+        async for event in client.generate(messages, n=EVAL_SAMPLES, seed=10_000_000 + i, version=version, **cfg.sampling):
+            if event["type"] == "done":
+                out.append([Reply(c["text"], c.get("finish_reason"), c.get("tokens")) for c in event["candidates"]])
+    return out
+
+
+def compare(cfg: LoopConfig, judge, judge_name: str, prompts: list[str], new: list[list], old: list[list]) -> dict:
+    """The judge's blind verdicts, new vs old replies to the same prompts and seeds, in random order."""
+    from tui_align.judges import checked_pick
+
     rng = random.Random(cfg.seed + 1)
     wins = ties = losses = 0
-    for prompt, new_replies, old_replies in zip(prompts, samples[final], samples[0]):
-        for new, old in zip(new_replies, old_replies):
+    for prompt, new_replies, old_replies in zip(prompts, new, old):
+        for a, b in zip(new_replies, old_replies):
             new_left = rng.random() < 0.5
-            pick = checked_pick(judge, judge_name, prompt, *((new, old) if new_left else (old, new)))
+            pick = checked_pick(judge, judge_name, prompt, *((a, b) if new_left else (b, a)))
             if pick is None:
                 ties += 1
             elif (pick == 0) == new_left:
@@ -191,11 +197,36 @@ async def evaluate(cfg: LoopConfig, client, judge, judge_name: str, prompts: lis
             else:
                 losses += 1
     total = wins + ties + losses
-    finished = lambda version: sum(r.finished for rs in samples[version] for r in rs) / max(total, 1)  # noqa: E731
-    typer.echo(f"held-out replies that finished within {cfg.max_new_tokens} tokens: v{final} {finished(final):.0%}, "
-               f"v0 {finished(0):.0%}")
-    return {"version": final, "comparisons": total, "wins": wins, "ties": ties, "losses": losses,
+    return {"comparisons": total, "wins": wins, "ties": ties, "losses": losses,
             "win_rate": (wins + ties / 2) / max(total, 1)}
+
+
+async def evaluate(cfg: LoopConfig, client, judge, judge_name: str, prompts: list[str], store=None) -> dict:
+    """The final version vs version 0 on held-out prompts; with arena votes, also how well the arena's
+    leaderboard ranks the voted versions by their own held-out win rate vs v0 (Spearman)."""
+    from tui_align.arena import leaderboard, spearman
+
+    final = client.version
+    base = await held_out(cfg, client, prompts, 0)
+    samples = {final: await held_out(cfg, client, prompts, final)}
+    result = {"version": final, **compare(cfg, judge, judge_name, prompts, samples[final], base)}
+    finished = lambda replies: sum(r.finished for rs in replies for r in rs) / max(sum(map(len, replies)), 1)  # noqa: E731
+    typer.echo(f"held-out replies that finished within {cfg.max_new_tokens} tokens: v{final} "
+               f"{finished(samples[final]):.0%}, v0 {finished(base):.0%}")
+    board = [r for r in leaderboard(store.arena_votes()) if r.version] if store is not None else []
+    if len(board) >= 2:
+        checked = sorted(board, key=lambda r: -r.votes)[:ARENA_CHECKED]
+        rates = []
+        for r in checked:
+            if r.version not in samples:
+                samples[r.version] = await held_out(cfg, client, prompts, r.version)
+            rates.append(compare(cfg, judge, judge_name, prompts, samples[r.version], base)["win_rate"])
+        rho = spearman([r.rating for r in checked], rates)
+        result["arena_spearman"] = rho
+        typer.echo(f"arena: {len(store.arena_votes())} votes; leaderboard vs held-out win rate over "
+                   + ", ".join(f"v{r.version} {r.rating:.0f}/{rate:.0%}" for r, rate in zip(checked, rates))
+                   + f": Spearman {rho:.2f}")
+    return result
 
 
 def _describe(candidate: dict) -> str:

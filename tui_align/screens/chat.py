@@ -22,6 +22,7 @@ from tui_align.loop import LiveLoop, LoopState
 from tui_align.rounds import SLOT_LETTERS, Phase, Round
 from tui_align.screens.editor import EditorScreen
 from tui_align.screens.help import HelpScreen
+from tui_align.screens.leaderboard import LeaderboardScreen
 from tui_align.widgets.candidates import CandidatePane
 from tui_align.widgets.conversation import ConversationPane
 from tui_align.widgets.metrics import MetricsPanel
@@ -29,7 +30,7 @@ from tui_align.widgets.prompt import PromptInput
 from tui_align.widgets.status_bar import StatusBar
 
 # Single-letter screen keys: inert (and hidden) while the prompt box has focus, where they are text.
-LETTER_ACTIONS = {"train_now", "new_conversation", "toggle_metrics", "help", "quit", "focus_prompt"}
+LETTER_ACTIONS = {"train_now", "new_conversation", "toggle_metrics", "leaderboard", "help", "quit", "focus_prompt"}
 PLACEHOLDERS = {
     Phase.LOADING: "The model is loading… you can type already",
     Phase.PROMPT: "Type a prompt; Enter sends, ctrl+j adds a line, Esc for the other keys",
@@ -50,6 +51,7 @@ class ChatScreen(Screen):
         Binding("ctrl+t", "take_back", "take back", priority=True),
         Binding("n", "new_conversation", "new"),
         Binding("m", "toggle_metrics", "metrics"),
+        Binding("l", "leaderboard", "arena"),
         Binding("i", "focus_prompt", "type", show=False),
         Binding("escape", "escape", "leave box / stop", show=False),
     ]
@@ -308,6 +310,9 @@ class ChatScreen(Screen):
     def action_help(self) -> None:
         self.app.push_screen(HelpScreen())
 
+    def action_leaderboard(self) -> None:
+        self.app.push_screen(LeaderboardScreen(self.store))
+
     def action_focus_prompt(self) -> None:
         if not self.prompt.disabled:
             self.prompt.focus()
@@ -334,4 +339,5 @@ class ChatScreen(Screen):
         yield "Take back", "Withdraw the last judgment (ctrl+t)", self.action_take_back
         yield "New conversation", "Start over (n)", self.action_new_conversation
         yield "Toggle metrics", "Sparklines of the updates (m)", self.action_toggle_metrics
+        yield "Arena leaderboard", "Versions rated from blind votes (l)", self.action_leaderboard
         yield "Help", "Every key (?)", self.action_help

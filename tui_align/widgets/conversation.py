@@ -40,19 +40,22 @@ class ConversationPane(VerticalScroll):
         yield Static("Type a prompt below and press Enter.", classes="empty-hint")
 
     def add_turn(self, role: str, content: str, note: str = "") -> None:
-        for hint in self.query(".empty-hint"):
-            hint.remove()
-        turns = self.query(Turn)
+        # Direct children only: a query would walk every widget of every turn on each judgment.
+        children = list(self.children)
+        for child in children:
+            if child.has_class("empty-hint"):
+                child.remove()
+        turns = [child for child in children if isinstance(child, Turn)]
         if len(turns) >= MAX_SHOWN:
-            turns.first().remove()
+            turns[0].remove()
         self.mount(Turn(role, content, note))
         self.scroll_end(animate=False)
 
     def remove_last_turn(self) -> None:
         """A judgment taken back: its reply (or note) leaves the conversation."""
-        turns = self.query(Turn)
+        turns = [child for child in self.children if isinstance(child, Turn)]
         if turns:
-            turns.last().remove()
+            turns[-1].remove()
 
     def show(self, messages: list[dict], banner: str = "") -> None:
         self.remove_children()

@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
+from tui_align.feedback import PENDING_CAP
 from tui_align.loop import LoopState
 
 STATE_STYLES = {
@@ -46,9 +47,10 @@ class StatusBar(Static):
         if note:
             text.append(f" {note}", "italic")
         text.append(f"  v{s.version}", "bold")
-        text.append(f"  feedback {s.pending}/{s.update_every}")
+        more = "+" if s.pending >= PENDING_CAP else ""
+        text.append(f"  feedback {s.pending}{more}/{s.update_every}")
         if s.backlog:
-            text.append(f" (backlog {s.backlog}: {s.window} per update; `tui-align replay` trains on all)", "yellow")
+            text.append(f" (backlog {s.backlog}{more}: {s.window} per update; `tui-align replay` trains on all)", "yellow")
         if s.last_update is not None:
             took = f" in {s.last_seconds:.1f} s" if s.last_seconds else ""
             text.append(f"  last update {_ago(time.time() - s.last_update)}{took}", "dim")

@@ -4,7 +4,7 @@
 
 Measures, on one session that holds `--rows` imported pairs nobody trained on:
 - `tui-align chat-train`'s first frame (started in a detached tmux window, polled every 20 ms
-  until the status bar is drawn);
+  until the status bar is drawn), as bench/tui_latency.py does;
 - a pick committed and shown as stored: the time the chat screen takes to handle the key
   (the LiveLoop commits the pair, then the screen shows it), p50 and p99 over `--rounds`
   rounds under Textual's Pilot; the engine is the fake client of tests/fakes.py, which
@@ -27,22 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def first_frame(sessions: Path) -> float:
-    """Seconds from `tui-align chat-train` to its status bar on screen (then the window is closed)."""
-    def tmux(*args: str) -> str:
-        return subprocess.run(["tmux", *args], capture_output=True, text=True).stdout
-
-    command = f"TUI_ALIGN_SESSIONS={sessions} {Path('.venv/bin/tui-align').resolve()} chat-train"
-    started = time.perf_counter()
-    tmux("new-session", "-d", "-s", "bench-big", "-x", "100", "-y", "30", command)
-    try:
-        while "feedback" not in tmux("capture-pane", "-p", "-t", "bench-big"):
-            time.sleep(0.02)
-        return time.perf_counter() - started
-    finally:
-        tmux("kill-session", "-t", "bench-big")  # SIGHUP; the engine exits when its stdin closes
-        time.sleep(1)
+from bench.tui_latency import first_frame  # noqa: E402
 
 
 def make_session(root: Path, rows: int) -> float:

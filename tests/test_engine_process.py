@@ -162,6 +162,25 @@ async def test_update_makes_a_version_and_rollback_restores_replies_exactly(clie
     assert listed[0] == 0 and version in listed
 
 
+async def test_generate_with_a_version_leaves_the_live_one_live(client):
+    """An arena round samples an earlier version's adapter; the live version's replies do not change."""
+    async def texts_of(version):
+        async for event in client.generate(HI, n=2, max_new_tokens=10, seed=11, version=version):
+            if event["type"] == "done":
+                return [c["text"] for c in event["candidates"]], event["version"]
+
+    await client.rollback(0)
+    base = await texts(client)
+    version = (await client.update("dpo", [PAIR], {"lr": 0.05, "steps": 3}))["version"]
+    live = await texts(client)
+    assert live != base
+    assert await texts_of(0) == (base, 0)  # v0's replies exactly, while `version` stays live
+    assert await texts(client) == live and (await client.status())["version"] == version
+    assert await texts_of(version) == (live, version)
+    with pytest.raises(EngineError, match="no version 999"):
+        await texts_of(999)
+
+
 async def test_score_reference_then_update_uses_it(client):
     scored = await client.score_reference([PAIR, {**PAIR, "chosen": "Hi!"}])
     assert len(scored) == 2 and all(r["ref_chosen_logps"] < 0 and r["ref_rejected_logps"] < 0 for r in scored)

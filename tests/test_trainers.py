@@ -183,13 +183,13 @@ def test_saved_adapter_reloads_to_identical_outputs(tiny_policy, tiny_model_dir,
     assert meta["note"] == "three steps" and meta["config"]["lr"] == 1e-2
 
 
-def test_reference_logps_are_cached_per_pair(tiny_policy):
+def test_reference_logps_are_cached_per_reply(tiny_policy):
     model, tokenizer = tiny_policy
     trainer = DPOTrainer(model, tokenizer, TrainConfig(lr=1e-2))
     first = trainer.reference_logps(PAIRS[:2])
-    assert len(trainer.reference_cache) == 2
-    trainer.step(PAIRS)  # the adapter moves; the reference (adapter disabled) must not
     assert len(trainer.reference_cache) == 4
+    trainer.step(PAIRS)  # the adapter moves; the reference (adapter disabled) must not
+    assert len(trainer.reference_cache) == 2 * len(PAIRS)
     calls = []
     handle = model.get_input_embeddings().register_forward_hook(lambda *_: calls.append(1))
     try:
@@ -202,6 +202,22 @@ def test_reference_logps_are_cached_per_pair(tiny_policy):
     trainer.reference_cache.clear()
     fresh = trainer.reference_logps(PAIRS[:2])
     assert fresh == pytest.approx(first, abs=1e-5)
+
+
+def test_a_chat_pair_scored_one_way_serves_the_other(tiny_policy):
+    """The live loop scores a round's candidates before the pick says which one is chosen."""
+    model, tokenizer = tiny_policy
+    trainer = DPOTrainer(model, tokenizer, TrainConfig())
+    prompt = [{"role": "user", "content": "Greet me."}]
+    a, b = [{"role": "assistant", "content": "Hello!"}], [{"role": "assistant", "content": "Go away."}]
+    (scored,) = trainer.reference_logps([{"prompt": prompt, "chosen": a, "rejected": b}])
+    calls = []
+    handle = model.get_input_embeddings().register_forward_hook(lambda *_: calls.append(1))
+    try:
+        (swapped,) = trainer.reference_logps([{"prompt": prompt, "chosen": b, "rejected": a}])
+    finally:
+        handle.remove()
+    assert not calls and swapped == (scored[1], scored[0])
 
 
 def test_reference_cache_follows_the_settings_that_change_the_value(tiny_policy):
@@ -217,4 +233,4 @@ def test_reference_cache_follows_the_settings_that_change_the_value(tiny_policy)
     (truncated,) = trainer.reference_logps(PAIRS[:1])
     rejected_tokens = int((packed_pairs(tokenizer, PAIRS[:1], None)["segments"] == 2).sum())
     assert averaged[1] == pytest.approx(summed[1] / rejected_tokens, rel=1e-4)
-    assert truncated != summed and len(trainer.reference_cache) == 3
+    assert truncated != summed and len(trainer.reference_cache) == 6  # two replies x three settings

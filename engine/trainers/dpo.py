@@ -18,7 +18,7 @@ from engine.logprobs import pair_token_logps
 from engine.losses import dpo_loss
 from engine.trainers.base import Trainer
 
-REFERENCE_CACHE_SIZE = 100_000  # pairs (~1 KB each): bounds a very long live session
+REFERENCE_CACHE_SIZE = 200_000  # replies (~1 KB each): bounds a very long live session
 
 
 class DPOTrainer(Trainer):
@@ -40,9 +40,12 @@ class DPOTrainer(Trainer):
         return sums
 
     def reference_logps(self, examples: list[dict], batch=None) -> list[tuple[float, float]]:
-        """(chosen, rejected) reference log-probs: the base with the adapter disabled."""
-        keys = [self._key(ex) for ex in examples]
-        missing = [i for i, key in enumerate(keys) if key not in self.reference_cache]
+        """(chosen, rejected) reference log-probs: the base with the adapter disabled.
+
+        Cached per reply, not per pair: the live loop scores a round's candidates as the person reads
+        them, before it knows which one will be chosen."""
+        keys = [(self._key(ex, "chosen"), self._key(ex, "rejected")) for ex in examples]
+        missing = [i for i, (c, r) in enumerate(keys) if c not in self.reference_cache or r not in self.reference_cache]
         if missing:
             if batch is None or len(missing) < len(examples):
                 batch = packed_pairs(self.tokenizer, [examples[i] for i in missing], self.config.max_length, self.device)
@@ -53,20 +56,21 @@ class DPOTrainer(Trainer):
                 chosen, rejected = self._reduce(pair_token_logps(self.model, **batch), batch["segments"])
             self.model.train(was_training)
             for i, c, r in zip(missing, chosen.tolist(), rejected.tolist()):
-                self.reference_cache[keys[i]] = (c, r)
-        values = [self.reference_cache[key] for key in keys]
+                self.reference_cache[keys[i][0]], self.reference_cache[keys[i][1]] = c, r
+        values = [(self.reference_cache[c], self.reference_cache[r]) for c, r in keys]
         while len(self.reference_cache) > REFERENCE_CACHE_SIZE:  # oldest first: dicts keep insertion order
             del self.reference_cache[next(iter(self.reference_cache))]
         return values
 
-    def _key(self, example: dict) -> str:
-        """What a reference log-prob depends on: the texts, the truncation and IPO's averaging.
-
-        (The live loop swaps `config` between updates; the base weights never change.)
-        """
+    def _key(self, example: dict, reply: str) -> str:
+        """What a reply's reference log-prob depends on: the prompt, the reply, the truncation and IPO's
+        averaging. (The live loop swaps `config` between updates; the base weights never change.) Each
+        reply is truncated on its own; with a plain-text prompt, where tokens can merge across the
+        boundary, the split point depends on the other reply too, so it is part of the key."""
         cfg = self.config
-        return json.dumps([example["prompt"], example["chosen"], example["rejected"], cfg.max_length,
-                           cfg.loss_type == "ipo"], sort_keys=True)
+        other = None if isinstance(example["prompt"], list) else example["rejected" if reply == "chosen" else "chosen"]
+        return json.dumps([example["prompt"], example[reply], other, cfg.max_length, cfg.loss_type == "ipo"],
+                          sort_keys=True)
 
     def loss(self, examples: list[dict]):
         cfg = self.config

@@ -48,6 +48,7 @@ they are trained a window at a time while you go on (`tui-align replay` trains o
 | ctrl+t | take back the last judgment |
 | n | new conversation |
 | m | metrics panel |
+| l | the arena's leaderboard: versions rated from blind votes |
 | ctrl+r | restart the engine at the last version (after an error) |
 | i | back to the prompt box |
 | ? | this help |

@@ -69,3 +69,26 @@ def test_simulate_stores_picks_and_advances_the_version(tmp_path, tiny_model_dir
         # what simulate ran is metadata, never sent to the engine as a training override
         assert store.meta["metadata"]["judge"].endswith(":pick") and store.overrides == {}
         assert all(len(json.loads(u["feedback_ids"])) <= 8 for u in store.db["updates"].rows)
+
+
+def test_simulate_with_an_editor_stores_demonstrations_and_a_learning_curve(tmp_path, tiny_model_dir):
+    (tmp_path / "judge.py").write_text("def pick(prompt, a, b):\n    return 0 if len(a) <= len(b) else 1\n")
+    (tmp_path / "editor.py").write_text(
+        "calls = []\n"
+        "def ask(prompt, reply):\n"
+        "    calls.append(1)\n"
+        "    return reply + ' What do you think?' if len(calls) % 3 == 1 else None\n")
+    result = runner.invoke(app, [
+        "simulate", "--judge", f"{tmp_path / 'judge.py'}:pick", "--editor", f"{tmp_path / 'editor.py'}:ask",
+        "--rounds", "4", "--update-every", "2", "--session", "ed", "--model", str(tiny_model_dir),
+        "--max-new-tokens", "6", "--eval-prompts", "2", "--curve-every", "2", "--arena-every", "0",
+        "--seed", "3", "--sessions-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "after 2 judgments" in result.output and "learning curve (judgments: win rate vs v0): 2:" in result.output
+    assert "repeated trigrams" in result.output and "distinct words" in result.output
+    with SessionStore.open(tmp_path, "ed", readonly=True) as store:
+        demos = list(store.db["demonstrations"].rows)
+        assert demos and all(d["text"].endswith("What do you think?") and d["edited_from"] for d in demos)
+        assert store.meta["metadata"]["editor"].endswith(":ask")
+    bad = runner.invoke(app, ["simulate", "--judge", "shorter", "--editor", "nope", "--sessions-dir", str(tmp_path)])
+    assert bad.exit_code == 2 and "--editor nope" in bad.stderr

@@ -62,28 +62,44 @@ def load_judge(spec: str):
     """A judge by name, `module:function` or `file.py:function`; UserError if it can't be found."""
     if spec in BUILT_IN:
         return BUILT_IN[spec]
+    return load_function(spec, "--judge", "shorter, longer, ")
+
+
+def load_function(spec: str, option: str, names: str = "") -> callable:
+    """`module:function` or `path/file.py:function` (a judge, an editor); UserError naming `option`."""
     where, sep, name = spec.rpartition(":")
     if not sep or not where or not name:
-        raise UserError(f"--judge {spec}: use shorter, longer, module:function or path.py:function")
+        raise UserError(f"{option} {spec}: use {names}module:function or path.py:function")
     if where.endswith(".py"):
         path = Path(where)
         if not path.is_file():
-            raise UserError(f"--judge {spec}: no such file {path}")
-        loader = importlib.util.spec_from_file_location(f"tui_align_judge_{path.stem}", path)
+            raise UserError(f"{option} {spec}: no such file {path}")
+        loader = importlib.util.spec_from_file_location(f"tui_align_user_{path.stem}", path)
         module = importlib.util.module_from_spec(loader)
         try:
             loader.loader.exec_module(module)
         except Exception as exc:
-            raise UserError(f"--judge {spec}: {path} failed to import ({type(exc).__name__}: {exc})") from None
+            raise UserError(f"{option} {spec}: {path} failed to import ({type(exc).__name__}: {exc})") from None
     else:
         try:
             module = importlib.import_module(where)
         except Exception as exc:
-            raise UserError(f"--judge {spec}: cannot import {where} ({type(exc).__name__}: {exc})") from None
-    judge = getattr(module, name, None)
-    if not callable(judge):
-        raise UserError(f"--judge {spec}: {where} has no function {name}")
-    return judge
+            raise UserError(f"{option} {spec}: cannot import {where} ({type(exc).__name__}: {exc})") from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise UserError(f"{option} {spec}: {where} has no function {name}")
+    return function
+
+
+def checked_edit(editor, spec: str, prompt: str, reply: Reply) -> str | None:
+    """Call the editor `(prompt, reply) -> corrected reply or None`; anything else is a UserError."""
+    try:
+        edited = editor(prompt, reply)
+    except Exception as exc:
+        raise UserError(f"--editor {spec} raised {type(exc).__name__}: {exc}") from None
+    if edited is not None and not isinstance(edited, str):
+        raise UserError(f"--editor {spec} returned {edited!r}: an editor returns a string or None")
+    return edited if edited and edited != reply else None
 
 
 def checked_pick(judge, spec: str, prompt: str, a: Reply, b: Reply) -> int | None:

@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 
 import typer
 
+from tui_align import degeneration
 from tui_align.cli.common import fail, user_errors
 from tui_align.cli.sessions import SESSIONS_DIR
 from tui_align.loop import LoopConfig
@@ -60,23 +62,37 @@ def simulate(
     eval_prompts: int = typer.Option(16, "--eval-prompts", help="Held-out prompts for the final comparison (0 skips it)."),
     arena_every: int = typer.Option(LOOP.arena_every, "--arena-every", help="Every K-th round is a blind arena round "
                                     "(the live version against an earlier one), as in chat-train; 0: none."),
-    seed: int = typer.Option(LOOP.seed, "--seed", help="Seed of the prompt order, the shown order and the sampling."),
+    editor: str = typer.Option(None, "--editor", help="package.module:function or path/file.py:function, called as "
+                               "editor(prompt, reply) -> corrected reply or None: a person who corrects a reply now and "
+                               "then, as `e` does in the TUI (tried on each shown reply, left first, before the judge)."),
+    curve_every: int = typer.Option(0, "--curve-every", help="Measure the blind win rate vs v0 on the held-out prompts "
+                                    "after every K judgments: a learning curve (0: only at the end)."),
+    plot: Path = typer.Option(None, "--plot", help="Draw the learning curve, one line per seed, to this PNG "
+                              "(needs matplotlib: pip install 'tui-align[plot]')."),
+    seed: str = typer.Option(str(LOOP.seed), "--seed", help="Seed of the prompt order, the shown order and the sampling; "
+                             "several, comma-separated (0,1,2), run one after the other, each in SESSION-sN."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (the engine's device)."),
     sessions_dir: Path = SESSIONS_DIR,
 ) -> None:
     """Run the live loop with a simulated annotator and report its win rate against version 0."""
     with user_errors():
         from engine.protocol import UserError
-        from tui_align.judges import load_judge
+        from tui_align.judges import load_function, load_judge
         from tui_align.store import SessionStore, sessions_dir as resolve
 
         for name, value in (("--rounds", rounds), ("--update-every", update_every), ("--window", window),
                             ("--steps", steps or 1), ("--max-new-tokens", max_new_tokens)):
             if value < 1:
                 fail(f"{name} must be at least 1")
-        if arena_every < 0:
-            fail("--arena-every must be 0 (off) or more")
-        judge_fn = load_judge(judge)
+        if arena_every < 0 or curve_every < 0:
+            fail(f"{'--arena-every' if arena_every < 0 else '--curve-every'} must be 0 (off) or more")
+        try:
+            seeds = [int(part) for part in seed.split(",")]
+        except ValueError:
+            fail(f"--seed {seed}: an integer, or several separated by commas")
+        if plot is not None:
+            plot_module()  # refused now, not after the runs
+        person = Person(load_judge(judge), judge, load_function(editor, "--editor") if editor else None, editor or "")
         if prompts is not None:
             if not prompts.is_file():
                 raise UserError(f"--prompts {prompts}: no such file")
@@ -86,22 +102,65 @@ def simulate(
         else:
             train_prompts = builtin_prompts("prompts.txt")
         heldout = [p for p in builtin_prompts("heldout.txt") if p not in set(train_prompts)][:max(eval_prompts, 0)]
-        config = replace(LOOP, update_every=update_every, window=window, max_new_tokens=max_new_tokens,
-                         temperature=temperature, system=system or None, seed=seed, arena_every=arena_every)
+        base = session or time.strftime("simulate-%Y%m%d-%H%M%S")
         overrides = {k: v for k, v in dict(steps=steps, lr=lr, beta=beta, rpo_alpha=rpo_alpha).items() if v is not None}
-        name = session or time.strftime("simulate-%Y%m%d-%H%M%S")
-        store = SessionStore.open(resolve(sessions_dir), name, model=model, method="dpo", hyperparameters=overrides,
-                                  metadata={"simulate": {**asdict(config), "rounds": rounds}, "judge": judge})
-        try:
-            typer.echo(f"session {name} ({store.folder}); judge {judge}; {rounds} rounds, update every "
-                       f"{update_every} rows on the newest {window}")
-            asyncio.run(run(config, rounds, store, judge_fn, judge, train_prompts, heldout, model, device))
-        finally:
-            store.close()
+        curves = {}
+        for one in seeds:
+            config = replace(LOOP, update_every=update_every, window=window, max_new_tokens=max_new_tokens,
+                             temperature=temperature, system=system or None, seed=one, arena_every=arena_every)
+            name = base if len(seeds) == 1 else f"{base}-s{one}"
+            store = SessionStore.open(resolve(sessions_dir), name, model=model, method="dpo", hyperparameters=overrides,
+                                      metadata={"simulate": {**asdict(config), "rounds": rounds}, "judge": judge,
+                                                "editor": editor})
+            try:
+                typer.echo(f"session {name} ({store.folder}); judge {judge}; {rounds} rounds, update every "
+                           f"{update_every} rows on the newest {window}; seed {one}")
+                result = asyncio.run(run(config, rounds, store, person, train_prompts, heldout, model, device,
+                                         curve_every))
+                curves[one] = result.get("curve", [])
+            finally:
+                store.close()
+        if plot is not None:
+            draw(curves, plot, f"{judge}{' + ' + editor if editor else ''}")
 
 
-async def run(config: LoopConfig, rounds: int, store, judge, judge_name: str, train_prompts: list[str],
-              heldout: list[str], model: str | None, device: str) -> dict:
+@dataclass
+class Person:
+    """Who sits in the person's chair: a judge, and perhaps an editor."""
+
+    judge: Callable
+    judge_spec: str
+    editor: Callable | None = None
+    editor_spec: str = ""
+
+
+def plot_module():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        fail("--plot needs matplotlib: pip install 'tui-align[plot]' (or matplotlib)")
+    return plt
+
+
+def draw(curves: dict[int, list[tuple[int, float]]], path: Path, title: str) -> None:
+    plt = plot_module()
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for one, points in sorted(curves.items()):
+        if points:
+            axes.plot([j for j, _ in points], [100 * w for _, w in points], marker="o", label=f"seed {one}")
+    axes.axhline(50, color="grey", linewidth=0.8, linestyle=":")
+    axes.set(xlabel="judgments", ylabel="blind win rate vs v0 (%)", ylim=(0, 100), title=title)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    typer.echo(f"learning curve: {path}")
+
+
+async def run(config: LoopConfig, rounds: int, store, person: Person, train_prompts: list[str],
+              heldout: list[str], model: str | None, device: str, curve_every: int = 0) -> dict:
     from tui_align.client import EngineClient, EngineDied
     from tui_align.loop import LiveLoop
 
@@ -114,11 +173,15 @@ async def run(config: LoopConfig, rounds: int, store, judge, judge_name: str, tr
         info = client.info
         typer.echo(f"engine ready: {info.get('model')} on {info.get('device')}, version {client.version} "
                    f"({time.perf_counter() - started:.1f} s)")
-        picks = await train(config, rounds, loop, judge, judge_name, train_prompts)
+        counted, curve = await train(config, rounds, loop, person, train_prompts, heldout, curve_every)
         if client.version == 0 or not heldout:
             typer.echo("no comparison: " + ("no update ran" if heldout else "--eval-prompts 0"))
-            return {"version": client.version, "picks": picks}
-        result = {**await evaluate(config, client, judge, judge_name, heldout, store), "picks": picks}
+            return {"version": client.version, **counted, "curve": curve}
+        result = {**await evaluate(config, client, person, heldout, store), **counted}
+        curve = [p for p in curve if p[0] < counted["judgments"]] + [(counted["judgments"], result["win_rate"])]
+        result["curve"] = curve
+        typer.echo("learning curve (judgments: win rate vs v0): "
+                   + ", ".join(f"{j}: {w:.0%}" for j, w in curve))
     except EngineDied as exc:
         store.log("error", f"simulate: {exc}")
         fail(f"the engine died: {exc}", code=1)
@@ -126,8 +189,9 @@ async def run(config: LoopConfig, rounds: int, store, judge, judge_name: str, tr
         await loop.close()
     result["wall_s"] = time.perf_counter() - started
     line = (f"win rate of v{result['version']} vs v0 on {result['comparisons']} held-out comparisons "
-            f"({judge_name} judge, blind): {result['win_rate']:.1%} ({result['wins']} wins, {result['ties']} ties, "
-            f"{result['losses']} losses); {result['picks']} picks; wall time {result['wall_s']:.0f} s")
+            f"({person.judge_spec} judge, blind): {result['win_rate']:.1%} ({result['wins']} wins, {result['ties']} ties, "
+            f"{result['losses']} losses); {result['judgments']} judgments ({result['picks']} picks, {result['edits']} "
+            f"edits); wall time {result['wall_s']:.0f} s")
     store.log("info", f"simulate: {line}")
     typer.echo(line)
     return result
@@ -140,13 +204,17 @@ async def generate(client, messages: list[dict], config: LoopConfig, n: int, see
     raise RuntimeError("generate ended without a done event")
 
 
-async def train(config: LoopConfig, rounds: int, loop, judge, judge_name: str, prompts: list[str]) -> int:
-    """The training rounds, through the loop; returns the number of picks (judgments that were not ties)."""
-    from tui_align.judges import Reply, checked_pick
+async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: list[str], heldout: list[str],
+                curve_every: int = 0) -> tuple[dict, list[tuple[int, float]]]:
+    """The training rounds, through the loop. Returns the counts (judgments: every key a person would
+    press to judge; picks; edits) and the learning curve [(judgments, win rate vs v0)]."""
+    from tui_align.judges import Reply, checked_edit, checked_pick
 
     order = prompts[:]
     random.Random(config.seed).shuffle(order)
-    picks = 0
+    counts = {"judgments": 0, "picks": 0, "edits": 0}
+    curve: list[tuple[int, float]] = []
+    base = None  # v0's held-out replies, once a curve point needs them
     for number in range(1, rounds + 1):
         await loop.wait_for_update()  # the patient person: the next prompt once the last update is live
         prompt = order[(number - 1) % len(order)]
@@ -154,17 +222,33 @@ async def train(config: LoopConfig, rounds: int, loop, judge, judge_name: str, p
         round_ = await loop.generate(loop.begin(conversation, prompt))
         shown = [round_.results[i] for i in round_.shown_order]
         replies = [Reply(c["text"], c.get("finish_reason"), c.get("tokens")) for c in shown]
-        pick = checked_pick(judge, judge_name, prompt, replies[0], replies[1])
-        if pick is None:
+        edit = None
+        if person.editor is not None:
+            edit = next(((slot, text) for slot, reply in enumerate(replies)
+                         if (text := checked_edit(person.editor, person.editor_spec, prompt, reply))), None)
+        pick = None if edit else checked_pick(person.judge, person.judge_spec, prompt, replies[0], replies[1])
+        if edit:
+            loop.edit(round_, *edit)
+            counts["edits"] += 1
+        elif pick is None:
             loop.outcome(round_, "tie")
         else:
             loop.pick(round_, pick)
-            picks += 1
+            counts["picks"] += 1
+        counts["judgments"] += 1
+        verdict = f"edit {'AB'[edit[0]]}" if edit else ("left", "right")[pick] if pick is not None else "no pick"
         typer.echo(f"round {number:>3}/{rounds}  v{round_.version:<3} left {_describe(shown[0])} | right "
-                   f"{_describe(shown[1])}  -> {('left', 'right')[pick] if pick is not None else 'no pick'}"
+                   f"{_describe(shown[1])}  -> {verdict}{'  (arena)' if round_.versions else ''}"
                    f"{'  (update started)' if loop.updating else ''}")
+        if curve_every and heldout and counts["judgments"] % curve_every == 0 and number < rounds:
+            await loop.wait_for_update()
+            base = base or await held_out(config, loop.client, heldout, 0)
+            live = await held_out(config, loop.client, heldout, loop.client.version)
+            rate = compare(config, person, heldout, live, base)["win_rate"]
+            curve.append((counts["judgments"], rate))
+            typer.echo(f"  after {counts['judgments']} judgments: v{loop.client.version} wins {rate:.0%} vs v0 (held out)")
     await loop.wait_for_update()
-    return picks
+    return counts, curve
 
 
 async def held_out(cfg: LoopConfig, client, prompts: list[str], version: int) -> list[list]:
@@ -180,7 +264,7 @@ async def held_out(cfg: LoopConfig, client, prompts: list[str], version: int) ->
     return out
 
 
-def compare(cfg: LoopConfig, judge, judge_name: str, prompts: list[str], new: list[list], old: list[list]) -> dict:
+def compare(cfg: LoopConfig, person: Person, prompts: list[str], new: list[list], old: list[list]) -> dict:
     """The judge's blind verdicts, new vs old replies to the same prompts and seeds, in random order."""
     from tui_align.judges import checked_pick
 
@@ -189,7 +273,7 @@ def compare(cfg: LoopConfig, judge, judge_name: str, prompts: list[str], new: li
     for prompt, new_replies, old_replies in zip(prompts, new, old):
         for a, b in zip(new_replies, old_replies):
             new_left = rng.random() < 0.5
-            pick = checked_pick(judge, judge_name, prompt, *((a, b) if new_left else (b, a)))
+            pick = checked_pick(person.judge, person.judge_spec, prompt, *((a, b) if new_left else (b, a)))
             if pick is None:
                 ties += 1
             elif (pick == 0) == new_left:
@@ -201,7 +285,7 @@ def compare(cfg: LoopConfig, judge, judge_name: str, prompts: list[str], new: li
             "win_rate": (wins + ties / 2) / max(total, 1)}
 
 
-async def evaluate(cfg: LoopConfig, client, judge, judge_name: str, prompts: list[str], store=None) -> dict:
+async def evaluate(cfg: LoopConfig, client, person: Person, prompts: list[str], store=None) -> dict:
     """The final version vs version 0 on held-out prompts; with arena votes, also how well the arena's
     leaderboard ranks the voted versions by their own held-out win rate vs v0 (Spearman)."""
     from tui_align.arena import leaderboard, spearman
@@ -209,10 +293,13 @@ async def evaluate(cfg: LoopConfig, client, judge, judge_name: str, prompts: lis
     final = client.version
     base = await held_out(cfg, client, prompts, 0)
     samples = {final: await held_out(cfg, client, prompts, final)}
-    result = {"version": final, **compare(cfg, judge, judge_name, prompts, samples[final], base)}
-    finished = lambda replies: sum(r.finished for rs in replies for r in rs) / max(sum(map(len, replies)), 1)  # noqa: E731
-    typer.echo(f"held-out replies that finished within {cfg.max_new_tokens} tokens: v{final} "
-               f"{finished(samples[final]):.0%}, v0 {finished(base):.0%}")
+    result = {"version": final, **compare(cfg, person, prompts, samples[final], base)}
+    quality = {v: degeneration.summary([r for rs in replies for r in rs]) for v, replies in ((final, samples[final]), (0, base))}
+    for v in (final, 0):
+        q = quality[v]
+        typer.echo(f"held-out replies of v{v}: {q['finished']:.0%} finished within {cfg.max_new_tokens} tokens, "
+                   f"repeated trigrams {q['repeated_3grams']:.1%}, distinct words {q['distinct_words']:.0%}")
+    result["quality"] = {f"v{v}": q for v, q in quality.items()}
     board = [r for r in leaderboard(store.arena_votes()) if r.version] if store is not None else []
     if len(board) >= 2:
         checked = sorted(board, key=lambda r: -r.votes)[:ARENA_CHECKED]
@@ -220,7 +307,7 @@ async def evaluate(cfg: LoopConfig, client, judge, judge_name: str, prompts: lis
         for r in checked:
             if r.version not in samples:
                 samples[r.version] = await held_out(cfg, client, prompts, r.version)
-            rates.append(compare(cfg, judge, judge_name, prompts, samples[r.version], base)["win_rate"])
+            rates.append(compare(cfg, person, prompts, samples[r.version], base)["win_rate"])
         rho = spearman([r.rating for r in checked], rates)
         result["arena_spearman"] = rho
         typer.echo(f"arena: {len(store.arena_votes())} votes; leaderboard vs held-out win rate over "

@@ -231,7 +231,7 @@ async def test_a_failed_update_consumes_nothing(store):
     assert loop.state.version == 1 and loop.state.pending == 0
 
 
-async def test_a_backlog_is_worked_through_in_bounded_updates(store):
+async def test_a_backlog_fills_the_windows_of_updates_that_come_at_the_persons_pace(store):
     conversation = store.new_conversation()
     for i in range(30):  # as `sessions import` leaves it: 30 pairs nobody trained on
         turn = store.add_user_turn(conversation, f"q{i}")
@@ -244,16 +244,20 @@ async def test_a_backlog_is_worked_through_in_bounded_updates(store):
     engine.update_gate = asyncio.Event()  # the first update is still training when the person picks
     await loop.start()
     assert any("tui-align replay s" in n for n in notices)  # the person is told, and pointed at replay
-    r = await judged_round(loop, store)  # the person goes on meanwhile, never waiting
+    assert loop.updating  # one update on what was left, at start
+    r = await judged_round(loop, store, "Hi")  # the person goes on meanwhile, never waiting
     loop.pick(r, 0)
-    assert len(engine.updates) == 1 and loop.updating
     engine.update_gate.set()
-    for _ in range(10):
-        await settle(loop)
+    await settle(loop)
+    assert [len(u["examples"]) for u in engine.updates] == [8]  # one new row: not yet an update
+    loop.pick(await judged_round(loop, store, "Again"), 1)
+    await settle(loop)
+    await settle(loop)
     sizes = [len(u["examples"]) for u in engine.updates]
-    assert sizes == [8, 8, 8, 8] and loop.state.pending == 0  # 31 rows (the last 7 topped up), 8 at a time
-    # the newest pending rows go first: the person's pick is in the next update
-    assert any(e["prompt"][-1]["content"] == "Hi" for e in engine.updates[1]["examples"])
+    assert sizes == [8, 8] and loop.state.pending == 32 - 16  # no update of its own: no version per 8 rows
+    # the newest rows go first: both of the person's picks, then the backlog
+    prompts = [e["prompt"][-1]["content"] for e in engine.updates[1]["examples"]]
+    assert "Hi" in prompts and "Again" in prompts and sum(p.startswith("q") for p in prompts) == 6
 
 
 async def test_replay_samples_older_trained_rows_within_the_bound(store):

@@ -93,6 +93,7 @@ async def test_a_backlog_is_shown_and_the_status_bar_follows_the_loop(tmp_path):
         assert "training" in text and "feedback 20/2" in text and "backlog 12" in text
         assert any("tui-align replay fake" in n.message for n in app._notifications)
         engine.update_gate.set()
-        await until(pilot, lambda: not app.loop.updating and app.loop_state.pending == 0, "the backlog")
-        assert max(len(u["examples"]) for u in engine.updates) == 8 and "idle" in str(bar.render())
+        await until(pilot, lambda: not app.loop.updating, "the update")
+        assert [len(u["examples"]) for u in engine.updates] == [8] and "idle" in str(bar.render())
+        assert "feedback 12/2" in str(bar.render()) and "backlog 4" in str(bar.render())
         await pilot.press("escape", "q")

@@ -50,12 +50,12 @@ class FeedbackQueries:
         rows = self.db.query(f"{_EXAMPLES} where e.method = ? and e.withdrawn = 0 order by e.id", [method])
         return self._build(method, list(rows))
 
-    def pending_count(self, method: str, cap: int = PENDING_CAP) -> int:
-        """Examples of `method` no finished update has trained on, counted up to `cap` (an index range
-        with a LIMIT: its cost does not grow with a backlog)."""
+    def pending_count(self, method: str, cap: int = PENDING_CAP, after: int = 0) -> int:
+        """Examples of `method` no finished update has trained on (with an id above `after`), counted up to
+        `cap` (an index range with a LIMIT: its cost does not grow with a backlog)."""
         _check(method)
         return self.db.execute("""select count(*) from (select 1 from examples where method = ? and withdrawn = 0
-                                  and update_id is null limit ?)""", [method, cap]).fetchone()[0]
+                                  and update_id is null and id > ? limit ?)""", [method, after, cap]).fetchone()[0]
 
     def update_window(self, method: str, window: int, replay: int = 0,
                       rng: random.Random | None = None) -> list[tuple[int, dict]]:

@@ -102,6 +102,9 @@ class LiveLoop:
                                update_every=config.update_every, window=config.window)
         self.last: list[Judgment] = []  # this run's judgments, newest last (take_back pops one)
         self.prompts = 0  # prompts asked in this run: every arena_every-th is an arena round
+        # Updates come at the person's pace: after rows newer than the last update's window. A backlog
+        # adds no versions of its own (each is a 19 MB adapter on the default model); it fills windows.
+        self.trained_upto = 0  # the newest example id of the last successful update's window
         self._update_task: asyncio.Task | None = None
         self._update_id: int | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -145,8 +148,9 @@ class LiveLoop:
         self._set(engine="ready", version=version, model=model, device=str(info.get("device", "")), note="",
                   pending=self.store.pending_count(self.config.method))
         if self.state.backlog:
-            self.on_notice(f"{self.state.pending}{'+' if self.state.pending >= PENDING_CAP else ''} training rows are waiting: they are trained {self.config.window} "
-                           f"at a time while you go on; `tui-align replay {self.store.name}` trains on all of them "
+            self.on_notice(f"{self.state.pending}{'+' if self.state.pending >= PENDING_CAP else ''} training rows "
+                           f"are waiting: each live update takes your newest rows, then fills its {self.config.window}"
+                           f" with them while you go on; `tui-align replay {self.store.name}` trains on all of them "
                            "in batch", "information")
         self.maybe_update()
         return True
@@ -334,9 +338,14 @@ class LiveLoop:
 
     # Updates ----------------------------------------------------------------------------
 
+    @property
+    def new_rows(self) -> int:
+        """Untrained rows newer than the last update's window (a backlog is older, or it is the first)."""
+        return self.store.pending_count(self.config.method, self.config.update_every, after=self.trained_upto)
+
     def maybe_update(self) -> None:
-        """Start an update once `update_every` rows are pending (and again after it, through a backlog)."""
-        if self.ready and not self.updating and self.state.pending >= self.config.update_every:
+        """Start an update once `update_every` rows newer than the last update's window wait."""
+        if self.ready and not self.updating and self.new_rows >= self.config.update_every:
             self._update_task = self._spawn(self.update())
 
     def train_now(self) -> str | None:
@@ -383,6 +392,7 @@ class LiveLoop:
             self._update_id = None
             raise
         self._update_id = None
+        self.trained_upto = max(self.trained_upto, *ids)  # rows judged meanwhile are newer: the next update
         version, metrics = done["version"], done.get("metrics", {})
         self.store.finish_update(update_id, "done", version=version, metrics=metrics)
         self.store.record_version(version, self.store.versions_dir / f"v{version:04d}", metrics)
@@ -393,7 +403,7 @@ class LiveLoop:
         loss = metrics.get("loss")
         self.on_notice(f"v{version} is live" + (f" (loss {loss:.3f})" if isinstance(loss, float) else ""), "update")
         self._update_task = None
-        self.maybe_update()  # a backlog is worked through, one bounded update at a time
+        self.maybe_update()  # the rows judged while it trained
         return done
 
     def _progress(self, event: dict) -> None:

@@ -213,14 +213,15 @@ class LiveLoop:
         cfg = self.config
         seed = self.rng.randrange(2**31)
         self._set(generating=True)
-        # One request for the round's candidates, or one per version in an arena round.
+        # One request for the round's candidates, or one per version in an arena round, each with its own
+        # seed: two close versions sampled with one seed often give the same reply, a judgment wasted.
         requests = ([(None, range(round_.n))] if round_.versions is None else
                     [(v, [i]) for i, v in enumerate(round_.versions)])
         results: list[dict] = [{}] * round_.n
         try:
-            for version, candidates in requests:
-                async for event in self.client.generate(round_.prompt, n=len(candidates), seed=seed, version=version,
-                                                        **cfg.sampling):
+            for number, (version, candidates) in enumerate(requests):
+                async for event in self.client.generate(round_.prompt, n=len(candidates), seed=seed + number,
+                                                        version=version, **cfg.sampling):
                     if event["type"] == "token":
                         candidate = candidates[event["candidate"]]
                         round_.texts[candidate] += event["text"]

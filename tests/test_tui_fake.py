@@ -64,6 +64,7 @@ async def test_take_back_opens_the_round_again_and_the_pick_is_never_trained(tmp
         assert chat.phase is Phase.PROMPT and app.loop.updating
         await pilot.press("ctrl+t")
         assert chat.phase is Phase.JUDGING and chat.round is not None
+        assert all("✓" not in view.border_title for view in chat.candidates.views)  # the verdict is gone
         assert store.db["preferences"].get(1)["withdrawn"] == 1 and app.loop_state.pending == 0
         await pilot.press("b")  # judged again
         engine.update_gate.set()

@@ -268,14 +268,16 @@ class ChatScreen(Screen):
             self.conversation.remove_last_turn()
             self.round = r
             for slot, view in enumerate(self.candidates.views):
+                view.reset()  # the verdict marks go too
                 view.finish(r.text_at(slot), r.results[r.shown_order[slot]])
                 if slot in r.scores:
                     view.mark(f"{r.scores[slot]}/5 stored", "rated")
             self.phase = Phase.JUDGING
         elif judgment.slot is not None:
-            self.candidates.views[judgment.slot].finish(r.text_at(judgment.slot),
-                                                        r.results[r.shown_order[judgment.slot]])
-            self.candidates.views[judgment.slot].focus()
+            view = self.candidates.views[judgment.slot]
+            view.reset()
+            view.finish(r.text_at(judgment.slot), r.results[r.shown_order[judgment.slot]])
+            view.focus()
         self.show_hint()
         self.notify("taken back: it is never trained on from now", timeout=4)
 

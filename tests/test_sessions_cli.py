@@ -109,6 +109,8 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
         (("sessions", "show", "corrupt"), "not a readable SQLite database"),
         (("sessions", "export", "s", "--kind", "votes", "--out", str(tmp_path / "x")), "--kind votes"),
         (("sessions", "export", "s", "--out", str(tmp_path / "exists.jsonl")), "already exists"),
+        (("sessions", "export", "s", "--out", str(tmp_path / "missing" / "dir" / "pairs.jsonl")), "no folder"),
+        (("sessions", "leaderboard", "nope"), "no session 'nope'"),
         (("sessions", "import", str(tmp_path / "bad.jsonl"), "--name", "n"), "bad.jsonl:2: not valid JSON"),
         (("sessions", "import", str(tmp_path / "odd.jsonl"), "--name", "n"), "cannot tell the kind"),
         (("sessions", "import", str(tmp_path / "missing.jsonl"), "--name", "n"), "no such file"),
@@ -119,7 +121,7 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
         assert result.exit_code == 2, (args, result.output)
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
         assert "Traceback" not in result.output
-    assert not (tmp_path / "n").exists() and not (tmp_path / "x").exists()
+    assert not (tmp_path / "n").exists() and not (tmp_path / "x").exists() and not (tmp_path / "missing").exists()
     listing = cli("sessions", "list", root=tmp_path)
     assert listing.exit_code == 0 and "corrupt" in listing.output and "unreadable" in listing.output
 

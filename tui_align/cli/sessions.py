@@ -174,6 +174,8 @@ def export(name: str = typer.Argument(..., help="Session name."),
             fail(f"--format {fmt}: choose jsonl or hf")
         if out.exists():
             fail(f"--out {out} already exists: choose a new path (nothing was written)")
+        if not out.absolute().parent.is_dir():
+            fail(f"--out {out}: no folder {out.absolute().parent} to write it in (nothing was written)")
         from tui_align.store import SessionStore, sessions_dir as resolve
 
         with SessionStore.open(resolve(sessions_dir), name, readonly=True) as store:

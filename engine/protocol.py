@@ -43,8 +43,20 @@ class NonFiniteLoss(Exception):
 # here, torch-free, so the person-facing side and the CLI can read the defaults.
 
 
+class DictConfig:
+    """For the config dataclasses: to and from plain dicts (unknown keys and None values are dropped)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known and v is not None})
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
     """Batch defaults (`tui-align train`, `replay`); each field is one option of those commands."""
 
     lr: float = 1e-4
@@ -62,14 +74,6 @@ class TrainConfig:
     seed: int = 0
     save_steps: int | None = None  # fit(): write output/checkpoint-N every N optimizer steps
     shuffle: bool = True  # fit(): reshuffle the rows every epoch (off: file order, as TRL's "sequential")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known and v is not None})
 
 
 @dataclass(frozen=True)

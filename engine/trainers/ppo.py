@@ -19,13 +19,13 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
 from engine.chat import chat_ids
 from engine.data import collate, tokenize_pair
-from engine.protocol import DataError, NonFiniteLoss
+from engine.protocol import DataError, DictConfig, NonFiniteLoss
 from engine.logprobs import token_logps
 from engine.losses import KL_ESTIMATORS, gae, kl_penalty, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss
 from engine.value_head import ValueHead, logps_and_values
@@ -33,7 +33,7 @@ from engine.trainers.base import adamw
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(DictConfig):
     lr: float = 5e-5
     batch_size: int = 8  # rollouts per step (headless fit)
     mini_batch_size: int = 4
@@ -55,14 +55,6 @@ class PPOConfig:
     top_p: float = 1.0
     max_length: int | None = 1024
     seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "PPOConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known and v is not None})
 
 
 class PPOTrainer:

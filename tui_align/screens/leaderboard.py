@@ -33,7 +33,9 @@ class LeaderboardScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         self.query_one(DataTable).add_columns("version", "rating", "95% interval", "votes", "win rate vs v0")
-        self.watch(self.app, "loop_state", lambda state: self.show())
+        self.show()
+        # Refit (with its bootstrap) only when a vote came in, not on every change of the loop's state.
+        self.watch(self.app, "loop_state", lambda old, new: old.votes != new.votes and self.show(), init=False)
 
     def show(self) -> None:
         votes, live = self.store.arena_votes(), self.store.active_version()

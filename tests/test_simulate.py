@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from engine.protocol import UserError
 from tui_align.cli import app
-from tui_align.judges import Reply, checked_pick, load_judge, longer, shorter
+from tui_align.judges import Reply, best_of, checked_pick, load_judge, longer, shorter
 from tui_align.store import SessionStore
 
 runner = CliRunner()
@@ -22,6 +22,14 @@ def test_builtin_judges_see_the_finish_reason():
     assert shorter("q", cut, cut) is None  # two cut-off fragments: their real lengths are unknown
     assert shorter("q", Reply("ab", "stop"), Reply("a", "stop")) == 1 and shorter("q", "a", "a") is None
     assert longer("q", Reply("ab", "stop"), Reply("a", "stop")) == 0
+
+
+def test_best_of_n_is_the_knockout_winner_of_the_pairwise_judge():
+    replies = [Reply(t, "stop") for t in ("a b c", "a", "a b", "a b c d")]
+    assert best_of(shorter, "shorter", "q", replies) == 1 and best_of(longer, "longer", "q", replies) == 3
+    same = [Reply("x", "stop")] * 3
+    assert best_of(shorter, "shorter", "q", same) is None  # no reply beats another: a tie, never trained on
+    assert best_of(shorter, "shorter", "q", [Reply("xy", "stop"), Reply("xy", "stop"), Reply("z", "stop")]) == 2
 
 
 def test_load_judge(tmp_path):

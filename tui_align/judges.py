@@ -111,3 +111,15 @@ def checked_pick(judge, spec: str, prompt: str, a: Reply, b: Reply) -> int | Non
     if pick not in (0, 1, None) or isinstance(pick, bool):
         raise UserError(f"--judge {spec} returned {pick!r}: a judge returns 0, 1 or None")
     return pick
+
+
+def best_of(judge, spec: str, prompt: str, replies: list[Reply]) -> int | None:
+    """The slot a person picking the best of N would press, from the pairwise judge: the winner of a
+    knock-out in shown order (a tie keeps the holder); None when no reply beats another (all ties)."""
+    best, decided = 0, False
+    for challenger in range(1, len(replies)):
+        pick = checked_pick(judge, spec, prompt, replies[best], replies[challenger])
+        if pick is not None:
+            best, decided = (best, challenger)[pick], True
+    return best if decided else None
+

@@ -27,6 +27,7 @@ from tui_align import degeneration
 from tui_align.cli.common import fail, user_errors
 from tui_align.cli.sessions import SESSIONS_DIR
 from tui_align.loop import LoopConfig
+from tui_align.rounds import SLOT_LETTERS
 
 LOOP = LoopConfig(seed=0)
 EVAL_SAMPLES = 2  # replies per held-out prompt and version
@@ -48,6 +49,8 @@ def simulate(
     session: str = typer.Option(None, "--session", help="Session to store the picks in (default: simulate-<time>); "
                                                         "an existing one resumes at its active version."),
     model: str = typer.Option(None, "--model", help="Model folder, GGUF file or hub id (default: bundled SmolLM2-135M-Instruct)."),
+    candidates: int = typer.Option(LOOP.candidates, "--candidates", help="Replies per round; the judge picks the best "
+                                   "of them, as a person pressing one letter does (pairwise, by knock-out)."),
     update_every: int = typer.Option(LOOP.update_every, "--update-every", help="Run an update after this many new training rows."),
     window: int = typer.Option(LOOP.window, "--window", help="Rows per update: the newest untrained ones, topped up with the most recently trained."),
     steps: int = typer.Option(None, "--steps", help="Optimizer steps per update (default: the engine's live default). "
@@ -80,6 +83,8 @@ def simulate(
         from tui_align.judges import load_function, load_judge
         from tui_align.store import SessionStore, sessions_dir as resolve
 
+        if not 2 <= candidates <= 8:
+            fail("--candidates must be 2 to 8")
         for name, value in (("--rounds", rounds), ("--update-every", update_every), ("--window", window),
                             ("--steps", steps or 1), ("--max-new-tokens", max_new_tokens)):
             if value < 1:
@@ -106,7 +111,7 @@ def simulate(
         overrides = {k: v for k, v in dict(steps=steps, lr=lr, beta=beta, rpo_alpha=rpo_alpha).items() if v is not None}
         curves = {}
         for one in seeds:
-            config = replace(LOOP, update_every=update_every, window=window, max_new_tokens=max_new_tokens,
+            config = replace(LOOP, candidates=candidates, update_every=update_every, window=window, max_new_tokens=max_new_tokens,
                              temperature=temperature, system=system or None, seed=one, arena_every=arena_every)
             name = base if len(seeds) == 1 else f"{base}-s{one}"
             store = SessionStore.open(resolve(sessions_dir), name, model=model, method="dpo", hyperparameters=overrides,
@@ -208,7 +213,7 @@ async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: 
                 curve_every: int = 0) -> tuple[dict, list[tuple[int, float]]]:
     """The training rounds, through the loop. Returns the counts (judgments: every key a person would
     press to judge; picks; edits) and the learning curve [(judgments, win rate vs v0)]."""
-    from tui_align.judges import Reply, checked_edit, checked_pick
+    from tui_align.judges import Reply, best_of, checked_edit
 
     order = prompts[:]
     random.Random(config.seed).shuffle(order)
@@ -226,7 +231,7 @@ async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: 
         if person.editor is not None:
             edit = next(((slot, text) for slot, reply in enumerate(replies)
                          if (text := checked_edit(person.editor, person.editor_spec, prompt, reply))), None)
-        pick = None if edit else checked_pick(person.judge, person.judge_spec, prompt, replies[0], replies[1])
+        pick = None if edit else best_of(person.judge, person.judge_spec, prompt, replies)
         if edit:
             loop.edit(round_, *edit)
             counts["edits"] += 1
@@ -236,9 +241,11 @@ async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: 
             loop.pick(round_, pick)
             counts["picks"] += 1
         counts["judgments"] += 1
-        verdict = f"edit {'AB'[edit[0]]}" if edit else ("left", "right")[pick] if pick is not None else "no pick"
-        typer.echo(f"round {number:>3}/{rounds}  v{round_.version:<3} left {_describe(shown[0])} | right "
-                   f"{_describe(shown[1])}  -> {verdict}{'  (arena)' if round_.versions else ''}"
+        letters = SLOT_LETTERS.upper()
+        verdict = f"edit {letters[edit[0]]}" if edit else f"pick {letters[pick]}" if pick is not None else "no pick"
+        typer.echo(f"round {number:>3}/{rounds}  v{round_.version:<3} "
+                   + " | ".join(f"{letters[i]} {_describe(c)}" for i, c in enumerate(shown))
+                   + f"  -> {verdict}{'  (arena)' if round_.versions else ''}"
                    f"{'  (update started)' if loop.updating else ''}")
         if curve_every and heldout and counts["judgments"] % curve_every == 0 and number < rounds:
             await loop.wait_for_update()

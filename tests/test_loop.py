@@ -84,6 +84,15 @@ async def test_ranking_of_three_candidates_makes_every_pair(store):
     assert store.history(store.latest_conversation())[-1]["content"] == r.text_at(2)
 
 
+async def test_picking_the_best_of_four_beats_the_other_three(store):
+    loop, engine, _ = make_loop(store, candidates=4)
+    await loop.start()
+    r = await judged_round(loop, store)
+    loop.pick(r, 3)  # the fourth letter, d
+    pairs = {(p["chosen_id"], p["rejected_id"]) for p in store.db["preferences"].rows}
+    assert pairs == {(r.response_at(3), r.response_at(s)) for s in range(3)} and loop.state.pending == 3
+
+
 @pytest.mark.parametrize("kind, outcome", [("tie", "tie"), ("both_bad", "both_bad"), ("skip", "skipped")])
 async def test_tie_both_bad_and_skip_are_kept_never_trained(store, kind, outcome):
     loop, _, _ = make_loop(store)

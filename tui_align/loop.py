@@ -23,7 +23,7 @@ from tui_align import DEFAULT_SYSTEM_PROMPT
 from tui_align.arena import opponent as arena_opponent
 from tui_align.client import EngineClient, EngineDied, EngineError
 from tui_align.feedback import PENDING_CAP
-from tui_align.rounds import Round
+from tui_align.rounds import SLOT_LETTERS, Round
 
 
 @dataclass
@@ -265,7 +265,7 @@ class LiveLoop:
         judgment = self.store.record_preference(round_.turn_id, round_.response_at(slot), round_.others(slot),
                                                 shown_order=round_.shown)
         round_.ranking = [slot] + [s for s in range(round_.n) if s != slot]
-        self._vote(round_, judgment, "ab"[slot])
+        self._vote(round_, judgment, SLOT_LETTERS[slot])
         self._judged(Judgment(round_, "preference", [judgment]), complete=True)
 
     def rank(self, round_: Round, slot: int) -> bool:

@@ -149,7 +149,7 @@ async def test_update_makes_a_version_and_rollback_restores_replies_exactly(clie
     done = await client.update("dpo", [PAIR], {"lr": 0.05, "steps": 3}, on_progress=progress.append)
     version = done["version"]
     assert version >= 1 and client.version == version and [p["step"] for p in progress] == [1, 2, 3]
-    assert {"loss", "grad_norm", "rewards/margin"} <= set(done["metrics"])
+    assert {"loss", "grad_norm", "rewards/margins"} <= set(done["metrics"])
     folder = engine.session / "versions" / f"v{version:04d}"
     assert (folder / "adapter_model.safetensors").exists() and (folder / "metadata.json").exists()
     after = await texts(client)

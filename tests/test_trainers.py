@@ -46,13 +46,13 @@ def test_dpo_raises_reward_accuracy_and_margin(tiny_policy):
     trainer = DPOTrainer(model, tokenizer, TrainConfig(lr=5e-3, beta=0.1))
     first = trainer.step(PAIRS)
     assert first["loss"] == pytest.approx(0.693147, abs=1e-5)  # LoRA B starts at 0: policy == reference
-    assert first["rewards/accuracy"] == 0.0 and first["rewards/margin"] == pytest.approx(0.0, abs=1e-6)
+    assert first["rewards/accuracies"] == 0.0 and first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
     for _ in range(12):
         last = trainer.step(PAIRS)
     with torch.no_grad():
         _, metrics = trainer.loss(PAIRS)
-    assert metrics["rewards/accuracy"] == 1.0
-    assert metrics["rewards/margin"] > 0.5
+    assert metrics["rewards/accuracies"] == 1.0
+    assert metrics["rewards/margins"] > 0.5
     assert last["loss"] < 0.8 * first["loss"]
     assert {"rewards/chosen", "rewards/rejected", "grad_norm", "tokens", "seconds"} <= last.keys()
     assert trainer.steps == 13
@@ -130,8 +130,8 @@ def test_dpo_trainer_loss_matches_trl_on_a_real_model(tiny_model_dir, loss_type)
     assert our_loss.item() == pytest.approx(trl_loss.item(), abs=1e-5)
     trl_metrics = {k: v[-1] for k, v in theirs._metrics["eval"].items()}
     if loss_type != "ipo":  # TRL's reward metrics use summed log-probs, ours the averages IPO trains on
-        assert metrics["rewards/margin"] == pytest.approx(trl_metrics["rewards/margins"], abs=1e-5)
-        assert metrics["rewards/accuracy"] == pytest.approx(trl_metrics["rewards/accuracies"])
+        assert metrics["rewards/margins"] == pytest.approx(trl_metrics["rewards/margins"], abs=1e-5)
+        assert metrics["rewards/accuracies"] == pytest.approx(trl_metrics["rewards/accuracies"])
 
 
 def test_non_finite_loss_discards_the_update(tiny_policy):

@@ -26,9 +26,9 @@ CANDIDATES = [
      "finish_reason": "length", "ttft_s": 0.1, "tokens_per_s": 21.0},
 ]
 UPDATES = [
-    {"loss": 0.69, "rewards/margin": 0.0, "rewards/accuracy": 0.5},
-    {"loss": 0.61, "rewards/margin": 0.2, "rewards/accuracy": 0.75},
-    {"loss": 0.48, "rewards/margin": 0.5, "rewards/accuracy": 1.0},
+    {"loss": 0.69, "rewards/margins": 0.0, "rewards/accuracies": 0.5},
+    {"loss": 0.61, "rewards/margins": 0.2, "rewards/accuracies": 0.75},
+    {"loss": 0.48, "rewards/margins": 0.5, "rewards/accuracies": 1.0},
 ]
 
 

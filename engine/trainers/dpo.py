@@ -95,8 +95,10 @@ class DPOTrainer(Trainer):
         metrics.update({
             "rewards/chosen": chosen_rewards.mean().item(),
             "rewards/rejected": rejected_rewards.mean().item(),
-            "rewards/margin": margin.mean().item(),
-            "rewards/accuracy": (margin > 0).float().mean().item(),
+            "rewards/margins": margin.mean().item(),
+            "rewards/accuracies": (margin > 0).float().mean().item(),
+            "logps/chosen": chosen.detach().mean().item(),
+            "logps/rejected": rejected.detach().mean().item(),
             "tokens": int((batch["segments"] >= 0).sum()),
         })
         return loss, metrics

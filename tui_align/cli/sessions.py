@@ -72,7 +72,7 @@ def show(name: str = typer.Argument(..., help="Session name."),
             typer.echo(f"version   {store.latest_version()}   last activity {_when(store.last_activity())}")
             _version_tree(store)
             for row in store.metrics_history()[-5:]:
-                figures = "  ".join(f"{k}={v:.3g}" for k, v in row.items() if k in ("loss", "rewards/accuracy", "rewards/margin"))
+                figures = "  ".join(f"{k}={v:.3g}" for k, v in row.items() if k in ("loss", "rewards/accuracies", "rewards/margins"))
                 typer.echo(f"  update {row['update']}: {row['method']} on {row['examples']} -> v{row['version']}  {figures}")
             turns = list(store.db["turns"].rows_where(order_by="id desc", limit=last))[::-1]
             for turn in turns:

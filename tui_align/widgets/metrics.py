@@ -7,7 +7,7 @@ from textual.widgets import Label, Sparkline, Static
 
 # (metric key, label) per method; keys are what the engine's trainers report.
 SERIES = {
-    "dpo": [("loss", "loss"), ("rewards/margin", "reward margin"), ("rewards/accuracy", "reward accuracy")],
+    "dpo": [("loss", "loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy")],
     "sft": [("loss", "loss")],
     "ppo": [("loss", "loss"), ("score/mean", "mean score"), ("kl", "KL")],
 }

@@ -14,7 +14,7 @@ import sys
 # whose cores are shared (the TUI, other jobs), spinning threads slowed generation 20x.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from engine.protocol import METHODS  # noqa: E402  (torch-free)
+from engine.protocol import METHODS, REPORT_TO  # noqa: E402  (torch-free)
 
 
 SERVE_HELP = "Load the model once, print one `ready ...` line on stdout, serve one client at a time (docs/protocol.md)."
@@ -51,6 +51,9 @@ def parser(prog: str = "python -m engine") -> argparse.ArgumentParser:
                        help="Torch threads for model work (default: all cores but one, left for the event loop and the TUI).")
     serve.add_argument("--lora-r", type=int, help="LoRA rank of the live adapter (default 16).")
     serve.add_argument("--lora-alpha", type=int, help="LoRA alpha of the live adapter (default 32).")
+    serve.add_argument("--report-to", choices=REPORT_TO,
+                       help="Log each update's metrics, at its version number, to SESSION/logs (TensorBoard) or to "
+                            "Trackio or W&B (default none).")
     return root
 
 

@@ -20,39 +20,78 @@ from engine.protocol import DataError
 KIND_KEYS = {"preference": ("prompt", "chosen", "rejected"), "sft": ("prompt", "completion")}
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    """Rows of a JSONL file or a folder written by `datasets.save_to_disk`."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
-    if path.is_dir():
-        try:
-            from datasets import load_from_disk
+TRAIN_SPLITS = ("train",)  # the split a dataset's training rows come from unless --split says
+EVAL_SPLITS = ("test", "validation", "eval")  # for --eval-data: the held-out split of a dataset, if it has one
+TABLE_FILES = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".arrow": "arrow"}  # read by datasets
 
-            dataset = load_from_disk(str(path))
-        except Exception as exc:  # datasets raises several types for a folder it can't read
-            raise DataError(f"{path}: not a dataset saved with save_to_disk ({exc})") from None
-        if hasattr(dataset, "keys"):  # a DatasetDict: take the train split
-            dataset = dataset["train"] if "train" in dataset else dataset[next(iter(dataset.keys()))]
-        rows = list(dataset)
+
+def read_rows(path: str | Path, split: str | None = None, preferred: tuple[str, ...] = TRAIN_SPLITS) -> list[dict]:
+    """Rows of a JSONL file, a folder written by `datasets.save_to_disk`, or what
+    `datasets.load_dataset` reads: a folder of JSON/CSV/parquet files, a parquet/CSV/JSON
+    file, or a hub id (where there is a network). `split` picks the split; without it the
+    first of `preferred` the dataset has, else its first."""
+    spec = str(path)
+    path = Path(path).expanduser()
+    if path.is_file() and path.suffix not in TABLE_FILES:
+        rows = _jsonl_rows(path)
+    elif path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json", "state.json")):
+        rows = _dataset_rows(path, split, preferred, saved=True)
+    elif path.exists() or _hub_id(spec):
+        rows = _dataset_rows(path if path.exists() else spec, split, preferred, saved=False)
     else:
-        rows = []
-        try:
-            lines = path.read_bytes().decode("utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: a row must be a JSON object")
-            rows.append(row)
+        raise DataError(f"{spec}: no such file or folder")
     if not rows:
-        raise DataError(f"{path}: no rows")
+        raise DataError(f"{spec}: no rows")
+    return rows
+
+
+def _hub_id(spec: str) -> bool:
+    """Looks like `name` or `owner/name` on the hub, not a path someone mistyped."""
+    parts = spec.split("/")
+    return len(parts) <= 2 and all(parts) and not spec.startswith((".", "~")) and Path(spec).suffix == ""
+
+
+def _dataset_rows(where, split: str | None, preferred: tuple[str, ...], saved: bool) -> list[dict]:
+    import datasets
+
+    datasets.disable_progress_bars()  # a dataset of our size loads in a moment; the run has its own bars
+    try:
+        if saved:
+            dataset = datasets.load_from_disk(str(where))
+        elif isinstance(where, Path) and where.is_file():
+            dataset = datasets.load_dataset(TABLE_FILES[where.suffix], data_files=str(where))
+        else:
+            dataset = datasets.load_dataset(str(where))
+    except Exception as exc:  # datasets raises many types for what it cannot read (or reach)
+        message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        how = "not a dataset saved with save_to_disk" if saved else "datasets.load_dataset could not read it"
+        raise DataError(f"{where}: {how} ({message})") from None
+    if hasattr(dataset, "keys"):  # a DatasetDict: pick the split
+        names = list(dataset.keys())
+        if split is not None and split not in names:
+            raise DataError(f"{where}: no split {split!r} (it has {', '.join(names)}); choose one with --split")
+        dataset = dataset[split or next((name for name in preferred if name in names), names[0])]
+    elif split is not None and split not in TRAIN_SPLITS:
+        raise DataError(f"{where}: a dataset without splits: drop --split {split}")
+    return list(dataset)
+
+
+def _jsonl_rows(path: Path) -> list[dict]:
+    rows = []
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: a row must be a JSON object")
+        rows.append(row)
     return rows
 
 
@@ -64,9 +103,10 @@ def detect_kind(row: dict) -> str:
     raise DataError("cannot tell the kind of row: expected keys prompt/chosen/rejected, prompt/completion or messages")
 
 
-def load_examples(path: str | Path, kind: str) -> list[dict]:
-    """Read and validate rows of the given kind ("preference" or "sft")."""
-    rows = read_rows(path)
+def load_examples(path: str | Path, kind: str, split: str | None = None,
+                  preferred: tuple[str, ...] = TRAIN_SPLITS) -> list[dict]:
+    """Read (read_rows) and validate rows of the given kind ("preference" or "sft")."""
+    rows = read_rows(path, split, preferred)
     for number, row in enumerate(rows, 1):
         try:
             validate(row, kind)

@@ -1,19 +1,35 @@
-"""Headless batch training, shared by `tui-align train` and `tui-align replay`.
+"""Headless batch training, shared by `tui-align train sft|dpo|rm` and `tui-align replay`.
 
 Runs in the calling process so that `accelerate launch tui-align train ...` spreads it
-over GPUs unchanged. The output folder appears only when training has finished.
+over GPUs unchanged. While it runs, everything goes to OUTPUT.partial/ (checkpoints, the
+log, TensorBoard's logs/); the output folder appears only when training has finished.
 """
 
 from __future__ import annotations
 
+import math
+import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
+from engine import checkpoints
 from engine.protocol import UserError
 from engine.models import LoRAConfig, add_lora, load_model
-from engine.trainers import DPOTrainer, SFTTrainer, TrainConfig
+from engine.trainers import DPOTrainer, RewardTrainer, SFTTrainer, TrainConfig
 
-TRAINERS = {"sft": SFTTrainer, "dpo": DPOTrainer}
+TRAINERS = {"sft": SFTTrainer, "dpo": DPOTrainer, "rm": RewardTrainer}
+
+
+@dataclass
+class RunOptions:
+    """What a headless run does besides training (each is a `tui-align train` option)."""
+
+    merge: bool = False  # also write OUTPUT/merged, the base with the adapter merged in
+    device: str = "auto"
+    resume: str | None = None  # a checkpoint folder, or "latest" (the newest in OUTPUT.partial)
+    report_to: str = "none"  # none, tensorboard, trackio or wandb (engine/tracking.py)
+    log: object | None = None  # the RunLog (engine/headless_log.py) to write into the run's folder
 
 
 def check_output(output: str | Path) -> Path:
@@ -23,26 +39,113 @@ def check_output(output: str | Path) -> Path:
     return output
 
 
+def work_dir(output: Path) -> Path:
+    """Where a run writes until it has finished (checkpoints, log, logs/)."""
+    return output.with_name(output.name + ".partial")
+
+
+def model_id(model: str | None) -> str | None:
+    """The model as a checkpoint or a reward model records it: a folder or file by its absolute path."""
+    return str(Path(model).expanduser().resolve()) if model and Path(model).expanduser().exists() else model
+
+
+def save_beside(trainer, folder: Path, metadata: dict) -> None:
+    """The trainer's adapter files into `folder`, beside what is there (checkpoints, the log, logs/)."""
+    tmp = folder / "adapter.tmp"
+    trainer.save(tmp, metadata)
+    for item in tmp.iterdir():
+        item.replace(folder / item.name)
+    tmp.rmdir()
+
+
+def split_rows(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, eval): `fraction` of the rows held out, chosen by `seed`; at least one row on each side."""
+    if not 0 < fraction < 1:
+        raise UserError(f"--eval-split {fraction}: a fraction between 0 and 1, e.g. 0.1")
+    if len(rows) < 2:
+        raise UserError(f"--eval-split: {len(rows)} row(s) cannot be split into training and held-out rows")
+    held = min(max(1, math.ceil(len(rows) * fraction)), len(rows) - 1)
+    indices = list(range(len(rows)))
+    random.Random(seed).shuffle(indices)
+    chosen = set(indices[:held])
+    return [r for i, r in enumerate(rows) if i not in chosen], [r for i, r in enumerate(rows) if i in chosen]
+
+
+def resume_point(resume: str | None, output: Path, identity: dict) -> Path | None:
+    """The checkpoint to resume from, checked against this run before the model loads."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = checkpoints.latest(work_dir(output))
+        if found is None:
+            raise UserError(f"--resume-from-checkpoint latest: no checkpoint in {work_dir(output)} "
+                            "(write them with --save-steps)")
+        resume = found
+    folder = Path(resume).expanduser()
+    checkpoints.check(folder, identity)
+    return folder
+
+
 def train(method: str, rows: list[dict], output: str | Path, model: str | None, config: TrainConfig,
-          lora: LoRAConfig, merge: bool = False, device: str = "auto", metadata: dict | None = None) -> dict:
-    """Fit a LoRA adapter on `rows`, save it to `output` (and a merged model with `merge`)."""
+          lora: LoRAConfig, run: RunOptions | None = None, metadata: dict | None = None,
+          eval_rows: list[dict] | None = None) -> dict:
+    """Fit a LoRA adapter on `rows`, save it to `output` (and a merged model with `run.merge`)."""
     import torch
+    from tqdm.auto import tqdm
+
+    from engine.tracking import check_report_to, open_tracker
     from engine.trainers.base import process_state
 
+    run = run or RunOptions()
     output = check_output(output)
+    partial = work_dir(output)
+    identity = {"model": model_id(model), "data": checkpoints.fingerprint(rows)}
+    resume_from = resume_point(run.resume, output, identity)
+    check_report_to(run.report_to)
+    if config.eval_steps and not eval_rows:
+        raise UserError("--eval-steps needs held-out rows: --eval-data FILE or --eval-split 0.1")
+    state = process_state()
+    if state.is_main_process:
+        partial.mkdir(parents=True, exist_ok=True)
+        if run.log is not None:
+            run.log.attach(partial)
     torch.manual_seed(config.seed)
-    base, tokenizer = load_model(model, device=device if device != "auto" else str(process_state().device))
-    policy = add_lora(base, lora)
-    trainer = TRAINERS[method](policy, tokenizer, config)
-    metrics = trainer.fit(rows, output_dir=output.with_name(output.name + ".partial"))
-    if process_state().is_main_process:
-        partial = output.with_name(output.name + ".partial")
-        trainer.save(partial, {"method": method, "model": model, "rows": len(rows), "metrics": metrics, **(metadata or {})})
-        tokenizer.save_pretrained(partial)
-        if merge:
-            from engine.versions import save_merged
+    device = run.device if run.device != "auto" else str(state.device)
+    if method == "rm":
+        from engine.trainers.reward import add_reward_lora, load_reward_base
 
-            save_merged(trainer.model, tokenizer, partial / "merged")
+        base, tokenizer = load_reward_base(model, device=device)
+        policy = add_reward_lora(base, lora)
+    else:
+        base, tokenizer = load_model(model, device=device)
+        policy = add_lora(base, lora)
+    trainer = TRAINERS[method](policy, tokenizer, config)
+    tracker = open_tracker(run.report_to, partial / "logs", output.name, {"method": method, **config.to_dict()})
+    try:
+        metrics = trainer.fit(rows, output_dir=partial, eval_rows=eval_rows, resume_from=resume_from,
+                              log=tracker.log if tracker else None, identity=identity)
+    finally:
+        if tracker is not None:
+            tracker.finish()
+    if method == "rm" and not eval_rows:  # how well it separates the pairs it was trained on
+        metrics.update({f"train/{k}": v for k, v in trainer.evaluate(rows).items() if k != "loss"})
+    if state.is_main_process:
+        with tqdm(total=2 + run.merge, desc="saving") as bar:
+            save_beside(trainer, partial, {"method": method, "model": identity["model"], "rows": len(rows),
+                                           "metrics": metrics, **(metadata or {})})
+            bar.update()
+            tokenizer.save_pretrained(partial)
+            bar.update()
+            if run.merge:
+                from transformers.utils import logging as hf_logging
+
+                from engine.versions import save_merged
+
+                hf_logging.disable_progress_bar()  # this bar is the saving phase's
+                save_merged(trainer.model, tokenizer, partial / "merged")
+                bar.update()
         shutil.rmtree(output, ignore_errors=True)
         partial.rename(output)
+    if tracker is not None:
+        metrics["logged_to"] = str(tracker.where).replace(str(partial), str(output))
     return metrics

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engine.data import read_rows
 from engine.protocol import DataError, UserError
-from engine.headless import check_output
+from engine.headless import check_output, save_beside, work_dir
 
 
 def load_prompts(path: str | Path) -> list:
@@ -52,37 +52,48 @@ def check_plot(plot: str | Path | None) -> None:
 
 
 def train_ppo(prompts: list, reward_spec: str, output: str | Path, model: str | None, config, lora,
-              steps: int, device: str = "auto", plot: str | Path | None = None, progress: bool = True) -> list[dict]:
+              steps: int, device: str = "auto", plot: str | Path | None = None, progress: bool = True,
+              report_to: str = "none", log=None) -> list[dict]:
+    """Train, then write `output` whole; `report_to` logs every step (engine/tracking.py), `log` is the
+    run's RunLog (engine/headless_log.py)."""
     import torch
     from tqdm.auto import tqdm
 
     from engine.models import add_lora, load_model
     from engine.rewards import load_reward
-    from engine.trainers.ppo import PPOTrainer
-
+    from engine.tracking import open_tracker
     from engine.trainers.base import process_state
+    from engine.trainers.ppo import PPOTrainer
 
     if process_state().num_processes > 1:  # rollouts and updates are not sharded across processes
         raise UserError("train ppo runs in one process on one device: start it without `accelerate launch`")
     output = check_output(output)
     check_plot(plot)
     reward = load_reward(reward_spec, device=device)  # user code fails here, before the model loads
+    partial = work_dir(output)
+    partial.mkdir(parents=True, exist_ok=True)
+    if log is not None:
+        log.attach(partial)
     torch.manual_seed(config.seed)
     base, tokenizer = load_model(model, device=device)
     trainer = PPOTrainer(add_lora(base, lora), tokenizer, config)
-    bar = tqdm(total=steps, desc="PPO", disable=not progress)
+    tracker = open_tracker(report_to, partial / "logs", output.name, {"method": "ppo", **config.to_dict()})
+    bar = tqdm(total=steps, desc="training", disable=not progress)
 
     def on_step(metrics: dict) -> None:
         bar.set_postfix(score=f"{metrics['score']:.3g}", kl=f"{metrics['kl']:.3g}", len=f"{metrics['response_length']:.3g}")
         bar.update(1)
+        if tracker is not None:
+            tracker.log(metrics, metrics["step"])
 
     try:
         history = trainer.fit(prompts, reward, steps, on_step=on_step)
     finally:
         bar.close()
-    partial = output.with_name(output.name + ".partial")
-    trainer.save(partial, {"model": model, "reward": reward_spec, "steps": steps, "prompts": len(prompts),
-                           "metrics": {k: v for k, v in history[-1].items() if k != "sample"}})
+        if tracker is not None:
+            tracker.finish()
+    save_beside(trainer, partial, {"model": model, "reward": reward_spec, "steps": steps, "prompts": len(prompts),
+                                   "metrics": {k: v for k, v in history[-1].items() if k != "sample"}})
     tokenizer.save_pretrained(partial)
     (partial / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     shutil.rmtree(output, ignore_errors=True)

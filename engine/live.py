@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -27,6 +28,7 @@ from engine.logprobs import causal_lm
 from engine.models import LoRAConfig, add_lora, load_model, model_name, parameter_count
 from engine.protocol import LIVE_TRAINING, METHODS, PROTOCOL_VERSION, NonFiniteLoss, UserError
 from engine.resources import engine_threads
+from engine.tracking import open_tracker
 from engine.trainers import DPOTrainer, SFTTrainer, TrainConfig
 
 # Scoring and training on a CPU use eager attention: torch's fused CPU kernel is slow on short masked
@@ -56,6 +58,7 @@ class EngineOptions:
     lora_alpha: int = 32
     version: int | None = None  # the saved version to start at (0: the base); None: the latest
     threads: int | None = None  # torch's intra-op threads; None: all cores but one (engine_threads)
+    report_to: str = "none"  # each update's metrics to a tracker (engine/tracking.py); TensorBoard's in SESSION/logs
 
 
 class LiveEngine:
@@ -81,6 +84,7 @@ class LiveEngine:
             self.session_dir = Path(tempfile.mkdtemp(prefix="tui-align-engine-"))
         self.root = self.session_dir / "versions"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.tracker = open_tracker(options.report_to, self.session_dir / "logs", self.session_dir.name)
         self.trainers: dict = {}
         self._version_cache: dict[int, dict] = {}
         self.generate_waiting = lambda: False  # set by the server: is a generate queued?
@@ -292,6 +296,12 @@ class LiveEngine:
         finally:
             self._update_job = None
         self.version = version
+        if self.tracker is not None:
+            try:
+                self.tracker.log({**_plain(metrics), "examples": len(rows)}, version)
+            except Exception as exc:  # the update is saved: a tracker's failure must not undo it
+                print(f"engine: --report-to {self.options.report_to}: could not log version {version}: {exc}",
+                      file=sys.stderr, flush=True)
         emit("done", version=version, metrics=_plain(metrics), seconds=round(time.perf_counter() - started, 4),
              preempted=interruptions)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 PROTOCOL_VERSION = 1
 METHODS = ("dpo", "sft", "ppo")  # what an `update` trains: the signal each kind of feedback gives
+REPORT_TO = ("none", "tensorboard", "trackio", "wandb")  # where training metrics go (engine/tracking.py)
 
 
 class ProtocolError(ValueError):
@@ -72,7 +73,9 @@ class TrainConfig(DictConfig):
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     seed: int = 0
+    warmup_steps: int = 0  # fit(): the learning rate rises linearly over this many optimizer steps
     save_steps: int | None = None  # fit(): write output/checkpoint-N every N optimizer steps
+    eval_steps: int | None = None  # fit(): evaluate the held-out rows every N optimizer steps (and at the end)
     shuffle: bool = True  # fit(): reshuffle the rows every epoch (off: file order, as TRL's "sequential")
 
 

@@ -25,6 +25,7 @@ from engine.protocol import (PROTOCOL_VERSION, REQUESTS, DataError, ModelError, 
                              UserError, decode, encode, parse_request)
 from engine.resources import trim_heap
 from engine.scheduler import GENERATE, OTHER, REFERENCE, Job, Scheduler
+from engine.tracking import check_report_to
 
 LINE_LIMIT = 64 * 1024 * 1024  # one message; updates carry whole conversations
 
@@ -284,6 +285,7 @@ def serve(options: ServeOptions) -> None:
     socket_path, address, token = check_transport(options)
     if options.method not in ("dpo", "sft", "ppo"):
         raise UserError(f"--method {options.method}: choose dpo, sft or ppo")
+    check_report_to(options.report_to)  # before the model loads
     engine = LiveEngine(options)
     asyncio.run(Server(engine, token).run(socket_path, address, options.watch_stdin))
 

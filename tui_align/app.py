@@ -30,9 +30,12 @@ NOTICE_SEVERITY = {"error": ("error", 30), "warning": ("warning", 10), "update":
                    "information": ("information", 12)}
 
 
-def engine_client(store: SessionStore, model: str | None, method: str, device: str = "auto") -> EngineClient:
+def engine_client(store: SessionStore, model: str | None, method: str, device: str = "auto",
+                  report_to: str = "none") -> EngineClient:
     """The engine process chat-train starts: on the session's folder, niced below the screen."""
-    return EngineClient(model=model, method=method, session_dir=store.folder, device=device, nice=ENGINE_NICENESS)
+    extra = ["--report-to", report_to] if report_to != "none" else []
+    return EngineClient(model=model, method=method, session_dir=store.folder, device=device, nice=ENGINE_NICENESS,
+                        extra_args=extra)
 
 
 class ChatTrainApp(App):

@@ -1,6 +1,6 @@
 """What SFT and DPO share: the optimizer, one live step, and the batch `fit` loop.
 
-A subclass defines `loss(examples) -> (loss, metrics)`. `step` is the live loop's entry
+A subclass defines `method` (what checkpoints record) and `loss(examples) -> (loss, metrics)`. `step` is the live loop's entry
 point: one optimizer update on a handful of examples, cheap to call again and again on
 the same model. `fit` runs the same loss under accelerate, so `accelerate launch` spreads
 it over GPUs or nodes unchanged.
@@ -19,6 +19,7 @@ from engine.protocol import NonFiniteLoss, TrainConfig
 
 
 class Trainer:
+    method = ""  # the `tui-align train` command it backs; a checkpoint of another method is refused
     def __init__(self, model, tokenizer, config: TrainConfig | None = None):
         self.model = model  # a PeftModel: base weights frozen, adapter trainable
         self.tokenizer = tokenizer
@@ -55,8 +56,15 @@ class Trainer:
                 "seconds": time.perf_counter() - started}
 
     def fit(self, rows: list[dict], output_dir: str | Path | None = None, progress: bool = True,
-            on_step=None) -> dict:
-        """Batch training over `rows`; returns the last logged metrics.
+            on_step=None, eval_rows: list[dict] | None = None, resume_from: str | Path | None = None,
+            log=None, identity: dict | None = None) -> dict:
+        """Batch training over `rows`; returns the last logged metrics (and the last evaluation's).
+
+        Every `save_steps` optimizer steps the main process writes output_dir/checkpoint-N
+        (engine/checkpoints.py); `resume_from` continues from one as if never stopped. Every
+        `eval_steps`, and at the end, `eval_rows` are evaluated. `log(metrics, step)` gets
+        every step's and every evaluation's metrics under TRL's names, on the main process.
+        `identity` (model, data) is written into each checkpoint, to refuse resuming another run.
 
         Under `accelerate launch` each process trains on its own shard and the LoRA
         gradients are averaged across processes before every optimizer step. The losses
@@ -66,25 +74,34 @@ class Trainer:
         """
         from tqdm.auto import tqdm
 
+        from engine import checkpoints
+
         cfg = self.config
         state = process_state()
+        main = state.is_main_process
         torch.manual_seed(cfg.seed)
         order = random.Random(cfg.seed)
+        scheduler = constant_with_warmup(self.optimizer, cfg.warmup_steps)
         per_process = math.ceil(len(rows) / state.num_processes)
         batches_per_epoch = math.ceil(per_process / cfg.batch_size)
         total = cfg.max_steps or math.ceil(batches_per_epoch * cfg.epochs / cfg.grad_accum)
-        bar = tqdm(total=total, desc=type(self).__name__, disable=not (progress and state.is_main_process))
+        position = checkpoints.Position()
+        if resume_from is not None:
+            position = checkpoints.load(resume_from, self, scheduler, order)
+        bar = tqdm(total=total, initial=position.step, desc="training", disable=not (progress and main))
         metrics: dict = {}
         window: list[float] = []
-        step = micro = 0
+        step, micro = position.step, position.micro
+        evaluated = None
         self.model.train()
         while step < total:
+            epoch_rng = order.getstate()  # before this epoch's shuffle: a checkpoint replays it
             indices = list(range(len(rows)))
             if cfg.shuffle:
                 order.shuffle(indices)
             indices += indices[: per_process * state.num_processes - len(indices)]  # equal shards: no rank waits alone
             shard = indices[state.process_index::state.num_processes]
-            for start in range(0, len(shard), cfg.batch_size):
+            for start in range(position.offset, len(shard), cfg.batch_size):
                 loss, batch_metrics = self.loss([rows[i] for i in shard[start:start + cfg.batch_size]])
                 (loss / cfg.grad_accum).backward()
                 micro += 1
@@ -92,23 +109,69 @@ class Trainer:
                     continue
                 average_gradients(self.params, state.num_processes)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                learning_rate = scheduler.get_last_lr()[0]
                 self.optimizer.step()
+                scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 step += 1
                 window = (window + [loss.item()])[-20:]
-                metrics = {**batch_metrics, "loss": loss.item(), "grad_norm": float(grad_norm), "step": step}
+                epoch = position.epoch + (start + cfg.batch_size) / max(len(shard), 1)
+                metrics = {**batch_metrics, "loss": loss.item(), "grad_norm": float(grad_norm),
+                           "learning_rate": learning_rate, "epoch": round(epoch, 4), "step": step}
                 bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")
                 bar.update(1)
                 if on_step:
                     on_step(metrics)
-                if output_dir and cfg.save_steps and step % cfg.save_steps == 0 and state.is_main_process:
-                    self.save(Path(output_dir) / f"checkpoint-{step}", {"step": step, **metrics})
+                if log and main:
+                    log(metrics, step)
+                if eval_rows and cfg.eval_steps and step % cfg.eval_steps == 0 and step < total:
+                    evaluated = self._evaluate_and_report(eval_rows, step, progress and main, log)
+                if output_dir and cfg.save_steps and step % cfg.save_steps == 0:
+                    done = checkpoints.Position(step=step, epoch=position.epoch, offset=start + cfg.batch_size,
+                                                micro=micro, epoch_rng=epoch_rng)
+                    if main:
+                        checkpoints.save(Path(output_dir) / f"{checkpoints.PREFIX}{step}", self, scheduler, done, metrics,
+                                         identity or {})
                 if step >= total:
                     break
+            position = checkpoints.Position(epoch=position.epoch + 1)
         bar.close()
+        if eval_rows:
+            evaluated = self._evaluate_and_report(eval_rows, step, progress and main, log)
         self.model.eval()
         self.steps += step
-        return metrics
+        return {**metrics, **(evaluated or {})}
+
+    @torch.no_grad()
+    def evaluate(self, rows: list[dict], progress: bool = False) -> dict:
+        """The loss and the loss's metrics over `rows` (eval mode, no update), averaged per row."""
+        from tqdm.auto import tqdm
+
+        was_training = self.model.training
+        self.model.eval()
+        sums: dict[str, float] = {}
+        try:
+            for start in tqdm(range(0, len(rows), self.config.batch_size), desc="evaluating", leave=False,
+                              disable=not progress):
+                batch = rows[start:start + self.config.batch_size]
+                loss, metrics = self.loss(batch)
+                for key, value in {"loss": loss.item(), **metrics}.items():
+                    if isinstance(value, float):
+                        sums[key] = sums.get(key, 0.0) + value * len(batch)
+        finally:
+            self.model.train(was_training)
+        return {key: total / len(rows) for key, total in sums.items()}
+
+    def _evaluate_and_report(self, rows: list[dict], step: int, show: bool, log) -> dict:
+        from tqdm.auto import tqdm
+
+        evaluated = {f"eval/{k}": v for k, v in self.evaluate(rows, progress=show).items()}
+        if show:
+            tqdm.write(f"eval at step {step}: " + ", ".join(f"{k.removeprefix('eval/')}={v:.4g}"
+                                                             for k, v in evaluated.items()))
+        if log and process_state().is_main_process:
+            log(evaluated, step)
+        return evaluated
 
     def save(self, folder: str | Path, metadata: dict | None = None) -> Path:
         from engine.versions import save_adapter
@@ -120,6 +183,13 @@ def adamw(params: list, config) -> torch.optim.AdamW:
     """AdamW, fused: one kernel over all tensors (a live step's optimizer update took 17 ms
     tensor by tensor on a CPU, 6 ms fused; HF Trainer's default is the fused one too)."""
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+
+
+def constant_with_warmup(optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate rises linearly over `warmup_steps`, then stays (transformers'
+    constant_with_warmup; 0 steps: constant)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: step / warmup_steps if step < warmup_steps else 1.0)
 
 
 def process_state():

@@ -22,6 +22,8 @@ REFERENCE_CACHE_SIZE = 200_000  # replies (~1 KB each): bounds a very long live 
 
 
 class DPOTrainer(Trainer):
+    method = "dpo"
+
     def __init__(self, model, tokenizer, config=None):
         super().__init__(model, tokenizer, config)
         self.reference_cache: dict[str, tuple[float, float]] = {}

@@ -10,7 +10,6 @@ base model) is what `--reward rm:PATH` loads.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -65,6 +64,8 @@ def sequence_scores(model, input_ids, attention_mask) -> torch.Tensor:
 class RewardTrainer(Trainer):
     """Trains a reward model on {prompt, chosen, rejected} rows (+ optional margin)."""
 
+    method = "rm"
+
     def loss(self, examples: list[dict]):
         batch = preference_batch(self.tokenizer, examples, self.config.max_length, self.device)
         chosen, rejected = sequence_scores(self.model, batch["input_ids"], batch["attention_mask"]).chunk(2)
@@ -73,17 +74,6 @@ class RewardTrainer(Trainer):
             margin = torch.tensor([float(ex.get("margin", 0.0)) for ex in examples], device=self.device)
         loss = pairwise_reward_loss(chosen, rejected, margin)
         return loss, _pair_metrics(chosen, rejected)
-
-    @torch.no_grad()
-    def evaluate(self, examples: list[dict], batch_size: int = 8) -> dict:
-        """Accuracy (chosen scored higher) and mean margin over `examples`."""
-        chosen, rejected = [], []
-        for start in range(0, len(examples), batch_size):
-            batch = preference_batch(self.tokenizer, examples[start:start + batch_size], self.config.max_length, self.device)
-            c, r = sequence_scores(self.model, batch["input_ids"], batch["attention_mask"]).chunk(2)
-            chosen.append(c)
-            rejected.append(r)
-        return _pair_metrics(torch.cat(chosen), torch.cat(rejected))
 
     def save(self, folder, metadata: dict | None = None) -> Path:
         from engine.versions import save_adapter
@@ -140,22 +130,3 @@ class RewardModel:
             batch = collate(sequences, self.tokenizer.pad_token_id, device)
             scores.extend(sequence_scores(self.model, batch["input_ids"], batch["attention_mask"]).tolist())
         return scores
-
-
-def train_reward_model(rows: list[dict], output: str | Path, model: str | None, config, lora,
-                       device: str = "auto", progress: bool = True) -> dict:
-    """Headless: fit a reward model on preference rows, write it to `output` (all or nothing)."""
-    from engine.headless import check_output
-
-    output = check_output(output)
-    torch.manual_seed(config.seed)
-    base, tokenizer = load_reward_base(model, device=device)
-    trainer = RewardTrainer(add_reward_lora(base, lora), tokenizer, config)
-    metrics = trainer.fit(rows, progress=progress)
-    metrics.update({f"eval/{k}": v for k, v in trainer.evaluate(rows).items()})
-    partial = output.with_name(output.name + ".partial")
-    base_spec = str(Path(model).expanduser().resolve()) if model and Path(model).expanduser().exists() else model
-    trainer.save(partial, {"model": base_spec, "rows": len(rows), "metrics": metrics})
-    shutil.rmtree(output, ignore_errors=True)
-    partial.rename(output)
-    return metrics

@@ -8,6 +8,8 @@ from engine.trainers.base import Trainer
 
 
 class SFTTrainer(Trainer):
+    method = "sft"
+
     def loss(self, examples: list[dict]):
         batch = sft_batch(self.tokenizer, examples, self.config.max_length, self.device)
         loss = sft_loss(self.model, **batch)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from engine.protocol import METHODS
+from engine.protocol import METHODS, REPORT_TO
 from tui_align.cli.common import fail, user_errors
 from tui_align.loop import LoopConfig
 
@@ -36,6 +36,8 @@ def chat_train(
                                       help="Sampling temperature of the candidates."),
     system: str = typer.Option(LOOP.system, "--system", help="System prompt of new conversations ('' for "
                                "none). Short answers finish, and finished replies teach more than cut-off ones."),
+    report_to: str = typer.Option("none", "--report-to", help="Log every live update (at its version number) to "
+                                  "tensorboard (SESSION/logs: `tensorboard --logdir SESSION/logs`), trackio, wandb or none."),
 ) -> None:
     """Chat with the model in a terminal UI; every pick, score or edit trains it within seconds."""
     # sqlite-utils imports pandas and numpy when installed (~0.5 s); the TUI needs neither, and the
@@ -49,6 +51,8 @@ def chat_train(
         for name in hidden:
             sys.modules.pop(name, None)
 
+    if report_to not in REPORT_TO:
+        fail(f"--report-to {report_to}: choose one of {', '.join(REPORT_TO)}")
     if method is not None and method not in METHODS:
         fail(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     new_session = not (resolve_sessions_dir(sessions_dir) / session / "session.db").exists()
@@ -73,4 +77,4 @@ def chat_train(
 
     config = LoopConfig(method=method, candidates=candidates, update_every=update_every, window=window, arena_every=arena_every,
                         max_new_tokens=max_new_tokens, temperature=temperature, system=system or None)
-    ChatTrainApp(store, config, engine_client(store, model or meta["model"], method, device)).run()
+    ChatTrainApp(store, config, engine_client(store, model or meta["model"], method, device, report_to)).run()

@@ -1,10 +1,11 @@
-"""What every command shares: failing with one clear line, and turning engine errors into it."""
+"""What every command shares: failing with one clear line, turning engine errors into it, and --config YAML."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
+from pathlib import Path
 
 import typer
 
@@ -40,3 +41,65 @@ def user_errors():
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+
+
+# --config FILE.yaml: every option of a command, set from YAML ---------------------------
+# TRL's names for the options that we call otherwise, so that a TRL-style YAML mostly works.
+TRL_NAMES = {"learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+             "gradient_accumulation_steps": "grad_accum", "model_name_or_path": "model", "output_dir": "output",
+             "dataset_name": "data", "dataset_train_split": "split"}
+
+
+def _yaml_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None):
+    """Eager callback of --config: the file's values become the command's defaults (click's
+    default_map), so any flag given on the command line wins."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    ctx.default_map = {**(ctx.default_map or {}), **read_config(value, ctx)}
+    return value
+
+
+CONFIG = typer.Option(None, "--config", is_eager=True, callback=_yaml_config, show_default=False,
+                      help="YAML file of this command's options (`max_steps: 100` or `max-steps: 100`; TRL's "
+                           "learning_rate, num_train_epochs, ... too); a flag on the command line wins.")
+
+
+def read_config(path: Path, ctx) -> dict:
+    """{parameter name: value} from a YAML file for `ctx.command`; a bad file, key or value: one line, exit 2."""
+    import click
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"--config {path}: {getattr(exc, 'strerror', None) or exc}")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        fail(f"--config {path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})")
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        fail(f"--config {path}: expected `option: value` lines, got a {type(values).__name__}")
+    lines = {str(key.value): key.start_mark.line + 1 for key, _ in root.value}
+    params = {p.name: p for p in ctx.command.params if p.name != "config"}
+    out = {}
+    for key, value in values.items():
+        where = f"--config {path}:{lines.get(str(key), '?')}"
+        name = TRL_NAMES.get(str(key), str(key)).replace("-", "_")
+        param = params.get(name)
+        if param is None:
+            fail(f"{where}: unknown option {key!r} for `{ctx.command_path}` (its options: see --help)")
+        number = getattr(param.type, "name", "") in ("integer", "float", "integer range", "float range")
+        if (number and isinstance(value, bool)) or (getattr(param.type, "name", "") == "integer"
+                                                    and isinstance(value, float) and not value.is_integer()):
+            fail(f"{where}: {key}: {value!r} is not a valid {param.type.name}")
+        try:
+            param.type_cast_value(ctx, value)
+        except click.BadParameter as exc:
+            fail(f"{where}: {key}: {exc.message}")
+        out[name] = value
+    return out

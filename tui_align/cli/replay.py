@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from tui_align.cli import train as t
-from tui_align.cli.common import fail, user_errors
+from tui_align.cli.common import CONFIG, fail, user_errors
 from tui_align.cli.sessions import SESSIONS_DIR
 
 REPLAY_METHODS = ("dpo", "sft")  # of engine.protocol.METHODS: those with a batch trainer over session rows
@@ -44,9 +44,12 @@ def replay(
     lr: float = t.LR, max_length: int = t.MAX_LENGTH, lora_r: int = t.LORA_R, lora_alpha: int = t.LORA_ALPHA,
     beta: float = t.BETA, loss_type: str = t.LOSS_TYPE, label_smoothing: float = t.LABEL_SMOOTHING,
     rpo_alpha: float = t.RPO_ALPHA, seed: int = t.SEED, merge: bool = t.MERGE, device: str = t.DEVICE,
-    sessions_dir: Path = SESSIONS_DIR,
+    sessions_dir: Path = SESSIONS_DIR, warmup_steps: int = t.WARMUP_STEPS, eval_data: str = t.EVAL_DATA,
+    eval_split: float = t.EVAL_SPLIT, eval_steps: int = t.EVAL_STEPS, save_steps: int = t.SAVE_STEPS,
+    resume_from_checkpoint: str = t.RESUME, report_to: str = t.REPORT_TO, config: Path = CONFIG,
 ) -> None:
     """Train a LoRA adapter in batch on the feedback of one or several sessions."""
+    options = dict(locals())
     with user_errors():
         from tui_align.store import SessionStore, sessions_dir as resolve
 
@@ -64,12 +67,11 @@ def replay(
         if not rows:
             fail(f"no {'preference pairs' if method == 'dpo' else 'demonstrations'} to train on in {', '.join(names)}")
         if model is None and len(models) == 1:
-            model = models.pop()  # the model the feedback was given on
-        options = dict(max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-                       max_length=max_length, seed=seed)
-        if method == "dpo":
-            options.update(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, rpo_alpha=rpo_alpha)
-        metrics = t.run(method, Path(names[0]), output, model, merge, device, lora_r, lora_alpha, options, rows=rows)
+            options["model"] = models.pop()  # the model the feedback was given on
+        if method != "dpo":  # DPO's options mean nothing to SFT
+            for name in ("beta", "loss_type", "label_smoothing", "rpo_alpha"):
+                options.pop(name)
+        metrics = t.run(method, options, rows=rows)
         typer.echo(f"used {len(rows)} {'pairs' if method == 'dpo' else 'demonstrations'} from {len(names)} session(s)")
         typer.echo("skipped: " + (", ".join(f"{n} {reason}" for reason, n in skipped.items()) or "none"))
         typer.echo("final: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))))

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import typer
 
-from engine.protocol import TrainConfig
-from tui_align.cli.common import user_errors
+from engine.protocol import REPORT_TO as TRACKERS, TrainConfig
+from tui_align.cli.common import CONFIG, user_errors
 
 DEFAULTS = TrainConfig()  # each option's default, defined once there
 
 train_app = typer.Typer(help="Train a LoRA adapter headless, on a dataset (runs under `accelerate launch` too).", no_args_is_help=True)
 
-DATA = typer.Option(..., "--data", help="JSONL file or a folder saved by datasets.save_to_disk, in TRL's format.")
+DATA = typer.Option(..., "--data", help="Rows in TRL's format: a JSONL file, a folder saved by datasets.save_to_disk, "
+                    "a folder or file datasets.load_dataset reads (JSON, parquet, CSV), or a datasets hub id.")
 OUTPUT = typer.Option(..., "--output", help="Folder to write the adapter to; must not exist yet.")
 MODEL = typer.Option(None, "--model", help="Model folder, GGUF file or hub id (default: bundled SmolLM2-135M-Instruct).")
 MAX_STEPS = typer.Option(DEFAULTS.max_steps, "--max-steps", help="Stop after this many optimizer steps (overrides --epochs).")
@@ -31,58 +32,119 @@ BETA = typer.Option(DEFAULTS.beta, "--beta", help="DPO temperature: how far the 
 LOSS_TYPE = typer.Option(DEFAULTS.loss_type, "--loss-type", help="DPO loss: sigmoid, hinge, ipo or robust.")
 LABEL_SMOOTHING = typer.Option(DEFAULTS.label_smoothing, "--label-smoothing", help="Assumed label-flip rate (cDPO with sigmoid, robust).")
 RPO_ALPHA = typer.Option(DEFAULTS.rpo_alpha, "--rpo-alpha", help="Add this weight times the chosen reply's NLL (RPO); keeps small-data DPO from drifting.")
+# What every batch command shares besides its hyperparameters (a new command adds these parameters).
+SPLIT = typer.Option(None, "--split", help="The split of --data to train on (default: train, else the first).")
+WARMUP_STEPS = typer.Option(DEFAULTS.warmup_steps, "--warmup-steps", help="Raise the learning rate linearly over this many steps.")
+EVAL_DATA = typer.Option(None, "--eval-data", help="Held-out rows (same formats as --data; a dataset's test split if it has one).")
+EVAL_SPLIT = typer.Option(None, "--eval-split", help="Hold out this fraction of --data instead, e.g. 0.1.")
+EVAL_STEPS = typer.Option(DEFAULTS.eval_steps, "--eval-steps", help="Evaluate every N steps (and always at the end): eval loss, and reward accuracy for dpo and rm.")
+SAVE_STEPS = typer.Option(DEFAULTS.save_steps, "--save-steps", help="Write OUTPUT.partial/checkpoint-N every N steps (adapter, optimizer, scheduler, data position, RNG).")
+RESUME = typer.Option(None, "--resume-from-checkpoint", help="Continue a stopped run: a checkpoint-N folder, or `latest` (the newest of OUTPUT).")
+REPORT_TO = typer.Option("none", "--report-to", help=f"Log every step's metrics (TRL's names) to {', '.join(TRACKERS[1:])} or none; "
+                         "TensorBoard's files go to OUTPUT/logs.")
 
 
 @train_app.command()
-def sft(data: Path = DATA, output: Path = OUTPUT, model: str = MODEL, max_steps: int = MAX_STEPS,
+def sft(data: str = DATA, output: Path = OUTPUT, model: str = MODEL, max_steps: int = MAX_STEPS,
         epochs: int = EPOCHS, batch_size: int = BATCH_SIZE, grad_accum: int = GRAD_ACCUM, lr: float = LR,
         max_length: int = MAX_LENGTH, lora_r: int = LORA_R, lora_alpha: int = LORA_ALPHA, seed: int = SEED,
-        merge: bool = MERGE, device: str = DEVICE) -> None:
+        merge: bool = MERGE, device: str = DEVICE, split: str = SPLIT, warmup_steps: int = WARMUP_STEPS,
+        eval_data: str = EVAL_DATA, eval_split: float = EVAL_SPLIT, eval_steps: int = EVAL_STEPS,
+        save_steps: int = SAVE_STEPS, resume_from_checkpoint: str = RESUME, report_to: str = REPORT_TO,
+        config: Path = CONFIG) -> None:
     """Supervised fine-tuning on {prompt, completion} or {messages} rows."""
-    run("sft", data, output, model, merge, device, lora_r, lora_alpha, dict(
-        max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-        max_length=max_length, seed=seed))
+    run("sft", locals())
 
 
 @train_app.command()
-def dpo(data: Path = DATA, output: Path = OUTPUT, model: str = MODEL, max_steps: int = MAX_STEPS,
+def dpo(data: str = DATA, output: Path = OUTPUT, model: str = MODEL, max_steps: int = MAX_STEPS,
         epochs: int = EPOCHS, batch_size: int = BATCH_SIZE, grad_accum: int = GRAD_ACCUM, lr: float = LR,
         max_length: int = MAX_LENGTH, lora_r: int = LORA_R, lora_alpha: int = LORA_ALPHA, beta: float = BETA,
         loss_type: str = LOSS_TYPE, label_smoothing: float = LABEL_SMOOTHING, rpo_alpha: float = RPO_ALPHA,
-        seed: int = SEED, merge: bool = MERGE, device: str = DEVICE) -> None:
+        seed: int = SEED, merge: bool = MERGE, device: str = DEVICE, split: str = SPLIT,
+        warmup_steps: int = WARMUP_STEPS, eval_data: str = EVAL_DATA, eval_split: float = EVAL_SPLIT,
+        eval_steps: int = EVAL_STEPS, save_steps: int = SAVE_STEPS, resume_from_checkpoint: str = RESUME,
+        report_to: str = REPORT_TO, config: Path = CONFIG) -> None:
     """Direct preference optimisation on {prompt, chosen, rejected} rows."""
-    run("dpo", data, output, model, merge, device, lora_r, lora_alpha, dict(
-        max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-        max_length=max_length, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
-        rpo_alpha=rpo_alpha, seed=seed))
+    run("dpo", locals())
 
 
-def run(method: str, data: Path, output: Path, model: str | None, merge: bool, device: str,
-        lora_r: int, lora_alpha: int, options: dict, rows: list[dict] | None = None) -> dict:
-    """Validate everything cheap first, then train; shared with `replay`."""
-    with user_errors():
-        from engine.data import load_examples
-        from engine.protocol import UserError
+KINDS = {"sft": "sft", "dpo": "preference", "rm": "preference"}  # the rows each batch method trains on
+
+
+def run(method: str, options: dict, rows: list[dict] | None = None) -> dict:
+    """Validate everything cheap first, then train; shared with `replay`.
+
+    `options`: the command's parameters by name (its `locals()`): TrainConfig's fields, the
+    LoRA shape, the data and eval sources and the run options (merge, device, resume, report-to)."""
+    from engine.headless_log import LOG_NAME, quiet_libraries  # standard library only
+
+    with user_errors(), quiet_libraries() as log:
+        from engine.data import EVAL_SPLITS, load_examples
+        from engine.protocol import DataError, UserError
         from engine.headless import check_output
         from engine.losses import DPO_LOSS_TYPES
+        from engine.tracking import check_report_to
 
-        check_output(output)
+        output = check_output(options["output"])
         if options.get("loss_type", "sigmoid") not in DPO_LOSS_TYPES:
             raise UserError(f"--loss-type {options['loss_type']}: choose one of {', '.join(DPO_LOSS_TYPES)}")
-        for name in ("batch_size", "grad_accum", "epochs"):
+        for name in ("batch_size", "grad_accum", "epochs", "save_steps", "eval_steps"):
             if options.get(name) is not None and options[name] < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if options.get("warmup_steps", 0) < 0:
+            raise UserError("--warmup-steps must be at least 0")
+        check_report_to(options.get("report_to") or "none")
+        if options.get("eval_data") and options.get("eval_split") is not None:
+            raise UserError("--eval-data and --eval-split exclude each other: choose one")
         if rows is None:
-            rows = load_examples(data, "preference" if method == "dpo" else "sft")
+            rows = load_examples(options["data"], KINDS[method], options.get("split"))
+        eval_rows = None
+        if options.get("eval_data"):
+            try:
+                eval_rows = load_examples(options["eval_data"], KINDS[method], preferred=EVAL_SPLITS)
+            except DataError as exc:
+                raise DataError(f"--eval-data {exc}") from None
 
-        from engine.headless import train
+        from engine.headless import RunOptions, split_rows, train
         from engine.models import LoRAConfig
 
-        metrics = train(method, rows, output, model, TrainConfig.from_dict(options),
-                        LoRAConfig(r=lora_r, alpha=lora_alpha), merge=merge, device=device)
-        summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-        typer.echo(f"trained {method} on {len(rows)} rows -> {output}  ({summary})")
+        if options.get("eval_split") is not None:
+            rows, eval_rows = split_rows(rows, options["eval_split"], options.get("seed", 0))
+        run_options = RunOptions(merge=options.get("merge", False), device=options.get("device", "auto"),
+                                 resume=options.get("resume_from_checkpoint"),
+                                 report_to=options.get("report_to") or "none", log=log)
+        metrics = train(method, rows, output, options.get("model"), TrainConfig.from_dict(options),
+                        LoRAConfig(r=options["lora_r"], alpha=options["lora_alpha"]), run_options,
+                        eval_rows=eval_rows)
+        from engine.trainers.base import process_state
+
+        if process_state().is_main_process:
+            typer.echo(summary(method, len(rows), output, options, metrics, (output / LOG_NAME).stat().st_size > 0))
         return metrics
+
+
+SUMMARY_FIGURES = ("loss", "rewards/accuracies", "rewards/margins", "accuracy", "margin")  # of the last step and the last evaluation
+
+
+def summary(method: str, rows: int, output: Path, options: dict, metrics: dict, logged: bool) -> str:
+    """The one line a run ends with: what it did, its last figures, where it went and how to use it."""
+    figures = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                        if k.removeprefix("eval/").removeprefix("train/") in SUMMARY_FIGURES)
+    if method == "rm":
+        use = f"use --reward rm:{output} (train ppo)"
+    elif options.get("merge"):
+        use = f"a full model in {output}/merged (AutoModelForCausalLM.from_pretrained)"
+    else:
+        from engine.models import CONVERTED_NAME, home
+
+        base = options.get("model") or str(home() / "models" / CONVERTED_NAME)
+        use = (f"use it: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), {str(output)!r}), "
+               "or train with --merge for a full model")
+    extras = "".join(f"; {what}" for what in (
+        f"metrics: {metrics['logged_to']}" if metrics.get("logged_to") else "",
+        f"library warnings: {output / 'train.log'}" if logged else "") if what)
+    return f"trained {method} on {rows} rows -> {output}  ({figures}); {use}{extras}"
 
 
 PROMPTS = typer.Option(..., "--prompts", help="Prompts: a .txt file (one per line) or JSONL with a \"prompt\" (text or messages).")
@@ -102,9 +164,11 @@ def ppo(prompts: Path = PROMPTS, reward: str = REWARD, output: Path = OUTPUT, mo
         lr: float = typer.Option(5e-5, "--lr", help="AdamW learning rate of the LoRA weights and the value head."),
         seed: int = SEED, lora_r: int = LORA_R, lora_alpha: int = LORA_ALPHA,
         plot: Path = typer.Option(None, "--plot", help="Also write a PNG of score, KL and length per step (needs matplotlib)."),
-        device: str = DEVICE) -> None:
+        device: str = DEVICE, report_to: str = REPORT_TO, config: Path = CONFIG) -> None:
     """PPO with a value head on prompts, scored by a reward function or reward model."""
-    with user_errors():
+    from engine.headless_log import quiet_libraries  # standard library only
+
+    with user_errors(), quiet_libraries() as log:
         import resource
 
         from engine.protocol import UserError
@@ -121,6 +185,9 @@ def ppo(prompts: Path = PROMPTS, reward: str = REWARD, output: Path = OUTPUT, mo
         if not temperature > 0 or not lr > 0:
             raise UserError("--temperature and --lr must be > 0")
         check_plot(plot)
+        from engine.tracking import check_report_to
+
+        check_report_to(report_to)
         rows = load_prompts(prompts)
 
         from engine.headless_ppo import train_ppo
@@ -131,7 +198,7 @@ def ppo(prompts: Path = PROMPTS, reward: str = REWARD, output: Path = OUTPUT, mo
                            ppo_epochs=ppo_epochs, kl_coef=kl_coef, target_kl=target_kl,
                            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         history = train_ppo(rows, reward, output, model, config, LoRAConfig(r=lora_r, alpha=lora_alpha), steps,
-                            device=device, plot=plot)
+                            device=device, plot=plot, report_to=report_to, log=log)
         first, last = history[0], history[-1]
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         typer.echo(f"trained ppo for {steps} steps on {len(rows)} prompts -> {output}  (score {first['score']:.4g} -> "
@@ -140,25 +207,11 @@ def ppo(prompts: Path = PROMPTS, reward: str = REWARD, output: Path = OUTPUT, mo
 
 
 @train_app.command()
-def rm(data: Path = DATA, output: Path = OUTPUT, model: str = MODEL, max_steps: int = MAX_STEPS,
+def rm(data: str = DATA, output: Path = OUTPUT, model: str = MODEL, max_steps: int = MAX_STEPS,
        epochs: int = EPOCHS, batch_size: int = BATCH_SIZE, lr: float = LR, max_length: int = MAX_LENGTH,
-       lora_r: int = LORA_R, lora_alpha: int = LORA_ALPHA, seed: int = SEED, device: str = DEVICE) -> None:
+       lora_r: int = LORA_R, lora_alpha: int = LORA_ALPHA, seed: int = SEED, device: str = DEVICE,
+       split: str = SPLIT, warmup_steps: int = WARMUP_STEPS, eval_data: str = EVAL_DATA,
+       eval_split: float = EVAL_SPLIT, eval_steps: int = EVAL_STEPS, save_steps: int = SAVE_STEPS,
+       resume_from_checkpoint: str = RESUME, report_to: str = REPORT_TO, config: Path = CONFIG) -> None:
     """A reward model (score head + LoRA on the base) from {prompt, chosen, rejected} rows; use it as --reward rm:OUTPUT."""
-    with user_errors():
-        from engine.data import load_examples
-        from engine.protocol import UserError
-        from engine.headless import check_output
-
-        check_output(output)
-        if batch_size < 1 or epochs < 1:
-            raise UserError("--batch-size and --epochs must be at least 1")
-        rows = load_examples(data, "preference")
-
-        from engine.models import LoRAConfig
-        from engine.trainers.reward import train_reward_model
-
-        config = TrainConfig(lr=lr, max_steps=max_steps, epochs=epochs, batch_size=batch_size,
-                             max_length=max_length, seed=seed)
-        metrics = train_reward_model(rows, output, model, config, LoRAConfig(r=lora_r, alpha=lora_alpha), device=device)
-        typer.echo(f"trained a reward model on {len(rows)} pairs -> {output}  (accuracy {metrics['eval/accuracy']:.3f}, "
-                   f"margin {metrics['eval/margin']:.3f}; use --reward rm:{output})")
+    run("rm", locals())

@@ -7,6 +7,7 @@ log, TensorBoard's logs/); the output folder appears only when training has fini
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import shutil
@@ -42,6 +43,17 @@ def check_output(output: str | Path) -> Path:
 def work_dir(output: Path) -> Path:
     """Where a run writes until it has finished (checkpoints, log, logs/)."""
     return output.with_name(output.name + ".partial")
+
+
+@contextlib.contextmanager
+def kept_if_resumable(partial: Path):
+    """A run that fails leaves nothing behind, unless it wrote a checkpoint to resume from."""
+    try:
+        yield
+    except BaseException:
+        if partial.is_dir() and checkpoints.latest(partial) is None:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
 def model_id(model: str | None) -> str | None:
@@ -105,47 +117,48 @@ def train(method: str, rows: list[dict], output: str | Path, model: str | None, 
     if config.eval_steps and not eval_rows:
         raise UserError("--eval-steps needs held-out rows: --eval-data FILE or --eval-split 0.1")
     state = process_state()
-    if state.is_main_process:
-        partial.mkdir(parents=True, exist_ok=True)
-        if run.log is not None:
-            run.log.attach(partial)
-    torch.manual_seed(config.seed)
-    device = run.device if run.device != "auto" else str(state.device)
-    if method == "rm":
-        from engine.trainers.reward import add_reward_lora, load_reward_base
+    with kept_if_resumable(partial):
+        if state.is_main_process:
+            partial.mkdir(parents=True, exist_ok=True)
+            if run.log is not None:
+                run.log.attach(partial)
+        torch.manual_seed(config.seed)
+        device = run.device if run.device != "auto" else str(state.device)
+        if method == "rm":
+            from engine.trainers.reward import add_reward_lora, load_reward_base
 
-        base, tokenizer = load_reward_base(model, device=device)
-        policy = add_reward_lora(base, lora)
-    else:
-        base, tokenizer = load_model(model, device=device)
-        policy = add_lora(base, lora)
-    trainer = TRAINERS[method](policy, tokenizer, config)
-    tracker = open_tracker(run.report_to, partial / "logs", output.name, {"method": method, **config.to_dict()})
-    try:
-        metrics = trainer.fit(rows, output_dir=partial, eval_rows=eval_rows, resume_from=resume_from,
-                              log=tracker.log if tracker else None, identity=identity)
-    finally:
-        if tracker is not None:
-            tracker.finish()
-    if method == "rm" and not eval_rows:  # how well it separates the pairs it was trained on
-        metrics.update({f"train/{k}": v for k, v in trainer.evaluate(rows).items() if k != "loss"})
-    if state.is_main_process:
-        with tqdm(total=2 + run.merge, desc="saving") as bar:
-            save_beside(trainer, partial, {"method": method, "model": identity["model"], "rows": len(rows),
-                                           "metrics": metrics, **(metadata or {})})
-            bar.update()
-            tokenizer.save_pretrained(partial)
-            bar.update()
-            if run.merge:
-                from transformers.utils import logging as hf_logging
-
-                from engine.versions import save_merged
-
-                hf_logging.disable_progress_bar()  # this bar is the saving phase's
-                save_merged(trainer.model, tokenizer, partial / "merged")
+            base, tokenizer = load_reward_base(model, device=device)
+            policy = add_reward_lora(base, lora)
+        else:
+            base, tokenizer = load_model(model, device=device)
+            policy = add_lora(base, lora)
+        trainer = TRAINERS[method](policy, tokenizer, config)
+        tracker = open_tracker(run.report_to, partial / "logs", output.name, {"method": method, **config.to_dict()})
+        try:
+            metrics = trainer.fit(rows, output_dir=partial, eval_rows=eval_rows, resume_from=resume_from,
+                                  log=tracker.log if tracker else None, identity=identity)
+        finally:
+            if tracker is not None:
+                tracker.finish()
+        if method == "rm" and not eval_rows:  # how well it separates the pairs it was trained on
+            metrics.update({f"train/{k}": v for k, v in trainer.evaluate(rows).items() if k != "loss"})
+        if state.is_main_process:
+            with tqdm(total=2 + run.merge, desc="saving") as bar:
+                save_beside(trainer, partial, {"method": method, "model": identity["model"], "rows": len(rows),
+                                               "metrics": metrics, **(metadata or {})})
                 bar.update()
-        shutil.rmtree(output, ignore_errors=True)
-        partial.rename(output)
+                tokenizer.save_pretrained(partial)
+                bar.update()
+                if run.merge:
+                    from transformers.utils import logging as hf_logging
+
+                    from engine.versions import save_merged
+
+                    hf_logging.disable_progress_bar()  # this bar is the saving phase's
+                    save_merged(trainer.model, tokenizer, partial / "merged")
+                    bar.update()
+            shutil.rmtree(output, ignore_errors=True)
+            partial.rename(output)
     if tracker is not None:
         metrics["logged_to"] = str(tracker.where).replace(str(partial), str(output))
     return metrics

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engine.data import read_rows
 from engine.protocol import DataError, UserError
-from engine.headless import check_output, save_beside, work_dir
+from engine.headless import check_output, kept_if_resumable, save_beside, work_dir
 
 
 def load_prompts(path: str | Path) -> list:
@@ -71,33 +71,34 @@ def train_ppo(prompts: list, reward_spec: str, output: str | Path, model: str | 
     check_plot(plot)
     reward = load_reward(reward_spec, device=device)  # user code fails here, before the model loads
     partial = work_dir(output)
-    partial.mkdir(parents=True, exist_ok=True)
-    if log is not None:
-        log.attach(partial)
-    torch.manual_seed(config.seed)
-    base, tokenizer = load_model(model, device=device)
-    trainer = PPOTrainer(add_lora(base, lora), tokenizer, config)
-    tracker = open_tracker(report_to, partial / "logs", output.name, {"method": "ppo", **config.to_dict()})
-    bar = tqdm(total=steps, desc="training", disable=not progress)
+    with kept_if_resumable(partial):
+        partial.mkdir(parents=True, exist_ok=True)
+        if log is not None:
+            log.attach(partial)
+        torch.manual_seed(config.seed)
+        base, tokenizer = load_model(model, device=device)
+        trainer = PPOTrainer(add_lora(base, lora), tokenizer, config)
+        tracker = open_tracker(report_to, partial / "logs", output.name, {"method": "ppo", **config.to_dict()})
+        bar = tqdm(total=steps, desc="training", disable=not progress)
 
-    def on_step(metrics: dict) -> None:
-        bar.set_postfix(score=f"{metrics['score']:.3g}", kl=f"{metrics['kl']:.3g}", len=f"{metrics['response_length']:.3g}")
-        bar.update(1)
-        if tracker is not None:
-            tracker.log(metrics, metrics["step"])
+        def on_step(metrics: dict) -> None:
+            bar.set_postfix(score=f"{metrics['score']:.3g}", kl=f"{metrics['kl']:.3g}", len=f"{metrics['response_length']:.3g}")
+            bar.update(1)
+            if tracker is not None:
+                tracker.log(metrics, metrics["step"])
 
-    try:
-        history = trainer.fit(prompts, reward, steps, on_step=on_step)
-    finally:
-        bar.close()
-        if tracker is not None:
-            tracker.finish()
-    save_beside(trainer, partial, {"model": model, "reward": reward_spec, "steps": steps, "prompts": len(prompts),
-                                   "metrics": {k: v for k, v in history[-1].items() if k != "sample"}})
-    tokenizer.save_pretrained(partial)
-    (partial / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-    shutil.rmtree(output, ignore_errors=True)
-    partial.rename(output)
+        try:
+            history = trainer.fit(prompts, reward, steps, on_step=on_step)
+        finally:
+            bar.close()
+            if tracker is not None:
+                tracker.finish()
+        save_beside(trainer, partial, {"model": model, "reward": reward_spec, "steps": steps, "prompts": len(prompts),
+                                       "metrics": {k: v for k, v in history[-1].items() if k != "sample"}})
+        tokenizer.save_pretrained(partial)
+        (partial / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+        shutil.rmtree(output, ignore_errors=True)
+        partial.rename(output)
     if plot is not None:
         write_plot(history, plot, title=f"PPO, reward {reward_spec}")
     return history

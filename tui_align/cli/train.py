@@ -120,30 +120,35 @@ def run(method: str, options: dict, rows: list[dict] | None = None) -> dict:
         from engine.trainers.base import process_state
 
         if process_state().is_main_process:
-            typer.echo(summary(method, len(rows), output, options, metrics, (output / LOG_NAME).stat().st_size > 0))
+            log_file = output / LOG_NAME
+            typer.echo(summary(method, len(rows), output, options, metrics, log_file if log_file.stat().st_size else None))
         return metrics
 
 
 SUMMARY_FIGURES = ("loss", "rewards/accuracies", "rewards/margins", "accuracy", "margin")  # of the last step and the last evaluation
 
 
-def summary(method: str, rows: int, output: Path, options: dict, metrics: dict, logged: bool) -> str:
+def usage(method: str, output: Path, model: str | None, merged: bool) -> str:
+    """How to use what a run wrote."""
+    if method == "rm":
+        return f"use --reward rm:{output} (train ppo)"
+    if merged:
+        return f"a full model in {output}/merged (AutoModelForCausalLM.from_pretrained)"
+    from engine.models import CONVERTED_NAME, home
+
+    base = model or str(home() / "models" / CONVERTED_NAME)
+    return (f"use it: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), {str(output)!r})"
+            + ("" if method == "ppo" else ", or train with --merge for a full model"))
+
+
+def summary(method: str, rows: int, output: Path, options: dict, metrics: dict, log_file: Path | None) -> str:
     """The one line a run ends with: what it did, its last figures, where it went and how to use it."""
     figures = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
                         if k.removeprefix("eval/").removeprefix("train/") in SUMMARY_FIGURES)
-    if method == "rm":
-        use = f"use --reward rm:{output} (train ppo)"
-    elif options.get("merge"):
-        use = f"a full model in {output}/merged (AutoModelForCausalLM.from_pretrained)"
-    else:
-        from engine.models import CONVERTED_NAME, home
-
-        base = options.get("model") or str(home() / "models" / CONVERTED_NAME)
-        use = (f"use it: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), {str(output)!r}), "
-               "or train with --merge for a full model")
+    use = usage(method, output, options.get("model"), options.get("merge", False))
     extras = "".join(f"; {what}" for what in (
         f"metrics: {metrics['logged_to']}" if metrics.get("logged_to") else "",
-        f"library warnings: {output / 'train.log'}" if logged else "") if what)
+        f"library warnings: {log_file}" if log_file else "") if what)
     return f"trained {method} on {rows} rows -> {output}  ({figures}); {use}{extras}"
 
 
@@ -203,7 +208,7 @@ def ppo(prompts: Path = PROMPTS, reward: str = REWARD, output: Path = OUTPUT, mo
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         typer.echo(f"trained ppo for {steps} steps on {len(rows)} prompts -> {output}  (score {first['score']:.4g} -> "
                    f"{last['score']:.4g}, kl {last['kl']:.4g}, length {first['response_length']:.3g} -> "
-                   f"{last['response_length']:.3g} tokens, peak RSS {peak_mb:.0f} MB)")
+                   f"{last['response_length']:.3g} tokens, peak RSS {peak_mb:.0f} MB); {usage('ppo', output, model, False)}")
 
 
 @train_app.command()

@@ -111,7 +111,7 @@ def train(method: str, rows: list[dict], output: str | Path, model: str | None, 
     run = run or RunOptions()
     output = check_output(output)
     partial = work_dir(output)
-    identity = {"model": model_id(model), "data": checkpoints.fingerprint(rows)}
+    identity = {"method": method, "model": model_id(model), "data": checkpoints.fingerprint(rows)}
     resume_from = resume_point(run.resume, output, identity)
     check_report_to(run.report_to)
     if config.eval_steps and not eval_rows:

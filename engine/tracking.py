@@ -36,7 +36,10 @@ class Tracker:
     def __init__(self, report_to: str, logging_dir: str | Path, run_name: str, config: dict | None = None):
         from accelerate.tracking import TensorBoardTracker, TrackioTracker, WandBTracker
 
+        from engine.trainers.base import process_state
+
         check_report_to(report_to)
+        process_state()  # accelerate's trackers log through its state
         self.report_to = report_to
         if report_to == "tensorboard":
             self.where = Path(logging_dir) / run_name
@@ -61,7 +64,12 @@ class Tracker:
 
     def finish(self) -> None:
         with self._chatter():
-            self.tracker.finish()
+            if self.report_to == "trackio":  # through the module: it forgets the run (else its exit hook ends it again, aloud)
+                import trackio
+
+                trackio.finish()
+            else:
+                self.tracker.finish()
 
     @contextlib.contextmanager
     def _chatter(self):

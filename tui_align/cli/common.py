@@ -66,7 +66,6 @@ CONFIG = typer.Option(None, "--config", is_eager=True, callback=_yaml_config, sh
 
 def read_config(path: Path, ctx) -> dict:
     """{parameter name: value} from a YAML file for `ctx.command`; a bad file, key or value: one line, exit 2."""
-    import click
     import yaml
 
     try:
@@ -93,13 +92,27 @@ def read_config(path: Path, ctx) -> dict:
         param = params.get(name)
         if param is None:
             fail(f"{where}: unknown option {key!r} for `{ctx.command_path}` (its options: see --help)")
-        number = getattr(param.type, "name", "") in ("integer", "float", "integer range", "float range")
-        if (number and isinstance(value, bool)) or (getattr(param.type, "name", "") == "integer"
-                                                    and isinstance(value, float) and not value.is_integer()):
-            fail(f"{where}: {key}: {value!r} is not a valid {param.type.name}")
+        if isinstance(value, bool) and _annotation(param) in (int, float):  # YAML's true is no number
+            fail(f"{where}: {key}: expected a number, got {str(value).lower()}")
         try:
-            param.type_cast_value(ctx, value)
-        except click.BadParameter as exc:
-            fail(f"{where}: {key}: {exc.message}")
+            _coerce(param, ctx, value)
+        except Exception as exc:  # the parameter's own conversion says what is wrong
+            fail(f"{where}: {key}: {value!r}: {getattr(exc, 'message', None) or exc}")
         out[name] = value
     return out
+
+
+def _annotation(param):
+    """The Python type a parameter converts to (int, float, ...), where Typer keeps it."""
+    descriptor = getattr(param, "type_descriptor", None)  # Typer >= 0.29 (its own click)
+    if descriptor is not None:
+        return descriptor.annotation
+    return {"integer": int, "float": float}.get(getattr(getattr(param, "type", None), "name", ""))
+
+
+def _coerce(param, ctx, value):
+    """Convert `value` as the command line would; raises what the parameter raises on a bad value."""
+    runtime = getattr(param, "get_runtime_param", None)
+    if runtime is not None:  # Typer >= 0.29
+        return runtime().coerce(value, param=param, ctx=ctx)
+    return param.type_cast_value(ctx, value)

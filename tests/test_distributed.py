@@ -1,5 +1,6 @@
 """`fit` under two launched CPU processes (gloo): gradients are averaged, so both
-ranks end with the same adapter, and that adapter equals one process training on both shards."""
+ranks end with the same adapter, and that adapter equals one process training on both shards;
+checkpoints are written by the main process only."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ SCRIPT = textwrap.dedent('''
     # grad_accum 2 with batch 1: one step sees rows 0-1 on one process; with two processes,
     # batch 1 per rank and grad_accum 1 sees the same two rows.
     per_rank = dict(batch_size=1, grad_accum=2 // state.num_processes)
-    trainer = DPOTrainer(policy, tokenizer, TrainConfig(lr=1e-2, max_steps=1, shuffle=False, **per_rank))
-    trainer.fit(rows[:2], progress=False)
+    trainer = DPOTrainer(policy, tokenizer, TrainConfig(lr=1e-2, max_steps=1, shuffle=False, save_steps=1, **per_rank))
+    trainer.fit(rows[:2], progress=False, output_dir=f"{out}/run-of-{state.num_processes}")
     torch.save(adapter_state(trainer.model), f"{out}/rank{state.process_index}-of-{state.num_processes}.pt")
 ''')
 
@@ -55,3 +56,13 @@ def test_two_processes_average_gradients(tiny_model_dir, tmp_path):
         torch.testing.assert_close(ranks[0][key], single[key], atol=1e-5, rtol=1e-4)
         moved |= bool((single[key] != 0).any()) and "lora_B" in key
     assert moved, "the step changed no LoRA B weight"
+    # checkpoints: written once, by the main process, with the same adapter as the ranks ended with
+    from safetensors.torch import load_file
+
+    for processes in (1, 2):
+        run = tmp_path / f"run-of-{processes}"
+        assert sorted(p.name for p in run.iterdir()) == ["checkpoint-1"]
+        assert {"optimizer.pt", "scheduler.pt", "rng_state.pth"} <= {p.name for p in (run / "checkpoint-1").iterdir()}
+    saved = load_file(tmp_path / "run-of-2" / "checkpoint-1" / "adapter_model.safetensors")
+    assert saved.keys() == ranks[0].keys()
+    assert all(torch.equal(saved[key], ranks[0][key]) for key in saved)

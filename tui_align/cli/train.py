@@ -39,7 +39,7 @@ EVAL_DATA = typer.Option(None, "--eval-data", help="Held-out rows (same formats 
 EVAL_SPLIT = typer.Option(None, "--eval-split", help="Hold out this fraction of --data instead, e.g. 0.1.")
 EVAL_STEPS = typer.Option(DEFAULTS.eval_steps, "--eval-steps", help="Evaluate every N steps (and always at the end): eval loss, and reward accuracy for dpo and rm.")
 SAVE_STEPS = typer.Option(DEFAULTS.save_steps, "--save-steps", help="Write OUTPUT.partial/checkpoint-N every N steps (adapter, optimizer, scheduler, data position, RNG).")
-RESUME = typer.Option(None, "--resume-from-checkpoint", help="Continue a stopped run: a checkpoint-N folder, or `latest` (the newest of OUTPUT).")
+RESUME = typer.Option(None, "--resume-from-checkpoint", help="Continue a stopped run: a checkpoint-N folder, or `latest` (the newest in OUTPUT.partial).")
 REPORT_TO = typer.Option("none", "--report-to", help=f"Log every step's metrics (TRL's names) to {', '.join(TRACKERS[1:])} or none; "
                          "TensorBoard's files go to OUTPUT/logs.")
 

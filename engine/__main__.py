@@ -14,7 +14,7 @@ import sys
 # whose cores are shared (the TUI, other jobs), spinning threads slowed generation 20x.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from engine.protocol import METHODS, REPORT_TO  # noqa: E402  (torch-free)
+from engine.protocol import LIVE_TRAINING, LOSS_TERMS, METHODS, REPORT_TO  # noqa: E402  (torch-free)
 
 
 SERVE_HELP = "Load the model once, print one `ready ...` line on stdout, serve one client at a time (docs/protocol.md)."
@@ -54,6 +54,12 @@ def parser(prog: str = "python -m engine") -> argparse.ArgumentParser:
     serve.add_argument("--report-to", choices=REPORT_TO,
                        help="Log each update's metrics, at its version number, to SESSION/logs (TensorBoard) or to "
                             "Trackio or W&B (default none).")
+    serve.add_argument("--loss-type", help=f"DPO updates' loss: one or several of {', '.join(LOSS_TERMS)}, "
+                                           f"comma-separated (default {','.join(LIVE_TRAINING.loss_type)}); "
+                                           "an update's hyperparameters override it.")
+    serve.add_argument("--loss-weights", help="Their weights, comma-separated, one per loss type (default 1 each).")
+    serve.add_argument("--label-smoothing", type=float, help="DPO updates' label smoothing (train dpo --help: "
+                                                             "what each loss type does with it; default 0).")
     return root
 
 

@@ -26,7 +26,7 @@ from engine.chat import check_messages
 from engine.data import DataError, validate
 from engine.logprobs import causal_lm
 from engine.models import LoRAConfig, add_lora, load_model, model_name, parameter_count
-from engine.protocol import LIVE_TRAINING, METHODS, PROTOCOL_VERSION, NonFiniteLoss, UserError
+from engine.protocol import LIVE_TRAINING, METHODS, PROTOCOL_VERSION, NonFiniteLoss, UserError, loss_terms
 from engine.resources import engine_threads
 from engine.tracking import open_tracker
 from engine.trainers import DPOTrainer, SFTTrainer, TrainConfig
@@ -59,6 +59,24 @@ class EngineOptions:
     version: int | None = None  # the saved version to start at (0: the base); None: the latest
     threads: int | None = None  # torch's intra-op threads; None: all cores but one (engine_threads)
     report_to: str = "none"  # each update's metrics to a tracker (engine/tracking.py); TensorBoard's in SESSION/logs
+    loss_type: str | None = None  # dpo updates' loss terms, comma-separated; None: LIVE_TRAINING's
+    loss_weights: str | None = None  # their weights, comma-separated; None: 1.0 each (LIVE_TRAINING's with its terms)
+    label_smoothing: float | None = None  # dpo updates' label smoothing; None: TrainConfig's
+
+    def check(self) -> None:
+        """Refuse bad options before the model loads."""
+        if self.method not in METHODS:
+            raise UserError(f"--method {self.method}: choose {', '.join(METHODS)}")
+        self.dpo_defaults()
+
+    def dpo_defaults(self) -> dict:
+        """What these options change in LIVE_TRAINING's dpo config."""
+        out = {} if self.label_smoothing is None else {"label_smoothing": self.label_smoothing}
+        if self.loss_type is not None or self.loss_weights is not None or out:
+            weights = self.loss_weights if self.loss_type or self.loss_weights else LIVE_TRAINING.loss_weights
+            out["loss_type"], out["loss_weights"] = loss_terms(self.loss_type or list(LIVE_TRAINING.loss_type), weights,
+                                                               label_smoothing=out.get("label_smoothing", 0.0))
+        return out
 
 
 class LiveEngine:
@@ -162,12 +180,14 @@ class LiveEngine:
             raise DataError(f"hyperparameters.steps must be an integer from 1 to {MAX_STEPS_PER_UPDATE}")
         config_type = self._config_type(method)
         known = {f.name: f for f in fields(config_type)}
-        unknown = sorted(set(values) - set(known))
+        aliases = {"rpo_alpha"} if config_type is TrainConfig else set()
+        unknown = sorted(set(values) - set(known) - aliases)
         if unknown:
             raise DataError(f"unknown hyperparameter(s) {', '.join(unknown)} for {method}; "
-                            f"known: steps, {', '.join(sorted(known))}")
+                            f"known: steps, {', '.join(sorted(set(known) | aliases))}")
         values = {k: v for k, v in values.items() if v is not None}  # null: keep the default
-        base = config_type.from_dict(LIVE_TRAINING.for_method(method))
+        base = config_type.from_dict(self.live_defaults(method))
+        loss = {key: values.pop(key) for key in ("loss_type", "loss_weights", "rpo_alpha") if key in values}
         for key, value in values.items():
             default = getattr(base, key)
             if isinstance(default, bool) or isinstance(value, bool):
@@ -178,8 +198,17 @@ class LiveEngine:
                 ok = isinstance(value, (int, float))
             if not ok:
                 raise DataError(f"hyperparameters.{key} must be {type(default).__name__}, got {value!r}")
+        if config_type is TrainConfig:  # a new loss_type list starts from weights 1.0, not the default's
+            weights = loss.get("loss_weights", None if "loss_type" in loss else base.loss_weights)
+            values["loss_type"], values["loss_weights"] = loss_terms(
+                loss.get("loss_type", base.loss_type), weights, loss.get("rpo_alpha"),
+                values.get("label_smoothing", base.label_smoothing), option=lambda name: f"hyperparameters.{name}")
         config = replace(base, **values)
         return config, steps
+
+    def live_defaults(self, method: str) -> dict:
+        """The config an update of `method` starts from: LIVE_TRAINING, and the DPO loss options of `serve`."""
+        return {**LIVE_TRAINING.for_method(method), **(self.options.dpo_defaults() if method == "dpo" else {})}
 
     def check_rollback(self, version: int) -> None:
         if version != 0 and version not in vs.list_versions(self.root):
@@ -341,9 +370,9 @@ class LiveEngine:
         """One trainer per method, built on first use and kept (its optimizer state too)."""
         if method not in self.trainers:
             if method == "dpo":
-                self.trainers[method] = DPOTrainer(self.policy, self.tokenizer, TrainConfig.from_dict(LIVE_TRAINING.for_method("dpo")))
+                self.trainers[method] = DPOTrainer(self.policy, self.tokenizer, TrainConfig.from_dict(self.live_defaults("dpo")))
             elif method == "sft":
-                self.trainers[method] = SFTTrainer(self.policy, self.tokenizer, TrainConfig.from_dict(LIVE_TRAINING.for_method("sft")))
+                self.trainers[method] = SFTTrainer(self.policy, self.tokenizer, TrainConfig.from_dict(self.live_defaults("sft")))
             else:
                 try:
                     from engine.trainers.ppo import PPOTrainer

@@ -6,12 +6,15 @@ so tests can compare them line by line.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from engine.logprobs import token_logps
+from engine.protocol import DPO_LOSS_TYPES
 
-DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust")
+LENGTH_AVERAGED = ("ipo", "sigmoid_norm")  # take per-token average log-probs, as TRL averages them
 
 
 def dpo_loss(
@@ -22,34 +25,71 @@ def dpo_loss(
     beta: float = 0.1,
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
+    discopop_tau: float = 0.05,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-example DPO losses and the implicit rewards beta * (policy - reference).
+    """Per-example losses of one DPO loss type, and the implicit rewards beta * (policy - reference).
 
-    sigmoid: DPO (Rafailov et al. 2023); label_smoothing > 0 is conservative DPO (cDPO).
-    hinge:   SLiC (Zhao et al. 2023).
-    ipo:     IPO (Azar et al. 2023), beta is the regulariser tau. Pass length-averaged
-             log-probs for the per-token form TRL uses.
-    robust:  robust DPO (Chowdhury et al. 2024), label_smoothing is the flip rate.
+    The formulas of TRL 1.16's DPOTrainer. Log-probs are summed over each reply, except for
+    the LENGTH_AVERAGED types, which take per-token averages. `label_smoothing` is used where
+    TRL uses it, and by sigmoid:
+    sigmoid:      DPO (Rafailov et al. 2023); label_smoothing > 0 is conservative DPO (cDPO),
+                  as TRL had it before 1.0 (TRL 1.16's sigmoid ignores it).
+    hinge:        SLiC (Zhao et al. 2023).
+    ipo:          IPO (Azar et al. 2023); beta is the regulariser tau.
+    exo_pair:     EXO (Ji et al. 2024); label_smoothing is its epsilon, > 0.
+    nca_pair:     NCA (Chen et al. 2024).
+    robust:       robust DPO (Chowdhury et al. 2024); label_smoothing is the flip rate, in [0, 0.5).
+    bco_pair:     BCO on pairs (Jung et al. 2024), without a reward shift (TRL 1.16 keeps none).
+    sppo_hard:    SPPO with hard probabilities (Wu et al. 2024).
+    aot:          AOT (Melnyk et al. 2024): cDPO on the batch-sorted policy and reference log-ratios.
+    aot_unpaired: AOT on the batch-sorted chosen and rejected log-ratios.
+    apo_zero, apo_down: APO (D'Oosterlinck et al. 2024).
+    discopop:     DiscoPOP (Lu et al. 2024), with temperature discopop_tau.
+    sigmoid_norm: DPO on length-averaged log-probs.
+    aot and aot_unpaired sort across the batch: their per-example losses are per rank, not per pair.
     """
-    logits = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
-    if loss_type == "sigmoid":
-        losses = (
-            -F.logsigmoid(beta * logits) * (1 - label_smoothing)
-            - F.logsigmoid(-beta * logits) * label_smoothing
-        )
-    elif loss_type == "hinge":
-        losses = torch.relu(1 - beta * logits)
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    logits = chosen_logratios - rejected_logratios
+    if loss_type in ("sigmoid", "aot", "aot_unpaired"):
+        if loss_type == "aot":
+            logits = (torch.sort(policy_chosen_logps - policy_rejected_logps, dim=0).values
+                      - torch.sort(ref_chosen_logps - ref_rejected_logps, dim=0).values)
+        elif loss_type == "aot_unpaired":
+            logits = torch.sort(chosen_logratios, dim=0).values - torch.sort(rejected_logratios, dim=0).values
+        losses = (-F.logsigmoid(beta * logits) * (1 - label_smoothing)
+                  - F.logsigmoid(-beta * logits) * label_smoothing)
+    elif loss_type == "sigmoid_norm":
+        losses = -F.logsigmoid(beta * logits)
     elif loss_type == "ipo":
         losses = (logits - 1 / (2 * beta)) ** 2
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * logits)
+    elif loss_type == "exo_pair":
+        # KL(softmax of the implicit rewards || [1 - eps, eps]) over {chosen, rejected}
+        losses = (torch.sigmoid(beta * logits) * (F.logsigmoid(beta * logits) - math.log1p(-label_smoothing))
+                  + torch.sigmoid(-beta * logits) * (F.logsigmoid(-beta * logits) - math.log(label_smoothing)))
+    elif loss_type == "nca_pair":
+        losses = (-F.logsigmoid(beta * chosen_logratios) - 0.5 * F.logsigmoid(-beta * chosen_logratios)
+                  - 0.5 * F.logsigmoid(-beta * rejected_logratios))
     elif loss_type == "robust":
-        losses = (
-            -F.logsigmoid(beta * logits) * (1 - label_smoothing)
-            + F.logsigmoid(-beta * logits) * label_smoothing
-        ) / (1 - 2 * label_smoothing)
+        losses = (-F.logsigmoid(beta * logits) * (1 - label_smoothing)
+                  + F.logsigmoid(-beta * logits) * label_smoothing) / (1 - 2 * label_smoothing)
+    elif loss_type == "bco_pair":
+        losses = -F.logsigmoid(beta * chosen_logratios) - F.logsigmoid(-beta * rejected_logratios)
+    elif loss_type == "sppo_hard":
+        losses = (chosen_logratios - 0.5 / beta) ** 2 + (rejected_logratios + 0.5 / beta) ** 2
+    elif loss_type == "apo_zero":  # raise the chosen reply, lower the rejected one
+        losses = 1 - torch.sigmoid(beta * chosen_logratios) + torch.sigmoid(beta * rejected_logratios)
+    elif loss_type == "apo_down":  # lower both, the rejected one more
+        losses = torch.sigmoid(beta * chosen_logratios) + 1 - torch.sigmoid(beta * logits)
+    elif loss_type == "discopop":  # a blend of the logistic and exponential losses, by the log-ratio
+        mix = torch.sigmoid(beta * logits / discopop_tau)
+        losses = -F.logsigmoid(beta * logits) * (1 - mix) + torch.exp(-beta * logits) * mix
     else:
         raise ValueError(f"unknown DPO loss_type {loss_type!r}: choose one of {', '.join(DPO_LOSS_TYPES)}")
-    chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps).detach()
-    rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps).detach()
+    chosen_rewards = beta * chosen_logratios.detach()
+    rejected_rewards = beta * rejected_logratios.detach()
     return losses, chosen_rewards, rejected_rewards
 
 

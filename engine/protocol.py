@@ -9,6 +9,7 @@ docs/protocol.md is the contract; keep the two in step.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -56,15 +57,77 @@ class DictConfig:
         return cls(**{k: v for k, v in values.items() if k in known and v is not None})
 
 
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")  # TRL 1.16 DPOTrainer's
+SFT_TERM = "sft"  # in a DPO loss list, the NLL of the chosen reply (TRL's name; once RPO's rpo_alpha)
+LOSS_TERMS = DPO_LOSS_TYPES + (SFT_TERM,)
+
+
+def cli_option(name: str) -> str:
+    """A TrainConfig field as the command line spells it."""
+    return "--" + name.replace("_", "-")
+
+
+def loss_terms(loss_type, loss_weights=None, rpo_alpha=None, label_smoothing: float = 0.0,
+               option=cli_option) -> tuple[list[str], list[float]]:
+    """The DPO loss terms and their weights, as TRL's `loss_type` list and `loss_weights`.
+
+    Each is a list or a comma-separated string; no weights means 1.0 each. `rpo_alpha`, the
+    old name of the sft term's weight, sets that weight (adding the term; 0 removes it).
+    `label_smoothing` is checked against the terms that use it. `option(field)` is how the
+    caller's user spells a field, for the error messages.
+    """
+    types = [t.strip() for t in loss_type.split(",")] if isinstance(loss_type, str) else loss_type
+    if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
+        raise UserError(f"{option('loss_type')} {loss_type!r}: one loss name or a comma-separated list of them")
+    unknown = [t for t in types if t not in LOSS_TERMS]
+    if unknown or len(set(types)) < len(types):
+        what = f"unknown loss type {unknown[0]!r}" if unknown else "a loss type is listed twice"
+        raise UserError(f"{option('loss_type')} {','.join(types)}: {what}; choose from {', '.join(LOSS_TERMS)}")
+    weights = [1.0] * len(types)
+    if loss_weights is not None:
+        try:
+            parts = loss_weights.split(",") if isinstance(loss_weights, str) else list(loss_weights)
+            weights = [float(w) for w in parts if not isinstance(w, bool)]
+        except (TypeError, ValueError):
+            parts, weights = [None], []
+        if not weights or len(weights) < len(parts) or not all(math.isfinite(w) for w in weights):
+            raise UserError(f"{option('loss_weights')} {loss_weights!r}: finite numbers, one per loss type")
+        if len(weights) != len(types):
+            raise UserError(f"{option('loss_weights')} has {len(weights)} weight(s) for {len(types)} loss type(s) "
+                            f"({','.join(types)}): give one per loss type")
+    if rpo_alpha is not None:
+        if isinstance(rpo_alpha, bool) or not isinstance(rpo_alpha, (int, float)) or not math.isfinite(rpo_alpha):
+            raise UserError(f"{option('rpo_alpha')} {rpo_alpha!r}: a finite number, the weight of the {SFT_TERM} term")
+        types, weights = list(types), list(weights)
+        if SFT_TERM not in types:
+            types, weights = [*types, SFT_TERM], [*weights, 0.0]
+        weights[types.index(SFT_TERM)] = float(rpo_alpha)
+        if not rpo_alpha:
+            del weights[types.index(SFT_TERM)]
+            types.remove(SFT_TERM)
+        if not types:
+            raise UserError(f"{option('rpo_alpha')} 0 removes the only loss term ({SFT_TERM}): give a DPO loss type")
+    smoothing = option("label_smoothing")
+    if not 0 <= label_smoothing < 1:
+        raise UserError(f"{smoothing} {label_smoothing}: must be in [0, 1)")
+    if "robust" in types and not label_smoothing < 0.5:
+        raise UserError(f"{smoothing} {label_smoothing}: robust's flip rate must be below 0.5")
+    if "exo_pair" in types and not label_smoothing > 0:
+        raise UserError(f"{smoothing} 0: exo_pair needs its epsilon > 0 (the EXO paper recommends 1e-3)")
+    return list(types), weights
+
+
 @dataclass
 class TrainConfig(DictConfig):
     """Batch defaults (`tui-align train`, `replay`); each field is one option of those commands."""
 
     lr: float = 1e-4
     beta: float = 0.1  # DPO temperature: how far the policy may move from the reference
-    loss_type: str = "sigmoid"
-    label_smoothing: float = 0.0
-    rpo_alpha: float | None = None  # weight of the chosen reply's NLL added to DPO (RPO)
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])  # DPO loss terms (LOSS_TERMS), as TRL's list
+    loss_weights: list[float] | None = None  # one weight per loss_type term; None: 1.0 each
+    label_smoothing: float = 0.0  # sigmoid: cDPO; robust: the flip rate; exo_pair: epsilon; aot, aot_unpaired
+    discopop_tau: float = 0.05  # DiscoPOP's temperature
     max_length: int | None = 1024
     batch_size: int = 4
     grad_accum: int = 1
@@ -78,26 +141,33 @@ class TrainConfig(DictConfig):
     eval_steps: int | None = None  # fit(): evaluate the held-out rows every N optimizer steps (and at the end)
     shuffle: bool = True  # fit(): reshuffle the rows every epoch (off: file order, as TRL's "sequential")
 
+    def __post_init__(self):  # a name or a comma-separated string becomes the list; the weights are filled in
+        self.loss_type, self.loss_weights = loss_terms(self.loss_type, self.loss_weights,
+                                                       label_smoothing=self.label_smoothing)
+
 
 @dataclass(frozen=True)
 class LiveTraining:
     """What one live update does unless the session overrides it (DESIGN.md, "The live loop").
 
-    DPO on a handful of pairs drifts unless the chosen reply's NLL is added (RPO, 1.0); one
-    optimizer step per update, at a higher learning rate than batch training.
+    DPO on a handful of pairs drifts unless the chosen reply's NLL is added (the sft term,
+    weight 1.0: what RPO's rpo_alpha 1.0 was); one optimizer step per update, at a higher
+    learning rate than batch training.
     """
 
     lr: float = 2e-4
     beta: float = 0.1
-    rpo_alpha: float = 1.0
+    loss_type: tuple[str, ...] = ("sigmoid", SFT_TERM)
+    loss_weights: tuple[float, ...] = (1.0, 1.0)
     steps: int = 1  # optimizer steps per update
     max_length: int = 512
 
     def for_method(self, method: str) -> dict:
         """The trainer-config fields each method's live update starts from (`steps` apart)."""
-        keys = {"dpo": ("lr", "beta", "rpo_alpha", "max_length"), "sft": ("lr", "max_length"),
+        keys = {"dpo": ("lr", "beta", "loss_type", "loss_weights", "max_length"), "sft": ("lr", "max_length"),
                 "ppo": ("max_length",)}[method]
-        return {key: getattr(self, key) for key in keys}
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in ((key, getattr(self, key)) for key in keys)}
 
 
 LIVE_TRAINING = LiveTraining()

@@ -283,8 +283,7 @@ class Server:
 def serve(options: ServeOptions) -> None:
     """Validate, load the model, print the ready line, serve until shutdown."""
     socket_path, address, token = check_transport(options)
-    if options.method not in ("dpo", "sft", "ppo"):
-        raise UserError(f"--method {options.method}: choose dpo, sft or ppo")
+    options.check()
     check_report_to(options.report_to)  # before the model loads
     engine = LiveEngine(options)
     asyncio.run(Server(engine, token).run(socket_path, address, options.watch_stdin))

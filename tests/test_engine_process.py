@@ -204,7 +204,7 @@ async def test_cancel_stops_a_long_generate_quickly(client):
     assert all(c["tokens"] < 100 for c in event["candidates"])
 
 
-@pytest.mark.parametrize("hyperparameters", [{"rpo_alpha": float("nan")}, {"lr": float("inf")}])
+@pytest.mark.parametrize("hyperparameters", [{"beta": float("nan")}, {"lr": float("inf")}])
 async def test_non_finite_update_is_discarded(client, hyperparameters):
     version = (await client.status())["version"]
     count = len(await client.versions())

@@ -15,7 +15,8 @@ import torch
 
 from engine.data import packed_pairs
 from engine.logprobs import pair_token_logps
-from engine.losses import dpo_loss
+from engine.losses import LENGTH_AVERAGED, dpo_loss
+from engine.protocol import SFT_TERM
 from engine.trainers.base import Trainer
 
 REFERENCE_CACHE_SIZE = 200_000  # replies (~1 KB each): bounds a very long live session
@@ -29,17 +30,10 @@ class DPOTrainer(Trainer):
         self.reference_cache: dict[str, tuple[float, float]] = {}
 
     def completion_logps(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(chosen, rejected) log-probs per pair under the current adapter, and the per-token values."""
+        """(chosen, rejected) summed log-probs per pair under the current adapter, and the per-token values."""
         per_token = pair_token_logps(self.model, **batch)
-        chosen, rejected = self._reduce(per_token, batch["segments"])
+        chosen, rejected = _sums(per_token, batch["segments"])
         return chosen, rejected, per_token
-
-    def _reduce(self, per_token, segments):
-        chosen, rejected = segments == 1, segments == 2
-        sums = (per_token * chosen).sum(-1), (per_token * rejected).sum(-1)
-        if self.config.loss_type == "ipo":  # IPO works on per-token averages (as TRL does)
-            return sums[0] / chosen.sum(-1).clamp(min=1), sums[1] / rejected.sum(-1).clamp(min=1)
-        return sums
 
     def reference_logps(self, examples: list[dict], batch=None) -> list[tuple[float, float]]:
         """(chosen, rejected) reference log-probs: the base with the adapter disabled.
@@ -55,7 +49,7 @@ class DPOTrainer(Trainer):
             self.model.eval()
             policy = getattr(self.model, "module", self.model)  # under DistributedDataParallel in fit()
             with torch.inference_mode(), policy.disable_adapter():
-                chosen, rejected = self._reduce(pair_token_logps(self.model, **batch), batch["segments"])
+                chosen, rejected = _sums(pair_token_logps(self.model, **batch), batch["segments"])
             self.model.train(was_training)
             for i, c, r in zip(missing, chosen.tolist(), rejected.tolist()):
                 self.reference_cache[keys[i][0]], self.reference_cache[keys[i][1]] = c, r
@@ -65,16 +59,16 @@ class DPOTrainer(Trainer):
         return values
 
     def _key(self, example: dict, reply: str) -> str:
-        """What a reply's reference log-prob depends on: the prompt, the reply, the truncation and IPO's
-        averaging. (The live loop swaps `config` between updates; the base weights never change.) Each
+        """What a reply's reference log-prob depends on: the prompt, the reply and the truncation. (The
+        live loop swaps `config` between updates; the base weights never change.) Each
         reply is truncated on its own; with a plain-text prompt, where tokens can merge across the
         boundary, the split point depends on the other reply too, so it is part of the key."""
         cfg = self.config
         other = None if isinstance(example["prompt"], list) else example["rejected" if reply == "chosen" else "chosen"]
-        return json.dumps([example["prompt"], example[reply], other, cfg.max_length, cfg.loss_type == "ipo"],
-                          sort_keys=True)
+        return json.dumps([example["prompt"], example[reply], other, cfg.max_length], sort_keys=True)
 
     def loss(self, examples: list[dict]):
+        """The weighted sum of the config's loss terms (TRL's `loss_type` list and `loss_weights`)."""
         cfg = self.config
         batch = packed_pairs(self.tokenizer, examples, cfg.max_length, self.device)
         if any("ref_chosen_logps" not in ex for ex in examples):
@@ -83,16 +77,20 @@ class DPOTrainer(Trainer):
         chosen, rejected, per_token = self.completion_logps(batch)
         ref_chosen = torch.tensor([ex["ref_chosen_logps"] for ex in examples], device=self.device)
         ref_rejected = torch.tensor([ex["ref_rejected_logps"] for ex in examples], device=self.device)
-        losses, chosen_rewards, rejected_rewards = dpo_loss(
-            chosen, rejected, ref_chosen, ref_rejected, cfg.beta, cfg.loss_type, cfg.label_smoothing
-        )
-        loss = losses.mean()
-        metrics = {}
-        if cfg.rpo_alpha:
-            chosen_mask = batch["segments"] == 1
-            nll = -(per_token * chosen_mask).sum() / chosen_mask.sum().clamp(min=1)
-            loss = loss + cfg.rpo_alpha * nll
-            metrics["nll"] = nll.item()
+        sums = chosen, rejected, ref_chosen, ref_rejected
+        chosen_mask, rejected_mask = batch["segments"] == 1, batch["segments"] == 2
+        lengths = [mask.sum(-1).clamp(min=1) for mask in (chosen_mask, rejected_mask)] * 2
+        metrics, loss = {}, 0.0
+        for term, weight in zip(cfg.loss_type, cfg.loss_weights or [1.0] * len(cfg.loss_type), strict=True):
+            if term == SFT_TERM:  # the chosen reply's NLL, a mean over all its tokens in the batch (as TRL)
+                value = -(per_token * chosen_mask).sum() / chosen_mask.sum().clamp(min=1)
+                metrics["nll"] = value.item()
+            else:
+                logps = [s / n for s, n in zip(sums, lengths)] if term in LENGTH_AVERAGED else sums
+                value = dpo_loss(*logps, cfg.beta, term, cfg.label_smoothing, cfg.discopop_tau)[0].mean()
+            loss = loss + weight * value
+        chosen_rewards = cfg.beta * (chosen - ref_chosen).detach()  # on summed log-probs, as TRL reports them
+        rejected_rewards = cfg.beta * (rejected - ref_rejected).detach()
         margin = chosen_rewards - rejected_rewards
         metrics.update({
             "rewards/chosen": chosen_rewards.mean().item(),
@@ -104,3 +102,8 @@ class DPOTrainer(Trainer):
             "tokens": int((batch["segments"] >= 0).sum()),
         })
         return loss, metrics
+
+
+def _sums(per_token: torch.Tensor, segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) log-probs of each packed pair, summed over the reply's tokens."""
+    return (per_token * (segments == 1)).sum(-1), (per_token * (segments == 2)).sum(-1)

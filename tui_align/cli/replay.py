@@ -42,8 +42,9 @@ def replay(
                                                        "(default: the sessions' model, else the bundled one)."),
     max_steps: int = t.MAX_STEPS, epochs: int = t.EPOCHS, batch_size: int = t.BATCH_SIZE, grad_accum: int = t.GRAD_ACCUM,
     lr: float = t.LR, max_length: int = t.MAX_LENGTH, lora_r: int = t.LORA_R, lora_alpha: int = t.LORA_ALPHA,
-    beta: float = t.BETA, loss_type: str = t.LOSS_TYPE, label_smoothing: float = t.LABEL_SMOOTHING,
-    rpo_alpha: float = t.RPO_ALPHA, seed: int = t.SEED, merge: bool = t.MERGE, device: str = t.DEVICE,
+    beta: float = t.BETA, loss_type: str = t.LOSS_TYPE, loss_weights: str = t.LOSS_WEIGHTS,
+    label_smoothing: float = t.LABEL_SMOOTHING, discopop_tau: float = t.DISCOPOP_TAU, rpo_alpha: float = t.RPO_ALPHA,
+    seed: int = t.SEED, merge: bool = t.MERGE, device: str = t.DEVICE,
     sessions_dir: Path = SESSIONS_DIR, warmup_steps: int = t.WARMUP_STEPS, eval_data: str = t.EVAL_DATA,
     eval_split: float = t.EVAL_SPLIT, eval_steps: int = t.EVAL_STEPS, save_steps: int = t.SAVE_STEPS,
     resume_from_checkpoint: str = t.RESUME, report_to: str = t.REPORT_TO, config: Path = CONFIG,
@@ -69,7 +70,7 @@ def replay(
         if model is None and len(models) == 1:
             options["model"] = models.pop()  # the model the feedback was given on
         if method != "dpo":  # DPO's options mean nothing to SFT
-            for name in ("beta", "loss_type", "label_smoothing", "rpo_alpha"):
+            for name in ("beta", "loss_type", "loss_weights", "label_smoothing", "discopop_tau", "rpo_alpha"):
                 options.pop(name)
         metrics = t.run(method, options, rows=rows)
         typer.echo(f"used {len(rows)} {'pairs' if method == 'dpo' else 'demonstrations'} from {len(names)} session(s)")

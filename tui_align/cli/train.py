@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from engine.protocol import REPORT_TO as TRACKERS, TrainConfig
+from engine.protocol import LOSS_TERMS, REPORT_TO as TRACKERS, SFT_TERM, TrainConfig, loss_terms
 from tui_align.cli.common import CONFIG, user_errors
 
 DEFAULTS = TrainConfig()  # each option's default, defined once there
@@ -29,9 +29,15 @@ SEED = typer.Option(DEFAULTS.seed, "--seed", help="Random seed (shuffling and Lo
 MERGE = typer.Option(False, "--merge", help="Also write OUTPUT/merged: a full model with the adapter merged in.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 BETA = typer.Option(DEFAULTS.beta, "--beta", help="DPO temperature: how far the policy may move from the reference.")
-LOSS_TYPE = typer.Option(DEFAULTS.loss_type, "--loss-type", help="DPO loss: sigmoid, hinge, ipo or robust.")
-LABEL_SMOOTHING = typer.Option(DEFAULTS.label_smoothing, "--label-smoothing", help="Assumed label-flip rate (cDPO with sigmoid, robust).")
-RPO_ALPHA = typer.Option(DEFAULTS.rpo_alpha, "--rpo-alpha", help="Add this weight times the chosen reply's NLL (RPO); keeps small-data DPO from drifting.")
+LOSS_TYPE = typer.Option(",".join(DEFAULTS.loss_type), "--loss-type", help=(
+    "DPO loss, TRL's names: " + ", ".join(LOSS_TERMS) + f" ({SFT_TERM}: the chosen reply's NLL); several, "
+    "comma-separated, are summed with --loss-weights (e.g. sigmoid,sft)."))
+LOSS_WEIGHTS = typer.Option(None, "--loss-weights", help="One weight per --loss-type term, comma-separated (default 1 each).")
+LABEL_SMOOTHING = typer.Option(DEFAULTS.label_smoothing, "--label-smoothing", help=(
+    "Used as TRL 1.16 does: robust's label-flip rate (< 0.5), exo_pair's epsilon (> 0), aot and aot_unpaired; "
+    "and with sigmoid it is conservative DPO (cDPO) as TRL had it before 1.0 (TRL 1.16's sigmoid ignores it)."))
+DISCOPOP_TAU = typer.Option(DEFAULTS.discopop_tau, "--discopop-tau", help="Temperature of the discopop loss.")
+RPO_ALPHA = typer.Option(None, "--rpo-alpha", help=f"Alias for the weight of the {SFT_TERM} term of --loss-type (adds it; 0 removes it).")
 # What every batch command shares besides its hyperparameters (a new command adds these parameters).
 SPLIT = typer.Option(None, "--split", help="The split of --data to train on (default: train, else the first).")
 WARMUP_STEPS = typer.Option(DEFAULTS.warmup_steps, "--warmup-steps", help="Raise the learning rate linearly over this many steps.")
@@ -60,11 +66,11 @@ def sft(data: str = DATA, output: Path = OUTPUT, model: str = MODEL, max_steps: 
 def dpo(data: str = DATA, output: Path = OUTPUT, model: str = MODEL, max_steps: int = MAX_STEPS,
         epochs: int = EPOCHS, batch_size: int = BATCH_SIZE, grad_accum: int = GRAD_ACCUM, lr: float = LR,
         max_length: int = MAX_LENGTH, lora_r: int = LORA_R, lora_alpha: int = LORA_ALPHA, beta: float = BETA,
-        loss_type: str = LOSS_TYPE, label_smoothing: float = LABEL_SMOOTHING, rpo_alpha: float = RPO_ALPHA,
-        seed: int = SEED, merge: bool = MERGE, device: str = DEVICE, split: str = SPLIT,
-        warmup_steps: int = WARMUP_STEPS, eval_data: str = EVAL_DATA, eval_split: float = EVAL_SPLIT,
-        eval_steps: int = EVAL_STEPS, save_steps: int = SAVE_STEPS, resume_from_checkpoint: str = RESUME,
-        report_to: str = REPORT_TO, config: Path = CONFIG) -> None:
+        loss_type: str = LOSS_TYPE, loss_weights: str = LOSS_WEIGHTS, label_smoothing: float = LABEL_SMOOTHING,
+        discopop_tau: float = DISCOPOP_TAU, rpo_alpha: float = RPO_ALPHA, seed: int = SEED, merge: bool = MERGE,
+        device: str = DEVICE, split: str = SPLIT, warmup_steps: int = WARMUP_STEPS, eval_data: str = EVAL_DATA,
+        eval_split: float = EVAL_SPLIT, eval_steps: int = EVAL_STEPS, save_steps: int = SAVE_STEPS,
+        resume_from_checkpoint: str = RESUME, report_to: str = REPORT_TO, config: Path = CONFIG) -> None:
     """Direct preference optimisation on {prompt, chosen, rejected} rows."""
     run("dpo", locals())
 
@@ -83,12 +89,13 @@ def run(method: str, options: dict, rows: list[dict] | None = None) -> dict:
         from engine.data import EVAL_SPLITS, load_examples
         from engine.protocol import DataError, UserError
         from engine.headless import check_output
-        from engine.losses import DPO_LOSS_TYPES
         from engine.tracking import check_report_to
 
         output = check_output(options["output"])
-        if options.get("loss_type", "sigmoid") not in DPO_LOSS_TYPES:
-            raise UserError(f"--loss-type {options['loss_type']}: choose one of {', '.join(DPO_LOSS_TYPES)}")
+        if "loss_type" in options:  # the DPO objective, as TRL's loss_type list and loss_weights
+            options = {**options, **dict(zip(("loss_type", "loss_weights"), loss_terms(
+                options["loss_type"], options.get("loss_weights"), options.get("rpo_alpha"),
+                options.get("label_smoothing", DEFAULTS.label_smoothing))))}
         for name in ("batch_size", "grad_accum", "epochs", "save_steps", "eval_steps"):
             if options.get(name) is not None and options[name] < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")

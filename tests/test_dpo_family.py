@@ -1,0 +1,130 @@
+"""Every DPO loss type of TRL 1.16, and weighted lists of them, against TRL's own DPOTrainer.
+
+One tiny model, one LoRA adapter, three pairs, fp32. TRL's trainer is built for each loss
+type on its own dataset (its tokenization, collator, fused LM head and reference forward) and
+trains one step; ours takes one step on the same rows. The adapter is perturbed away from
+zero and TRL is given the base model as `ref_model` (ours disables the adapter for the
+reference), so the first step already has log-ratios that differ from 0.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.protocol import DPO_LOSS_TYPES, LIVE_TRAINING, TrainConfig, UserError, loss_terms
+from engine.trainers import DPOTrainer
+
+trl = pytest.importorskip("trl")
+
+ROWS = [  # short plain-text rows: TRL's forward projects every position onto the whole vocabulary
+    {"prompt": "Say yes.", "chosen": " yes", "rejected": " no, never"},
+    {"prompt": "Greet me.", "chosen": " hello there", "rejected": " go away"},
+    {"prompt": "Count to three.", "chosen": " 1 2 3", "rejected": " I can't."},
+]
+BETA = 0.2
+CASES = [(loss_type, None) for loss_type in DPO_LOSS_TYPES] + [
+    ("sigmoid,sft", "1,1"),  # the live default; what rpo_alpha 1.0 was
+    ("sigmoid,bco_pair,sft", "0.8,0.2,1"),  # TRL's MPO example
+]
+
+
+# At TRL's default discopop_tau (0.05) the gradient of discopop's mixing weight is 1/tau = 20x the
+# log-ratios' fp32 rounding (the two trainers sum log-probs in a different order): its gradient norms
+# then agree to 3e-5, not 1e-5. The formula itself is checked at 0.05 in test_losses.py.
+DISCOPOP_TAU = 0.5
+
+
+def label_smoothing(loss_type: str) -> float:
+    # Where TRL uses it (robust, exo_pair, aot, aot_unpaired) and where it ignores it, so ours must too;
+    # not for sigmoid, which stays cDPO with it (TRL 1.16's sigmoid ignores it).
+    return 0.0 if loss_type.startswith("sigmoid,") or loss_type == "sigmoid" else 0.1
+
+
+def policy(tiny_model_dir):
+    """The tiny model with a LoRA adapter whose B matrices are not 0: policy != reference."""
+    from engine.models import LoRAConfig, add_lora, load_model
+
+    torch.manual_seed(0)
+    base, tokenizer = load_model(str(tiny_model_dir), device="cpu")
+    model = add_lora(base, LoRAConfig(r=8, alpha=16))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model, tokenizer
+
+
+def trl_first_step(tiny_model_dir, tmp_path, loss_type: str, loss_weights: str | None) -> dict:
+    """Loss and gradient norm of TRL's DPOTrainer's first optimizer step."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    from engine.models import load_model
+
+    model, tokenizer = policy(tiny_model_dir)
+    reference, _ = load_model(str(tiny_model_dir), device="cpu")
+    logged = []
+
+    class Log(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                logged.append(logs)
+
+    args = trl.DPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=len(ROWS), max_steps=1, beta=BETA,
+        loss_type=loss_type.split(","), loss_weights=[float(w) for w in loss_weights.split(",")] if loss_weights else None,
+        label_smoothing=label_smoothing(loss_type), discopop_tau=DISCOPOP_TAU, gradient_checkpointing=False, bf16=False, use_cpu=True,
+        max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=0)
+    trainer = trl.DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=Dataset.from_list(ROWS),
+                             processing_class=tokenizer, callbacks=[Log()])
+    trainer.train()
+    return logged[0]
+
+
+@pytest.mark.parametrize("loss_type,loss_weights", CASES)
+def test_first_step_matches_trls_dpo_trainer(tiny_model_dir, tmp_path, loss_type, loss_weights):
+    theirs = trl_first_step(tiny_model_dir, tmp_path, loss_type, loss_weights)
+    model, tokenizer = policy(tiny_model_dir)
+    config = TrainConfig(beta=BETA, loss_type=loss_type, loss_weights=loss_weights,
+                         label_smoothing=label_smoothing(loss_type), discopop_tau=DISCOPOP_TAU)
+    ours = DPOTrainer(model, tokenizer, config).step(ROWS)
+    # 1e-5, or 1e-5 of the value where it is large (sppo_hard's ~50: fp32 sums in a different order)
+    assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-5, rel=1e-5)
+    assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], abs=1e-5, rel=1e-5)
+    for key in ("rewards/margins", "logps/chosen", "logps/rejected"):
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-5, rel=1e-6), key
+    assert ours["rewards/margins"] != 0  # the reference really differs from the policy
+
+
+def test_live_default_is_what_rpo_alpha_one_was():
+    """`sigmoid,sft` with weights 1,1 is DPO + 1.0 x the chosen reply's NLL (TRL averages the NLL over
+    the batch's chosen tokens, as RPO's rpo_alpha term did), so the live default did not change."""
+    live = TrainConfig.from_dict(LIVE_TRAINING.for_method("dpo"))
+    assert (live.loss_type, live.loss_weights) == (["sigmoid", "sft"], [1.0, 1.0])
+    assert loss_terms("sigmoid", rpo_alpha=1.0) == (live.loss_type, live.loss_weights)
+    assert loss_terms("ipo,sft", "1,2", rpo_alpha=0.5) == (["ipo", "sft"], [1.0, 0.5])  # the alias sets the weight
+    assert loss_terms("sigmoid,sft", rpo_alpha=0) == (["sigmoid"], [1.0])  # and 0 removes the term
+
+
+def test_the_sft_term_weight_scales_only_the_nll(tiny_policy):
+    model, tokenizer = tiny_policy
+    with torch.no_grad():
+        dpo, _ = DPOTrainer(model, tokenizer, TrainConfig(loss_type="sigmoid")).loss(ROWS)
+        both, metrics = DPOTrainer(model, tokenizer, TrainConfig(loss_type="sigmoid,sft", loss_weights="1,0.5")).loss(ROWS)
+    assert both.item() == pytest.approx(dpo.item() + 0.5 * metrics["nll"], abs=1e-6)
+
+
+@pytest.mark.parametrize("loss_type,loss_weights,label_smoothing,message", [
+    ("sigmoid,dpo", None, 0.0, "--loss-type sigmoid,dpo: unknown loss type 'dpo'; choose from sigmoid, hinge"),
+    ("sigmoid,sigmoid", None, 0.0, "listed twice"),
+    ("sigmoid,sft", "1", 0.0, "--loss-weights has 1 weight(s) for 2 loss type(s) (sigmoid,sft)"),
+    ("sigmoid", "one", 0.0, "--loss-weights 'one': finite numbers"),
+    ("exo_pair", None, 0.0, "--label-smoothing 0: exo_pair needs its epsilon > 0"),
+    ("robust", None, 0.5, "--label-smoothing 0.5: robust's flip rate must be below 0.5"),
+])
+def test_bad_loss_options_are_one_line(loss_type, loss_weights, label_smoothing, message):
+    with pytest.raises(UserError) as caught:
+        TrainConfig(loss_type=loss_type, loss_weights=loss_weights, label_smoothing=label_smoothing)
+    assert message in str(caught.value) and "\n" not in str(caught.value)

@@ -75,7 +75,10 @@ def test_bad_sft_rows_name_the_row(tmp_path):
 
 
 @pytest.mark.parametrize("flags,fragment", [
-    (["--loss-type", "nope"], "--loss-type nope"),
+    (["--loss-type", "nope"], "--loss-type nope: unknown loss type 'nope'; choose from sigmoid, hinge, ipo"),
+    (["--loss-type", "sigmoid,sft", "--loss-weights", "1"], "--loss-weights has 1 weight(s) for 2 loss type(s)"),
+    (["--loss-weights", "1,1"], "--loss-weights has 2 weight(s) for 1 loss type(s) (sigmoid)"),
+    (["--loss-type", "exo_pair"], "--label-smoothing 0: exo_pair needs its epsilon > 0"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--model", "./no-such-model"], "no such folder or file"),
 ])
@@ -128,7 +131,8 @@ def test_dpo_trains_saves_and_merges(tiny_model_dir, tmp_path):
     assert "trained dpo on 2 rows" in result.stdout
     assert not (tmp_path / "out.partial").exists()
     meta = json.loads((output / "metadata.json").read_text())
-    assert meta["method"] == "dpo" and meta["rows"] == 2 and meta["config"]["rpo_alpha"] == 1.0
+    assert meta["method"] == "dpo" and meta["rows"] == 2
+    assert (meta["config"]["loss_type"], meta["config"]["loss_weights"]) == (["sigmoid", "sft"], [1.0, 1.0])  # the alias
 
     tokenizer = AutoTokenizer.from_pretrained(output)
     ids = tokenizer("A sentence to score.", return_tensors="pt")
@@ -161,6 +165,7 @@ def test_help_explains_every_flag(command):
     flags = ["--data", "--output", "--model", "--max-steps", "--epochs", "--batch-size", "--grad-accum", "--lr",
              "--max-length", "--lora-r", "--lora-alpha", "--seed", "--merge"]
     if command == "dpo":
-        flags += ["--beta", "--loss-type"]
+        flags += ["--beta", "--loss-type", "--loss-weights", "--label-smoothing", "--discopop-tau", "--rpo-alpha",
+                  "sigmoid_norm", "cDPO", "Alias"]
     for flag in flags:
         assert flag in result.output, flag

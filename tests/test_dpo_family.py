@@ -9,6 +9,8 @@ reference), so the first step already has log-ratios that differ from 0.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -128,3 +130,30 @@ def test_bad_loss_options_are_one_line(loss_type, loss_weights, label_smoothing,
     with pytest.raises(UserError) as caught:
         TrainConfig(loss_type=loss_type, loss_weights=loss_weights, label_smoothing=label_smoothing)
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_an_updates_hyperparameters_set_the_loss_on_the_live_default():
+    """The live engine's dpo config: LIVE_TRAINING, then `serve --loss-type`, then the update's hyperparameters."""
+    from engine.live import EngineOptions, LiveEngine
+
+    engine = LiveEngine.__new__(LiveEngine)  # check_hyperparameters needs no model
+    engine.options = EngineOptions()
+
+    def loss(**values):
+        config, _ = engine.check_hyperparameters("dpo", values)
+        return config.loss_type, config.loss_weights
+
+    assert loss() == (["sigmoid", "sft"], [1.0, 1.0])
+    assert loss(rpo_alpha=0.5) == (["sigmoid", "sft"], [1.0, 0.5])  # old sessions' override still means this
+    assert loss(rpo_alpha=0) == (["sigmoid"], [1.0])
+    assert loss(loss_type=["ipo"]) == (["ipo"], [1.0])  # a new list starts from weights 1, not the default's
+    assert loss(loss_type="apo_zero,sft", loss_weights=[1, 2]) == (["apo_zero", "sft"], [1.0, 2.0])
+    for bad, message in [({"loss_weights": [1]}, "hyperparameters.loss_weights has 1 weight(s) for 2"),
+                         ({"loss_type": 3}, "hyperparameters.loss_type 3: one loss name"),
+                         ({"loss_type": "exo_pair"}, "hyperparameters.label_smoothing 0: exo_pair"),
+                         ({"rpo_alpha": "1"}, "hyperparameters.rpo_alpha '1': a finite number")]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            engine.check_hyperparameters("dpo", bad)
+    engine.options = EngineOptions(loss_type="ipo,sft", loss_weights="1,0.1")
+    assert loss() == (["ipo", "sft"], [1.0, 0.1])
+    assert loss(loss_type="exo_pair", label_smoothing=1e-3) == (["exo_pair"], [1.0])

@@ -228,6 +228,8 @@ def test_malformed_lines_are_answered_and_the_connection_lives(lines):
                 {"type": "update", "id": "e", "examples": [{"prompt": "x"}]},
                 {"type": "update", "id": "f", "examples": [PAIR], "hyperparameters": {"lrr": 1}},
                 {"type": "update", "id": "f2", "examples": [PAIR], "hyperparameters": {"lr": "fast"}},
+                {"type": "update", "id": "f4", "examples": [PAIR], "hyperparameters": {"loss_type": "sigmoid,nope"}},
+                {"type": "update", "id": "f5", "examples": [PAIR], "hyperparameters": {"loss_weights": [1, 1, 1]}},
                 {"type": "update", "id": "f3", "method": "rlhf", "examples": [PAIR]},
                 {"type": "rollback", "id": "g", "version": 999},
                 {"type": "hello", "id": "h", "v": 7}]:
@@ -370,12 +372,25 @@ def test_cli_refuses_bad_flags_in_one_line():
     assert line.startswith("error: argument --device: invalid choice: 'tpu'") and "tui-align engine serve --help" in line
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--loss-type", "sigmoid,kto"], "error: --loss-type sigmoid,kto: unknown loss type 'kto'"),
+    (["--loss-type", "ipo,sft", "--loss-weights", "1"], "error: --loss-weights has 1 weight(s) for 2 loss type(s)"),
+])
+def test_bad_loss_options_stop_the_engine_before_the_model_loads(tmp_path, flags, message):
+    out = subprocess.run([sys.executable, "-m", "engine", "serve", "--model", str(tmp_path / "never-loaded"), *flags],
+                         capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    line, = out.stderr.strip().splitlines()
+    assert line.startswith(message), line
+
+
 def test_cli_serve_help_is_the_engine_parser():
     out = subprocess.run([str(Path(sys.executable).parent / "tui-align"), "engine", "serve", "--help"],
                          capture_output=True, text=True, env=ENV)
     assert out.returncode == 0 and out.stdout.startswith("usage: tui-align engine serve ")
     for option in ("--model", "--method {dpo,sft,ppo}", "--socket", "--listen", "--token-file", "--device", "--dtype",
-                   "--session-dir", "--version", "--watch-stdin", "--threads", "--lora-r", "--lora-alpha"):
+                   "--session-dir", "--version", "--watch-stdin", "--threads", "--lora-r", "--lora-alpha",
+                   "--loss-type", "--loss-weights", "--label-smoothing"):
         assert option in out.stdout
 
 

@@ -47,7 +47,12 @@ def test_replay_reproduces_the_pairs_and_trains(tmp_path, tiny_model_dir):
 
 def test_replay_bad_inputs(tmp_path):
     build(tmp_path, "ties", pairs=0, ties=2)
-    for args, message in [(["replay", "missing", "--output", str(tmp_path / "o")], "no session 'missing'"),
+    build(tmp_path, "pairs", pairs=2)
+    for args, message in [(["replay", "pairs", "--loss-type", "dpo", "--output", str(tmp_path / "o")],
+                           "--loss-type dpo: unknown loss type"),
+                          (["replay", "pairs", "--loss-type", "ipo,sft", "--loss-weights", "1,1,1", "--output",
+                            str(tmp_path / "o")], "--loss-weights has 3 weight(s) for 2 loss type(s)"),
+                          (["replay", "missing", "--output", str(tmp_path / "o")], "no session 'missing'"),
                           (["replay", "ties", "--output", str(tmp_path / "o")], "no preference pairs"),
                           (["replay", "ties", "--method", "ppo", "--output", str(tmp_path / "o")], "--method ppo")]:
         result = runner.invoke(app, [*args, "--sessions-dir", str(tmp_path)])

@@ -180,7 +180,7 @@ class LiveEngine:
             raise DataError(f"hyperparameters.steps must be an integer from 1 to {MAX_STEPS_PER_UPDATE}")
         config_type = self._config_type(method)
         known = {f.name: f for f in fields(config_type)}
-        aliases = {"rpo_alpha"} if config_type is TrainConfig else set()
+        aliases = {"rpo_alpha"} if method == "dpo" else set()  # the old name of the sft term's weight
         unknown = sorted(set(values) - set(known) - aliases)
         if unknown:
             raise DataError(f"unknown hyperparameter(s) {', '.join(unknown)} for {method}; "

@@ -79,9 +79,9 @@ class DPOTrainer(Trainer):
         ref_rejected = torch.tensor([ex["ref_rejected_logps"] for ex in examples], device=self.device)
         sums = chosen, rejected, ref_chosen, ref_rejected
         chosen_mask, rejected_mask = batch["segments"] == 1, batch["segments"] == 2
-        lengths = [mask.sum(-1).clamp(min=1) for mask in (chosen_mask, rejected_mask)] * 2
+        lengths = [mask.sum(-1).clamp(min=1) for mask in (chosen_mask, rejected_mask)] * 2  # policy's, then ref's
         metrics, loss = {}, 0.0
-        for term, weight in zip(cfg.loss_type, cfg.loss_weights or [1.0] * len(cfg.loss_type), strict=True):
+        for term, weight in zip(cfg.loss_type, cfg.loss_weights, strict=True):
             if term == SFT_TERM:  # the chosen reply's NLL, a mean over all its tokens in the batch (as TRL)
                 value = -(per_token * chosen_mask).sum() / chosen_mask.sum().clamp(min=1)
                 metrics["nll"] = value.item()

@@ -372,16 +372,18 @@ def test_cli_refuses_bad_flags_in_one_line():
     assert line.startswith("error: argument --device: invalid choice: 'tpu'") and "tui-align engine serve --help" in line
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--loss-type", "sigmoid,kto"], "error: --loss-type sigmoid,kto: unknown loss type 'kto'"),
-    (["--loss-type", "ipo,sft", "--loss-weights", "1"], "error: --loss-weights has 1 weight(s) for 2 loss type(s)"),
+@pytest.mark.parametrize("options,message", [
+    ({"loss_type": "sigmoid,kto"}, "error: --loss-type sigmoid,kto: unknown loss type 'kto'"),
+    ({"loss_type": "ipo,sft", "loss_weights": "1"}, "error: --loss-weights has 1 weight(s) for 2 loss type(s)"),
 ])
-def test_bad_loss_options_stop_the_engine_before_the_model_loads(tmp_path, flags, message):
-    out = subprocess.run([sys.executable, "-m", "engine", "serve", "--model", str(tmp_path / "never-loaded"), *flags],
-                         capture_output=True, text=True, env=ENV, cwd=tmp_path)
-    assert out.returncode == 2 and out.stdout == ""
-    line, = out.stderr.strip().splitlines()
-    assert line.startswith(message), line
+def test_bad_loss_options_stop_the_engine_before_the_model_loads(tmp_path, monkeypatch, capsys, options, message):
+    from engine.server import ServeOptions, main
+
+    monkeypatch.chdir(tmp_path)  # the default socket's folder
+    assert main(ServeOptions(model=str(tmp_path / "never-loaded"), **options)) == 2
+    out = capsys.readouterr()
+    line, = out.err.strip().splitlines()
+    assert out.out == "" and line.startswith(message), line
 
 
 def test_cli_serve_help_is_the_engine_parser():

@@ -89,6 +89,13 @@ def test_bad_flags(tmp_path, flags, fragment):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_trl_style_yaml_gives_the_loss_as_lists(tmp_path):
+    data = write_jsonl(tmp_path / "prefs.jsonl", PREFERENCES)
+    (tmp_path / "dpo.yaml").write_text("loss_type: [sigmoid, sft]\nloss_weights: [1.0]\n")
+    result = invoke("train", "dpo", "--data", data, "--output", tmp_path / "out", "--config", tmp_path / "dpo.yaml")
+    assert_user_error(result, "--loss-weights has 1 weight(s) for 2 loss type(s) (sigmoid,sft)")
+
+
 def test_missing_data_file_and_existing_output(tmp_path):
     result = invoke("train", "dpo", "--data", tmp_path / "nope.jsonl", "--output", tmp_path / "out")
     assert_user_error(result, "nope.jsonl", "no such file")

@@ -92,6 +92,8 @@ def read_config(path: Path, ctx) -> dict:
         param = params.get(name)
         if param is None:
             fail(f"{where}: unknown option {key!r} for `{ctx.command_path}` (its options: see --help)")
+        if isinstance(value, list) and _annotation(param) is str:  # TRL's `loss_type: [sigmoid, sft]`
+            value = ",".join(map(str, value))
         if isinstance(value, bool) and _annotation(param) in (int, float):  # YAML's true is no number
             fail(f"{where}: {key}: expected a number, got {str(value).lower()}")
         try:

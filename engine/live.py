@@ -25,7 +25,7 @@ from engine import versions as vs
 from engine.chat import check_messages
 from engine.data import DataError, validate
 from engine.logprobs import causal_lm
-from engine.models import LoRAConfig, add_lora, load_model, model_name, parameter_count
+from engine.models import LoRAConfig, _first_line, add_lora, load_model, model_name, parameter_count
 from engine.protocol import LIVE_TRAINING, METHODS, PROTOCOL_VERSION, NonFiniteLoss, UserError, loss_terms
 from engine.resources import engine_threads
 from engine.tracking import open_tracker
@@ -54,8 +54,8 @@ class EngineOptions:
     device: str = "auto"
     dtype: str = "auto"
     session_dir: str | None = None
-    lora_r: int = 16
-    lora_alpha: int = 32
+    lora_r: int = LoRAConfig.r
+    lora_alpha: int = LoRAConfig.alpha
     version: int | None = None  # the saved version to start at (0: the base); None: the latest
     threads: int | None = None  # torch's intra-op threads; None: all cores but one (engine_threads)
     report_to: str = "none"  # each update's metrics to a tracker (engine/tracking.py); TensorBoard's in SESSION/logs
@@ -83,6 +83,12 @@ class LiveEngine:
     def __init__(self, options: EngineOptions):
         self.options = options
         self.started = time.time()
+        if options.session_dir:
+            self.session_dir = Path(options.session_dir)
+        else:
+            self.session_dir = Path(tempfile.mkdtemp(prefix="tui-align-engine-"))
+        self.root = self.session_dir / "versions"
+        start = vs.check_start(self.root, options.version, options.lora_r)  # before the model: a bad one exits at once
         self.threads = engine_threads(options.threads)
         torch.set_num_threads(self.threads)  # before any parallel work; the worker thread inherits it
         base, self.tokenizer = load_model(options.model, device=options.device, dtype=options.dtype)
@@ -96,11 +102,6 @@ class LiveEngine:
         self.parameters = parameter_count(self.policy)
         self.decode_attention = self.attention = base.config._attn_implementation
         self.train_attention = TRAIN_ATTENTION.get(self.device.split(":")[0], self.decode_attention)
-        if options.session_dir:
-            self.session_dir = Path(options.session_dir)
-        else:
-            self.session_dir = Path(tempfile.mkdtemp(prefix="tui-align-engine-"))
-        self.root = self.session_dir / "versions"
         self.root.mkdir(parents=True, exist_ok=True)
         self.tracker = open_tracker(options.report_to, self.session_dir / "logs", self.session_dir.name)
         self.trainers: dict = {}
@@ -110,13 +111,11 @@ class LiveEngine:
         self._update_job = None  # the update whose step is running: its cancel stops the step too
         self._install_preemption()
         self.version = 0
-        saved = vs.list_versions(self.root)
-        start = (saved or [0])[-1] if options.version is None else options.version  # default: the latest
-        if start and start not in saved:
-            raise UserError(f"--version {start}: no such version in {self.root} "
-                            f"(saved: {', '.join(map(str, saved)) or 'none'}; 0 is the base model)")
         if start:  # resume where the last run stopped, or where the session's active version is
-            vs.load_adapter(self.policy, vs.version_dir(self.root, start))
+            try:
+                vs.load_adapter(self.policy, vs.version_dir(self.root, start))
+            except Exception as exc:  # noqa: BLE001 - whole files whose tensors do not fit: one line, exit 2
+                raise UserError(f"version {start} in {self.root} cannot be loaded: {_first_line(exc)}") from None
             self.version = start
 
     # --- answers that need no model work ------------------------------------------------

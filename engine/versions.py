@@ -3,6 +3,10 @@
 A session keeps `versions/v0001/`, `versions/v0002/`, ...; version 0 is the base model
 (adapter off, or freshly initialised). Loading copies the saved tensors into the live
 adapter in place, so a rollback restores the weights exactly without reloading the base.
+
+Importing this module imports no torch: the TUI checks a session's versions with `problem`
+(a torch-free reading of each safetensors header against its file's size) before it starts
+an engine on one, and the engine runs the same check before it loads the model.
 """
 
 from __future__ import annotations
@@ -12,9 +16,14 @@ import shutil
 import time
 from pathlib import Path
 
+from engine.protocol import UserError
+
 ADAPTER = "adapter_model.safetensors"
 METADATA = "metadata.json"
 VALUE_HEAD = "value_head.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
+               "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
 
 
 def version_dir(root: str | Path, number: int) -> Path:
@@ -29,6 +38,86 @@ def list_versions(root: str | Path) -> list[int]:
         int(p.name[1:]) for p in root.iterdir()
         if p.name.startswith("v") and p.name[1:].isdigit() and (p / "adapter_config.json").exists()
     )
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What makes `path` not a whole safetensors file (missing, truncated, a bad header), or None.
+
+    The format: an 8-byte little-endian header length, a JSON header giving each tensor's dtype,
+    shape and byte range, then the tensors' bytes; a whole file ends where the last range ends.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as file:
+            length = int.from_bytes(file.read(8), "little")
+            if size < 8 or length > size - 8:
+                return f"{path.name} is truncated ({size} bytes, not even its header)"
+            header = json.loads(file.read(length))
+        header.pop("__metadata__", None)
+        end = 0
+        for name, tensor in header.items():
+            begin, stop = tensor["data_offsets"]
+            count = 1
+            for dim in tensor["shape"]:
+                count *= dim
+            if stop - begin != count * DTYPE_BYTES[tensor["dtype"]]:
+                return f"{path.name}: tensor {name} has {stop - begin} bytes for its shape {tensor['shape']}"
+            end = max(end, stop)
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except OSError as exc:
+        return f"{path.name}: {exc.strerror}"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"{path.name} has an unreadable header"
+    if size != 8 + length + end:
+        return f"{path.name} is {'truncated' if size < 8 + length + end else 'too long'} ({size} bytes of {8 + length + end})"
+    return None
+
+
+def problem(folder: Path, lora_r: int | None = None) -> str | None:
+    """Why the saved version in `folder` cannot be loaded (a file missing, truncated or unreadable; an
+    adapter of another LoRA rank than `lora_r`), or None if it is intact. Reads no tensor."""
+    if not folder.is_dir():
+        return "its folder is missing"
+    config = {}
+    for name in (ADAPTER_CONFIG, METADATA):
+        if name == METADATA and not (folder / name).exists():
+            continue  # optional
+        try:
+            loaded = json.loads((folder / name).read_text())
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except (OSError, ValueError):
+            return f"{name} is unreadable"
+        if not isinstance(loaded, dict):
+            return f"{name} is unreadable"
+        config = loaded if name == ADAPTER_CONFIG else config
+    found = safetensors_problem(folder / ADAPTER)
+    if found is None and (folder / VALUE_HEAD).exists():
+        found = safetensors_problem(folder / VALUE_HEAD)
+    if found is None and lora_r is not None and config.get("r") != lora_r:
+        found = f"its adapter has LoRA rank {config.get('r')}, this engine's is {lora_r} (--lora-r)"
+    return found
+
+
+def newest_intact(root: str | Path, lora_r: int | None = None) -> int:
+    """The newest saved version that can be loaded (0, the base model, if none can)."""
+    return next((n for n in reversed(list_versions(root)) if problem(version_dir(root, n), lora_r) is None), 0)
+
+
+def check_start(root: str | Path, version: int | None, lora_r: int) -> int:
+    """The version an engine on `root` starts at (`version`; None: the latest saved); a version that is
+    not saved, or cannot be loaded, is a UserError that names it and the newest intact one."""
+    saved = list_versions(root)
+    start = (saved or [0])[-1] if version is None else version
+    if start and start not in saved:
+        raise UserError(f"--version {start}: no such version in {root} "
+                        f"(saved: {', '.join(map(str, saved)) or 'none'}; 0 is the base model)")
+    found = problem(version_dir(root, start), lora_r) if start else None
+    if found:
+        raise UserError(f"version {start} in {root} cannot be loaded: {found}; "
+                        f"start at the newest intact one with --version {newest_intact(root, lora_r)}")
+    return start
 
 
 def save_adapter(model, folder: str | Path, metadata: dict | None = None, value_head=None, state=None) -> Path:

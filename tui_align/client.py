@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -25,6 +26,16 @@ from engine.protocol import PROTOCOL_VERSION, encode
 
 LINE_LIMIT = 64 * 1024 * 1024
 STDERR_LINES = 200
+ERROR_LINE = re.compile(r"error\b|(\w+\.)*\w*(Error|Exception|Interrupt|Exit)\b")  # `error: ...`, `ValueError: ...`
+
+
+def last_error(stderr_tail: str) -> str:
+    """The engine's stderr line that says what went wrong: its `error: ...` line or an exception's last
+    line; else the last line that is neither a warning nor the source line a warning quotes."""
+    lines = [line.rstrip() for line in stderr_tail.splitlines() if line.strip()]
+    errors = [line for line in lines if ERROR_LINE.match(line)]
+    plain = [line for line in lines if not line[0].isspace() and "Warning" not in line]
+    return (errors or plain or [""])[-1].strip()
 
 
 class EngineDied(Exception):
@@ -32,9 +43,9 @@ class EngineDied(Exception):
 
     def __init__(self, returncode: int | None, stderr_tail: str = "", reason: str = ""):
         self.returncode, self.stderr_tail = returncode, stderr_tail
-        last = next((line for line in reversed(stderr_tail.splitlines()) if line.strip()), "")
+        self.error = last_error(stderr_tail)
         what = reason or (f"engine exited with code {returncode}" if returncode is not None else "engine connection closed")
-        super().__init__(f"{what}{': ' + last if last else ''}")
+        super().__init__(f"{what}{': ' + self.error if self.error else ''}")
 
 
 class EngineError(Exception):

@@ -19,9 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from engine import versions as vs
+from engine.models import LoRAConfig
 from tui_align import DEFAULT_SYSTEM_PROMPT
 from tui_align.arena import opponent as arena_opponent
-from tui_align.client import EngineClient, EngineDied, EngineError
+from tui_align.client import EngineClient, EngineDied, EngineError, last_error
+from tui_align.errors import WriteFailed
 from tui_align.feedback import PENDING_CAP
 from tui_align.rounds import SLOT_LETTERS, Round
 
@@ -105,6 +108,7 @@ class LiveLoop:
         # Updates come at the person's pace: after rows newer than the last update's window. A backlog
         # adds no versions of its own (each is a 19 MB adapter on the default model); it fills windows.
         self.trained_upto = 0  # the newest example id of the last successful update's window
+        self.fallback: int | None = None  # the newest intact version, offered when the live one is damaged
         self._update_task: asyncio.Task | None = None
         self._update_id: int | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -123,6 +127,17 @@ class LiveLoop:
     def updating(self) -> bool:
         return self._update_task is not None and not self._update_task.done()
 
+    def _record(self, what: str, write: Callable[[], object]) -> bool:
+        """A write the loop makes on its own (an update's bookkeeping, a version): if it fails, the person
+        is told what was not stored and the loop goes on. False if it failed."""
+        try:
+            with self.store.storing(what):
+                write()
+        except WriteFailed as exc:
+            self.on_notice(f"{exc}\nFree some disk space; what you do next is stored as usual.", "error")
+            return False
+        return True
+
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -133,8 +148,20 @@ class LiveLoop:
 
     async def start(self, restart: bool = False) -> bool:
         """Start (or restart) the engine at the session's live version; False if it failed (and said why)."""
+        start_at = self.store.active_version()  # a rollback survives a restart
+        if restart and self.fallback is not None:  # the person took the offer of the newest intact version
+            start_at, self.fallback = self.fallback, None
+            self._record(f"the move to v{start_at}", lambda: self.store.set_active_version(start_at))
+            self.store.log("warning", f"started at v{start_at}, the newest intact version")
+        found = start_at and vs.problem(vs.version_dir(self.store.versions_dir, start_at), LoRAConfig.r)
+        if found:  # the engine would refuse it: say so now, and offer the newest version that loads
+            self.fallback = vs.newest_intact(self.store.versions_dir, LoRAConfig.r)
+            self._failed(f"v{start_at} of this session cannot be loaded: {found}",
+                         f"Press ctrl+r to start at v{self.fallback}, the newest intact version.",
+                         note=f"v{start_at} is damaged: ctrl+r starts at v{self.fallback}, the newest intact version")
+            return False
         self._set(engine="loading", generating=False, note="restarting the engine…" if restart else "loading the model…")
-        self.client.start_version = self.store.active_version()  # a rollback survives a restart
+        self.client.start_version = start_at
         try:
             info = await (self.client.restart() if restart else self.client.start())
         except (EngineDied, EngineError, OSError) as exc:
@@ -142,7 +169,7 @@ class LiveLoop:
             return False
         version = self.client.version
         if version > self.store.latest_version():  # written by an update we did not see finish
-            self.store.record_version(version, self.store.versions_dir / f"v{version:04d}")
+            self._record(f"version {version}", lambda: self.store.record_version(version, self.store.versions_dir / f"v{version:04d}"))
         model = Path(str(info.get("model", ""))).name or "model"
         self.store.log("info", f"engine ready: {model} on {info.get('device')} at v{version}")
         self._set(engine="ready", version=version, model=model, device=str(info.get("device", "")), note="",
@@ -165,14 +192,16 @@ class LiveLoop:
             return
         code = getattr(exc, "returncode", None) if exc else self.client.returncode
         if self._update_id is not None:
-            self.store.finish_update(self._update_id, "failed", error="engine died")
-            self._update_id = None
-        self._failed(f"the engine died (exit {code}){': ' + last_error(exc, self.client) if last_error(exc, self.client) else ''}")
+            update_id, self._update_id = self._update_id, None
+            self._record("the failed update", lambda: self.store.finish_update(update_id, "failed", error="engine died"))
+        error = last_error(getattr(exc, "stderr_tail", "") or self.client.stderr_tail or "")
+        self._failed(f"the engine died (exit {code}){': ' + error if error else ''}")
 
-    def _failed(self, message: str) -> None:
+    def _failed(self, message: str, offer: str = "Press ctrl+r to restart it at the last saved version.",
+                note: str = "ctrl+r restarts it at the last saved version") -> None:
         self.store.log("error", message)
-        self._set(engine="error", generating=False, updating=False, note="ctrl+r restarts the engine")
-        self.on_notice(f"{message}\nPress ctrl+r to restart it at the last saved version.", "error")
+        self._set(engine="error", generating=False, updating=False, note=note)
+        self.on_notice(f"{message}\n{offer}", "error")
 
     async def close(self) -> None:
         """Stop a running update (recorded as cancelled) and the engine; everything the person did is
@@ -191,7 +220,8 @@ class LiveLoop:
 
     def begin(self, conversation_id: int, text: str) -> Round:
         """Store the person's message and open a round on it."""
-        turn_id = self.store.add_user_turn(conversation_id, text)
+        with self.store.storing("your message"):
+            turn_id = self.store.add_user_turn(conversation_id, text)
         self.prompts += 1
         cfg = self.config
         arena = cfg.method == "dpo" and cfg.arena_every > 0 and self.prompts % cfg.arena_every == 0
@@ -242,8 +272,10 @@ class LiveLoop:
         finally:
             if self.state.generating:
                 self._set(generating=False)
-        round_.response_ids = self.store.add_responses(round_.turn_id, round_.results, round_.versions or round_.version,
-                                                       {**cfg.sampling, "seed": seed}, shown_order=round_.shown_order)
+        with self.store.storing("the replies"):
+            round_.response_ids = self.store.add_responses(round_.turn_id, round_.results,
+                                                           round_.versions or round_.version,
+                                                           {**cfg.sampling, "seed": seed}, shown_order=round_.shown_order)
         if cfg.method == "dpo" and round_.n >= 2:
             self._spawn(self._score_reference(round_))
         return round_
@@ -262,31 +294,38 @@ class LiveLoop:
 
     def pick(self, round_: Round, slot: int) -> None:
         """The reply in `slot` beats every other one."""
-        judgment = self.store.record_preference(round_.turn_id, round_.response_at(slot), round_.others(slot),
-                                                shown_order=round_.shown)
+        with self.store.storing("the pick"):
+            judgment = self.store.record_preference(round_.turn_id, round_.response_at(slot), round_.others(slot),
+                                                    shown_order=round_.shown)
+            self._vote(round_, judgment, SLOT_LETTERS[slot])
         round_.ranking = [slot] + [s for s in range(round_.n) if s != slot]
-        self._vote(round_, judgment, SLOT_LETTERS[slot])
         self._judged(Judgment(round_, "preference", [judgment]), complete=True)
 
     def rank(self, round_: Round, slot: int) -> bool:
         """The next best slot of a ranking of N > 2; stored (and True) once the ranking is complete."""
         if not round_.add_rank(slot):
             return False
-        ids = [self.store.record_preference(round_.turn_id, round_.response_at(better),
-                                            [round_.response_at(s) for s in round_.ranking[i + 1:]],
-                                            shown_order=round_.shown)
-               for i, better in enumerate(round_.ranking[:-1])]
+        try:
+            with self.store.storing("the ranking"):
+                ids = [self.store.record_preference(round_.turn_id, round_.response_at(better),
+                                                    [round_.response_at(s) for s in round_.ranking[i + 1:]],
+                                                    shown_order=round_.shown)
+                       for i, better in enumerate(round_.ranking[:-1])]
+        except WriteFailed:
+            del round_.ranking[-2:]  # back to before this key: the last rank and the implied one
+            raise
         self._judged(Judgment(round_, "preference", ids), complete=True)
         return True
 
     def outcome(self, round_: Round, kind: str) -> None:
         """tie, both_bad or skip: stored, never trained on. A tie continues with the left reply."""
         outcome = {"skip": "skipped"}.get(kind, kind)
-        judgment = self.store.record_preference(round_.turn_id, None, round_.shown, outcome=outcome,
-                                                shown_order=round_.shown)
-        if kind == "tie":
-            self.store.choose(round_.turn_id, round_.response_at(0))
-        self._vote(round_, judgment, outcome)
+        with self.store.storing(f"the {kind.replace('_', ' ')}"):
+            judgment = self.store.record_preference(round_.turn_id, None, round_.shown, outcome=outcome,
+                                                    shown_order=round_.shown)
+            if kind == "tie":
+                self.store.choose(round_.turn_id, round_.response_at(0))
+            self._vote(round_, judgment, outcome)
         self._judged(Judgment(round_, "preference", [judgment]), complete=True)
 
     def _vote(self, round_: Round, judgment: int, outcome: str) -> None:
@@ -294,28 +333,35 @@ class LiveLoop:
         if round_.versions is not None:
             shown_versions = [round_.versions[c] for c in round_.shown_order]
             self.store.record_arena(round_.turn_id, judgment, shown_versions, round_.shown, outcome)
-            self._set(votes=self.state.votes + 1)
 
     def rate(self, round_: Round, slot: int, score: int, scale: str = "1-5") -> bool:
         """Score one reply (a re-score replaces the earlier one); True once every reply has a score,
         when the best one continues the conversation."""
-        rating = self.store.record_rating(round_.response_at(slot), score, scale)
+        before = dict(round_.scores)
         round_.scores[slot] = score if scale == "1-5" else (5 if score else 1)
         complete = len(round_.scores) == round_.n
-        if complete:
-            self.store.choose(round_.turn_id, round_.response_at(round_.best_scored()))
+        try:
+            with self.store.storing("the score"):
+                rating = self.store.record_rating(round_.response_at(slot), score, scale)
+                if complete:
+                    self.store.choose(round_.turn_id, round_.response_at(round_.best_scored()))
+        except WriteFailed:
+            round_.scores = before
+            raise
         self._judged(Judgment(round_, "rating", [rating], slot=slot), complete=complete)
         return complete
 
     def edit(self, round_: Round, slot: int, text: str) -> None:
         """The person's correction of the reply in `slot`: a demonstration, and a pair over the original."""
-        demo = self.store.record_demonstration(round_.turn_id, text, edited_from=round_.response_at(slot))
+        with self.store.storing("the edit"):
+            demo = self.store.record_demonstration(round_.turn_id, text, edited_from=round_.response_at(slot))
         self._judged(Judgment(round_, "demonstration", [demo]), complete=True)
 
     def _judged(self, judgment: Judgment, complete: bool) -> None:
         judgment.round.complete = complete
         self.last.append(judgment)
-        self._set(pending=self.store.pending_count(self.config.method))
+        votes = self.state.votes + (judgment.round.versions is not None and judgment.kind == "preference")
+        self._set(pending=self.store.pending_count(self.config.method), votes=votes)
         self.maybe_update()
 
     def take_back(self) -> Judgment | None:
@@ -323,17 +369,20 @@ class LiveLoop:
         it is left out of every later one). Its round is open again; None if there is nothing to take back."""
         if not self.last:
             return None
-        judgment = self.last.pop()
+        judgment = self.last[-1]
         withdraw = {"preference": self.store.withdraw_judgment, "rating": self.store.withdraw_rating,
                     "demonstration": self.store.withdraw_demonstration}[judgment.kind]
-        for pk in judgment.ids:
-            withdraw(pk)
+        with self.store.storing("the take-back"):
+            for pk in judgment.ids:
+                withdraw(pk)
+            if judgment.kind == "rating":
+                self.store.choose(judgment.round.turn_id, None)  # a complete round had continued with its best reply
+        self.last.pop()
         round_ = judgment.round
         round_.complete = False
         round_.ranking = []
         if judgment.kind == "rating":
             round_.scores.pop(judgment.slot, None)
-            self.store.choose(round_.turn_id, None)  # a complete round had continued with its best reply
         self._set(pending=self.store.pending_count(self.config.method))
         return judgment
 
@@ -372,7 +421,13 @@ class LiveLoop:
         if not rows or not self.ready:
             return None
         ids, examples = [i for i, _ in rows], [e for _, e in rows]
-        self._update_id = update_id = self.store.start_update(method, ids)
+        try:
+            with self.store.storing("the update's start (no update was started)"):
+                update_id = self.store.start_update(method, ids)
+        except WriteFailed as exc:
+            self.on_notice(f"{exc}\nFree some disk space; `u` trains once it can be stored.", "error")
+            return None
+        self._update_id = update_id
         self._set(updating=True, note=f"training on {len(examples)} examples…")
         try:
             done = await self.client.update(method, examples, self.store.overrides or None,
@@ -382,21 +437,26 @@ class LiveLoop:
             return None
         except EngineError as exc:  # NaN/inf loss (discarded, previous version stays), out of memory, ...
             self._update_id = None
-            self.store.finish_update(update_id, "failed", error=describe(exc))
+            self._record("the failed update", lambda: self.store.finish_update(update_id, "failed", error=describe(exc)))
             self.store.log("warning", f"update discarded: {describe(exc)}")
             self._set(updating=False, note="")
             self.on_notice(f"update discarded, v{self.client.version} stays live: {describe(exc)}", "warning")
             return None
         except asyncio.CancelledError:
             if self._update_id is not None:
-                self.store.finish_update(update_id, "cancelled", error="stopped during the update")
+                self._record("the cancelled update",
+                             lambda: self.store.finish_update(update_id, "cancelled", error="stopped during the update"))
             self._update_id = None
             raise
         self._update_id = None
         self.trained_upto = max(self.trained_upto, *ids)  # rows judged meanwhile are newer: the next update
         version, metrics = done["version"], done.get("metrics", {})
-        self.store.finish_update(update_id, "done", version=version, metrics=metrics)
-        self.store.record_version(version, self.store.versions_dir / f"v{version:04d}", metrics)
+
+        def record() -> None:
+            self.store.finish_update(update_id, "done", version=version, metrics=metrics)
+            self.store.record_version(version, self.store.versions_dir / f"v{version:04d}", metrics)
+
+        self._record(f"version {version} (it is live in the engine; its rows stay pending)", record)
         self.store.log("info", f"update {update_id}: v{version} live after {done.get('seconds', 0):.1f} s "
                                f"on {len(examples)} examples")
         self._set(updating=False, version=version, note=f"v{version} is live", last_update=time.time(),
@@ -428,22 +488,14 @@ class LiveLoop:
         except EngineError as exc:
             return f"rollback failed: {describe(exc)}"
         version = self.client.version
-        self.store.set_active_version(version)
+        stored = self._record(f"the rollback to v{version}", lambda: self.store.set_active_version(version))
         self.store.log("info", f"rolled back from v{current} to v{version}")
         self._set(version=version, note=f"rolled back to v{version}")
-        return f"rolled back to v{version}"
+        return f"rolled back to v{version}" + ("" if stored else " (not recorded: the next start resumes where it was)")
 
 
 def describe(exc: BaseException) -> str:
     return getattr(exc, "message", None) or str(exc) or type(exc).__name__
-
-
-def last_error(exc: EngineDied | None, client: EngineClient) -> str:
-    """The engine's last stderr line that says what went wrong (not a warning's source line)."""
-    tail = (getattr(exc, "stderr_tail", "") or client.stderr_tail or "").strip().splitlines()
-    lines = [line.strip() for line in tail if line.strip()]
-    errors = [line for line in lines if "Error" in line or line.startswith("error")]
-    return (errors or lines or [""])[-1]
 
 
 def _assistant(text: str) -> dict:

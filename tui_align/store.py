@@ -14,6 +14,7 @@ How feedback becomes training data is in tui_align/feedback.py (FeedbackQueries)
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -26,6 +27,7 @@ from sqlite_utils import Database
 
 from engine.protocol import UserError
 from tui_align import __version__
+from tui_align.errors import WriteFailed
 from tui_align.feedback import FeedbackQueries, reward
 from tui_align.migrations import MIGRATIONS, SCHEMA_VERSION, schema_version, unknown_migrations, upgrade
 
@@ -155,6 +157,16 @@ class SessionStore(FeedbackQueries):
     def __exit__(self, *exc):
         self.close()
 
+    @contextlib.contextmanager
+    def storing(self, what: str):
+        """One action's writes as one transaction; if it fails, nothing of it is stored and WriteFailed
+        says what could not be stored, and why."""
+        try:
+            with self.db.atomic():
+                yield
+        except (sqlite3.Error, OSError) as exc:
+            raise WriteFailed(f"could not store {what}: {exc}") from None
+
     @property
     def name(self) -> str:
         return self.folder.name
@@ -169,6 +181,10 @@ class SessionStore(FeedbackQueries):
         row = self.db["session"].get(1)
         return {**row, "hyperparameters": json.loads(row["hyperparameters"] or "{}"),
                 "metadata": json.loads(row["metadata"] or "{}"), "name": self.name}
+
+    def set_model(self, model: str | None) -> None:
+        """Record another model for a session that holds no version yet (a bad one must not stick)."""
+        self.db["session"].update(1, {"model": model})
 
     @property
     def overrides(self) -> dict:
@@ -494,5 +510,7 @@ class SessionStore(FeedbackQueries):
         return max([r[0] for r in self.db.execute(sql).fetchall() if r[0]] + [self.meta["created"]])
 
     def log(self, level: str, message: str) -> None:
-        """Append to the event log (the TUI logs its notifications and errors here)."""
-        self.db["events"].insert({"time": time.time(), "level": level, "message": message})
+        """Append to the event log (the TUI logs its notifications and errors here). Best effort: a log line
+        that cannot be written (a full disk) is dropped, not raised in the middle of reporting something."""
+        with contextlib.suppress(sqlite3.Error, OSError):
+            self.db["events"].insert({"time": time.time(), "level": level, "message": message})

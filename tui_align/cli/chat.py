@@ -7,8 +7,10 @@ from pathlib import Path
 
 import typer
 
+from engine import versions as vs
 from engine.protocol import METHODS, REPORT_TO
 from tui_align.cli.common import fail, user_errors
+from tui_align.cli.sessions import sweep_stale_imports
 from tui_align.loop import LoopConfig
 
 LOOP = LoopConfig()  # the defaults of every flag below that sets the live loop's policy
@@ -53,21 +55,28 @@ def chat_train(
 
     if report_to not in REPORT_TO:
         fail(f"--report-to {report_to}: choose one of {', '.join(REPORT_TO)}")
+    sweep_stale_imports(resolve_sessions_dir(sessions_dir))
     if method is not None and method not in METHODS:
         fail(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     new_session = not (resolve_sessions_dir(sessions_dir) / session / "session.db").exists()
     if new_session and (method or "dpo") == "dpo" and candidates < 2:  # refused before anything is created
         fail("--candidates: dpo needs at least 2 candidates to compare")
     with user_errors():
+        if model and model != "default":  # a missing folder or file is refused before the session records it
+            from engine.models import resolve as resolve_model  # torch-free
+
+            resolve_model(model)
         store = SessionStore.open(resolve_sessions_dir(sessions_dir), session, model=model, method=method or "dpo")
     meta = store.meta
     if method and method != meta["method"]:
         store.close()
         fail(f"session {session!r} is a {meta['method']} session; drop --method or use a new --session")
     if model and meta["model"] and model != meta["model"]:
-        store.close()
-        fail(f"session {session!r} was trained on {meta['model']}; its versions do not fit {model}: "
-             "drop --model or use a new --session")
+        if store.latest_version() or vs.list_versions(store.versions_dir):
+            store.close()
+            fail(f"session {session!r} was trained on {meta['model']}; its versions do not fit {model}: "
+                 "drop --model or use a new --session")
+        store.set_model(model)  # no version was trained on the recorded one: nothing to fit
     method = meta["method"]
     if method == "dpo" and candidates < 2:
         store.close()
@@ -77,4 +86,7 @@ def chat_train(
 
     config = LoopConfig(method=method, candidates=candidates, update_every=update_every, window=window, arena_every=arena_every,
                         max_new_tokens=max_new_tokens, temperature=temperature, system=system or None)
-    ChatTrainApp(store, config, engine_client(store, model or meta["model"], method, device, report_to)).run()
+    app = ChatTrainApp(store, config, engine_client(store, model or store.meta["model"], method, device, report_to))
+    app.run()
+    if app.return_code:  # it ended on an error, already said in one line
+        raise typer.Exit(app.return_code)

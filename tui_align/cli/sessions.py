@@ -88,15 +88,17 @@ def _version_tree(store) -> None:
     import json
     import re
 
-    from engine.versions import METADATA, version_dir
+    from engine.versions import METADATA, problem, version_dir
 
     live = store.active_version()
-    typer.echo("versions  (parent <- version; * live)")
+    typer.echo("versions  (parent <- version; * live; a damaged one says why)")
     for number in store.version_numbers():
-        meta_file = version_dir(store.versions_dir, number) / METADATA
-        parent = json.loads(meta_file.read_text()).get("parent") if number and meta_file.exists() else None
+        folder = version_dir(store.versions_dir, number)
+        damage = number and problem(folder)  # the files only: the rank is the engine's choice
+        meta = folder / METADATA
+        parent = json.loads(meta.read_text()).get("parent") if number and not damage and meta.exists() else None
         link = f"v{parent} <- " if parent is not None else ""
-        typer.echo(f"  {'*' if number == live else ' '} {link}v{number}")
+        typer.echo(f"  {'*' if number == live else ' '} {link}v{number}" + (f"  DAMAGED: {damage}" if damage else ""))
     for event in store.db["events"].rows_where("message like 'rolled back%'", order_by="id"):
         found = re.search(r"from v(\d+) to v(\d+)", event["message"])
         if found:
@@ -264,6 +266,29 @@ def import_row(store, row: dict, kind: str) -> None:
         store.record_rating(response, 1 if row["label"] else 0, "thumbs")
 
 
+def staging_folder(root: Path, name: str, pid: int) -> Path:
+    """Where `sessions import` builds a session before renaming it into place."""
+    return root / f".importing-{name}-{pid}"
+
+
+def sweep_stale_imports(root: Path) -> None:
+    """Remove the staging folders of imports whose process is gone (killed mid-import; a live one is left)."""
+    for folder in root.glob(".importing-*-*") if root.is_dir() else []:
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 @sessions_app.command("import")
 def import_(file: Path = typer.Argument(..., help="JSONL file or datasets.save_to_disk folder to import."),
             name: str = typer.Option(..., "--name", help="Name of the new session."),
@@ -279,6 +304,7 @@ def import_(file: Path = typer.Argument(..., help="JSONL file or datasets.save_t
         if kind is not None and kind not in KINDS:
             fail(f"--kind {kind}: choose one of {', '.join(KINDS)}")
         root = resolve(sessions_dir)
+        sweep_stale_imports(root)
         if name in list_sessions(root) or (root / name).exists():
             fail(f"session {name!r} already exists in {root}: choose a new name")
         rows = read_rows(file)
@@ -291,7 +317,7 @@ def import_(file: Path = typer.Argument(..., help="JSONL file or datasets.save_t
                 _validate(row, kind)
             except DataError as exc:
                 raise DataError(f"{file}: row {number}: {exc}") from None
-        staging = root / f".importing-{name}-{os.getpid()}"
+        staging = staging_folder(root, name, os.getpid())
         try:
             with SessionStore.open(staging, name, model=model) as store:
                 with store.db.atomic():  # one commit: the staging folder is renamed into place only when complete

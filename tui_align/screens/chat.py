@@ -18,6 +18,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from tui_align.client import EngineDied, EngineError
+from tui_align.errors import WriteFailed
 from tui_align.loop import LiveLoop, LoopState
 from tui_align.rounds import SLOT_LETTERS, Phase, Round
 from tui_align.screens.editor import EditorScreen
@@ -38,7 +39,7 @@ PLACEHOLDERS = {
     Phase.JUDGING: "Judge the candidates: a/b pick · t tie · x both bad · s skip · e edit · r regenerate",
 }
 RANK_JUDGING = "Rank them: press 1-{n} on the best, then the next… · a-{last} picks one · t tie · x bad · e edit"
-ENGINE_DOWN = "The engine stopped: ctrl+r restarts it at the last saved version"
+ENGINE_DOWN = "The engine stopped: {note}"  # the loop's note says what ctrl+r does
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
 
@@ -117,7 +118,7 @@ class ChatScreen(Screen):
         """The prompt line says what the next key does: which candidate it judges, or that the round is done."""
         r, phase = self.round, self.phase
         if phase is Phase.LOADING and self.loop.state.engine == "error":
-            hint = ENGINE_DOWN
+            hint = ENGINE_DOWN.format(note=self.loop.state.note)
         elif phase is Phase.JUDGING and r is not None and self.config.method == "ppo":
             slot = self.candidates.focused_slot()
             hint = (f"Scoring {SLOT_LETTERS[slot].upper()}: 1-5 or +/- · ←/→ moves · {len(r.scores)} of {r.n} "
@@ -160,7 +161,11 @@ class ChatScreen(Screen):
         if self.phase is not Phase.PROMPT:
             self.notify("wait for the engine" if self.phase is Phase.LOADING else "judge the candidates first")
             return
-        round_ = self.loop.begin(self.conversation_id, message.text)
+        try:
+            round_ = self.loop.begin(self.conversation_id, message.text)
+        except WriteFailed as exc:  # the text stays in the box: Enter again once there is room
+            self.not_stored(exc)
+            return
         self.prompt.clear()
         self.conversation.add_turn("user", message.text)
         self.begin_round(round_)
@@ -180,8 +185,11 @@ class ChatScreen(Screen):
             self.interrupted, self.round = round_, None  # kept for the restart
             self.phase = Phase.LOADING
             return
-        except EngineError as exc:
-            self.notify(f"generation failed: {exc}", severity="error", timeout=10)
+        except (EngineError, WriteFailed) as exc:
+            if isinstance(exc, WriteFailed):
+                self.not_stored(exc)
+            else:
+                self.notify(f"generation failed: {exc}", severity="error", timeout=10)
             self.round = None
             self.phase = Phase.PROMPT
             return
@@ -194,8 +202,20 @@ class ChatScreen(Screen):
     def on_candidate_pane_feedback(self, message: CandidatePane.Feedback) -> None:
         self.feedback(message.kind, message.slot, message.value)
 
+    def not_stored(self, exc: WriteFailed) -> None:
+        """A write failed: one line says what was not stored and why; the screen shows nothing of it."""
+        self.notify(f"{exc}\nNothing of it was stored: free some disk space and try again.", title="not stored",
+                    severity="error", timeout=20)
+
     def feedback(self, kind: str, slot: int = 0, value: int | None = None) -> None:
-        """Hand the judgment to the loop (which commits it), then show it; only while judging."""
+        """Hand the judgment to the loop (which commits it), then show it; only while judging. A judgment
+        that could not be stored is not shown: the round stays open for another try."""
+        try:
+            self._feedback(kind, slot, value)
+        except WriteFailed as exc:
+            self.not_stored(exc)
+
+    def _feedback(self, kind: str, slot: int, value: int | None) -> None:
         r = self.round
         if self.phase is not Phase.JUDGING or r is None:
             self.notify("nothing to judge yet")
@@ -237,7 +257,11 @@ class ChatScreen(Screen):
     def edited(self, round_: Round, slot: int, text: str | None) -> None:
         if text is None or self.round is not round_:
             return
-        self.loop.edit(round_, slot, text)
+        try:
+            self.loop.edit(round_, slot, text)
+        except WriteFailed as exc:
+            self.not_stored(exc)
+            return
         self.complete(None, f"{SLOT_LETTERS[slot].upper()} edited · stored", text=text)
 
     def complete(self, slot: int | None, note: str, text: str | None = None) -> None:
@@ -259,7 +283,11 @@ class ChatScreen(Screen):
         if self.phase is Phase.GENERATING:
             self.notify("wait for the candidates (Esc stops them)")
             return
-        judgment = self.loop.take_back()
+        try:
+            judgment = self.loop.take_back()
+        except WriteFailed as exc:
+            self.not_stored(exc)
+            return
         if judgment is None:
             self.notify("no judgment of this run to take back")
             return
@@ -287,7 +315,12 @@ class ChatScreen(Screen):
         if self.phase is Phase.GENERATING:
             self.notify("wait for the candidates (Esc stops them)")
             return
-        self.conversation_id = self.store.new_conversation(self.config.system)
+        try:
+            with self.store.storing("the new conversation"):
+                self.conversation_id = self.store.new_conversation(self.config.system)
+        except WriteFailed as exc:
+            self.not_stored(exc)
+            return
         self.round = None
         self.candidates.reset()
         self.conversation.show([], f"session {self.store.name} · new conversation")

@@ -320,3 +320,13 @@ def test_a_killed_imports_staging_folder_is_swept_at_the_next_import(tmp_path):
     result = runner.invoke(cli_app, ["sessions", "import", str(data), "--name", "new", "--sessions-dir", str(root)])
     assert result.exit_code == 0, result.output
     assert not stale.exists() and running.exists() and (root / "new" / "session.db").exists()
+
+
+def test_a_start_that_cannot_store_exits_non_zero_with_one_line(tmp_path, capfd):
+    store = SessionStore.open(tmp_path / "sessions", "full")  # new: the screen's first write is its conversation
+    fail_writes(store)
+    app = ChatTrainApp(store, LoopConfig(seed=0), FakeEngine())
+    app.run(headless=True)
+    out = capfd.readouterr()
+    lines = [line for line in (out.out + out.err).splitlines() if line.strip()]
+    assert app.return_code == 1 and lines == [f"error: could not store the first conversation: {DISK_FULL}"]

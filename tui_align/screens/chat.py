@@ -65,7 +65,10 @@ class ChatScreen(Screen):
         self.store, self.config = loop.store, loop.config
         self.round: Round | None = None
         self.interrupted: Round | None = None  # a round the engine died in: regenerated after the restart
-        self.conversation_id = self.store.latest_conversation() or self.store.new_conversation(self.config.system)
+        self.conversation_id = self.store.latest_conversation()
+        if self.conversation_id is None:  # if this fails the app cannot go on: it ends with the one line
+            with self.store.storing("the first conversation"):
+                self.conversation_id = self.store.new_conversation(self.config.system)
 
     def compose(self):
         self.status_bar = StatusBar(id="status")

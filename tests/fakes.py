@@ -2,13 +2,17 @@
 
 It answers like the engine (docs/protocol.md): `generate` streams one token event per word
 of each candidate's canned text, then `done`; `update` bumps the version and records what it
-was sent; `fail_next` makes the next call of a kind raise, `die()` kills it.
+was sent; `fail_next` makes the next call of a kind raise, `die()` kills it. `write_version`
+puts a saved version on disk as the engine would (the TUI checks them before a start).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
+from engine import versions as vs
 from tui_align.client import EngineDied, EngineError
 
 
@@ -115,3 +119,23 @@ class FakeEngine:
 
     async def close(self):
         self._alive = False
+
+
+def write_safetensors(path: Path, tensors: dict[str, list[int]]) -> None:
+    """A whole safetensors file of float32 tensors (shape by name), written by hand as the format says."""
+    header, offset = {}, 0
+    for name, shape in tensors.items():
+        size = 4 * shape[0] * shape[1]
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(offset))
+
+
+def write_version(root: Path, number: int, r: int = 16, parent: int = 0) -> Path:
+    folder = vs.version_dir(root, number)
+    folder.mkdir(parents=True)
+    write_safetensors(folder / vs.ADAPTER, {"a.lora_A.weight": [r, 64], "a.lora_B.weight": [64, r]})
+    (folder / vs.ADAPTER_CONFIG).write_text(json.dumps({"r": r, "lora_alpha": 2 * r, "peft_type": "LORA"}))
+    (folder / vs.METADATA).write_text(json.dumps({"parent": parent, "method": "dpo"}))
+    return folder

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from engine import versions as vs
 from engine.protocol import UserError
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, write_version
 from tests.test_tui_fake import ask, until
 from tui_align.app import ChatTrainApp
 from tui_align.cli import app as cli_app
@@ -26,26 +26,6 @@ from tui_align.store import SessionStore
 runner = CliRunner()
 DISK_FULL = "database or disk is full"
 WARNING_TAIL = "/site-packages/x.py:12: UserWarning: something deprecated\n  warnings.warn(\n"
-
-
-def write_safetensors(path: Path, tensors: dict[str, list[int]]) -> None:
-    """A whole safetensors file of float32 tensors (shape by name), written by hand as the format says."""
-    header, offset = {}, 0
-    for name, shape in tensors.items():
-        size = 4 * shape[0] * shape[1]
-        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header).encode()
-    path.write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(offset))
-
-
-def write_version(root: Path, number: int, r: int = 16, parent: int = 0) -> Path:
-    folder = vs.version_dir(root, number)
-    folder.mkdir(parents=True)
-    write_safetensors(folder / vs.ADAPTER, {"a.lora_A.weight": [r, 64], "a.lora_B.weight": [64, r]})
-    (folder / vs.ADAPTER_CONFIG).write_text(json.dumps({"r": r, "lora_alpha": 2 * r, "peft_type": "LORA"}))
-    (folder / vs.METADATA).write_text(json.dumps({"parent": parent, "method": "dpo"}))
-    return folder
 
 
 def truncate(path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, write_version
 from tui_align.app import ChatTrainApp
 from tui_align.loop import LoopConfig
 from tui_align.rounds import Phase
@@ -41,7 +41,7 @@ def snapshot_app(tmp_path) -> ChatTrainApp:
     for number, metrics in enumerate(UPDATES, start=1):
         update = store.start_update("dpo", [])
         store.finish_update(update, "done", version=number, metrics=metrics)
-        store.record_version(number, store.versions_dir / f"v{number:04d}", metrics)
+        store.record_version(number, write_version(store.versions_dir, number, parent=number - 1), metrics)
     engine = FakeEngine(candidates=CANDIDATES, model="SmolLM2-135M-Instruct")
     engine.parents = {number: number - 1 for number in range(1, len(UPDATES) + 1)}
     return ChatTrainApp(store, LoopConfig(seed=0), engine)

@@ -23,7 +23,7 @@ from pathlib import Path
 from engine.live import Cancelled, EngineOptions, LiveEngine, NotAvailable
 from engine.protocol import (PROTOCOL_VERSION, REQUESTS, DataError, ModelError, NonFiniteLoss, ProtocolError,
                              UserError, decode, encode, parse_request)
-from engine.resources import trim_heap
+from engine.resources import peak_memory, trim_heap
 from engine.scheduler import GENERATE, OTHER, REFERENCE, Job, Scheduler
 from engine.tracking import check_report_to
 
@@ -208,7 +208,7 @@ class Server:
         engine = self.engine
         conn.send(encode("done", id_, version=engine.version, method=engine.options.method, device=engine.device,
                          dtype=engine.dtype, jobs=self.scheduler.snapshot(), session_dir=str(engine.session_dir),
-                         uptime_s=round(time.time() - engine.started, 3)))
+                         uptime_s=round(time.time() - engine.started, 3), **peak_memory()))
 
     def on_cancel(self, conn, id_, req) -> None:
         kinds = ("generate", "update", "score_reference") if req.target else ("generate",)

@@ -60,6 +60,9 @@ def parser(prog: str = "python -m engine") -> argparse.ArgumentParser:
     serve.add_argument("--loss-weights", help="Their weights, comma-separated, one per loss type (default 1 each).")
     serve.add_argument("--label-smoothing", type=float, help="DPO updates' label smoothing (train dpo --help: "
                                                              "what each loss type does with it; default 0).")
+    serve.add_argument("--gradient-checkpointing", action="store_true",
+                       help="Updates recompute activations in the backward pass instead of keeping them: "
+                            "less memory for big models, ~1/3 slower updates.")
     return root
 
 

@@ -25,7 +25,8 @@ from engine import versions as vs
 from engine.chat import check_messages
 from engine.data import DataError, validate
 from engine.logprobs import causal_lm
-from engine.models import LoRAConfig, _first_line, add_lora, load_model, model_name, parameter_count
+from engine.models import (LoRAConfig, _first_line, add_lora, enable_gradient_checkpointing, load_model, model_name,
+                           parameter_count)
 from engine.protocol import LIVE_TRAINING, METHODS, PROTOCOL_VERSION, NonFiniteLoss, UserError, loss_terms
 from engine.resources import engine_threads
 from engine.tracking import open_tracker
@@ -62,6 +63,7 @@ class EngineOptions:
     loss_type: str | None = None  # dpo updates' loss terms, comma-separated; None: LIVE_TRAINING's
     loss_weights: str | None = None  # their weights, comma-separated; None: 1.0 each (LIVE_TRAINING's with its terms)
     label_smoothing: float | None = None  # dpo updates' label smoothing; None: TrainConfig's
+    gradient_checkpointing: bool = False  # updates recompute activations in the backward pass: less memory
 
     def check(self) -> None:
         """Refuse bad options before the model loads."""
@@ -94,6 +96,8 @@ class LiveEngine:
         base, self.tokenizer = load_model(options.model, device=options.device, dtype=options.dtype)
         torch.manual_seed(0)  # the same fresh adapter on every start: version 0 is reproducible
         self.policy = add_lora(base, LoRAConfig(r=options.lora_r, alpha=options.lora_alpha))
+        if options.gradient_checkpointing:
+            enable_gradient_checkpointing(self.policy)
         self.policy.eval()
         self.initial_state = vs.adapter_state(self.policy)
         self.adapter = get_peft_model_state_dict(self.policy)  # the live tensors themselves, by PEFT name

@@ -1,6 +1,7 @@
-"""`fit` under two launched CPU processes (gloo): gradients are averaged, so both
-ranks end with the same adapter, and that adapter equals one process training on both shards;
-checkpoints are written by the main process only."""
+"""Headless training under two launched CPU processes (gloo): gradients are averaged, so both
+ranks end with the same weights; for `fit` (DPO, reward model) they equal one process training
+on both shards, and checkpoints are written by the main process only; PPO's ranks roll out
+different replies and still agree."""
 
 from __future__ import annotations
 
@@ -17,52 +18,121 @@ SCRIPT = textwrap.dedent('''
     from engine.models import LoRAConfig, add_lora, load_model
     from engine.trainers import DPOTrainer, TrainConfig
     from engine.trainers.base import process_state
+    from engine.trainers.ppo import PPOConfig, PPOTrainer
+    from engine.trainers.reward import RewardTrainer, add_reward_lora, load_reward_base
     from engine.versions import adapter_state
 
     model_dir, out = sys.argv[1], sys.argv[2]
     state = process_state()
-    torch.manual_seed(0)
-    base, tokenizer = load_model(model_dir, device="cpu")
-    policy = add_lora(base, LoRAConfig(r=4, alpha=8))
+    saved = {}
     rows = [{"prompt": f"Question {i}?", "chosen": "Yes.", "rejected": f"No, {i} times no."} for i in range(4)]
     # grad_accum 2 with batch 1: one step sees rows 0-1 on one process; with two processes,
     # batch 1 per rank and grad_accum 1 sees the same two rows.
     per_rank = dict(batch_size=1, grad_accum=2 // state.num_processes)
+    torch.manual_seed(0)
+    base, tokenizer = load_model(model_dir, device="cpu")
+    policy = add_lora(base, LoRAConfig(r=4, alpha=8))
     trainer = DPOTrainer(policy, tokenizer, TrainConfig(lr=1e-2, max_steps=1, shuffle=False, save_steps=1, **per_rank))
     trainer.fit(rows[:2], progress=False, output_dir=f"{out}/run-of-{state.num_processes}")
-    torch.save(adapter_state(trainer.model), f"{out}/rank{state.process_index}-of-{state.num_processes}.pt")
+    saved["dpo"] = adapter_state(trainer.model)
+
+    torch.manual_seed(0)
+    rm_base, _ = load_reward_base(model_dir, device="cpu")
+    rm = RewardTrainer(add_reward_lora(rm_base, LoRAConfig(r=4, alpha=8)), tokenizer,
+                       TrainConfig(lr=1e-2, max_steps=1, shuffle=False, **per_rank))
+    rm.fit(rows[:2], progress=False)
+    saved["rm"] = adapter_state(rm.model)
+
+    if state.num_processes > 1:  # PPO: each rank rolls out its own share of the prompts
+        torch.manual_seed(0)
+        base, _ = load_model(model_dir, device="cpu")
+        ppo = PPOTrainer(add_lora(base, LoRAConfig(r=4, alpha=8)), tokenizer,
+                         PPOConfig(lr=1e-2, batch_size=2, mini_batch_size=1, ppo_epochs=1, max_new_tokens=6))
+        history = ppo.fit(["Hi.", "Count to three.", "Name a colour.", "Say yes."],
+                          lambda prompts, replies: [float(len(r)) for r in replies], steps=1)
+        saved["ppo"] = {**adapter_state(ppo.model), **{f"value_head.{k}": v for k, v in ppo.value_head.state_dict().items()}}
+        saved["ppo_sample"] = history[0]["sample"]
+
+        # what `tui-align train ppo` and `train rm` run: every rank trains, the main one writes
+        from engine.headless_ppo import train_ppo
+        from engine.headless import RunOptions, train
+
+        lora = LoRAConfig(r=4, alpha=8)
+        train_ppo(["Hi.", "Say yes."], "length", f"{out}/ppo-out", model_dir, PPOConfig(batch_size=1, mini_batch_size=1,
+                  ppo_epochs=1, max_new_tokens=4), lora, steps=1, device="cpu", progress=False)
+        train("rm", rows, f"{out}/rm-out", model_dir, TrainConfig(max_steps=1, batch_size=1), lora,
+              RunOptions(device="cpu"))
+    torch.save(saved, f"{out}/rank{state.process_index}-of-{state.num_processes}.pt")
 ''')
 
 
-def test_two_processes_average_gradients(tiny_model_dir, tmp_path):
-    import torch
-
-    script = tmp_path / "fit.py"
+@pytest.fixture(scope="module")
+def launched(tiny_model_dir, tmp_path_factory) -> Path:
+    """Run SCRIPT once under torchrun with two processes and once alone; their saved weights."""
+    out = tmp_path_factory.mktemp("distributed")
+    script = out / "fit.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     # torchrun is what `accelerate launch --multi_gpu` runs underneath; on a CPU-only machine
     # accelerate's own launcher starts a single process.
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     for command in (launch, [sys.executable]):
-        done = subprocess.run([*command, str(script), str(tiny_model_dir), str(tmp_path)],
+        done = subprocess.run([*command, str(script), str(tiny_model_dir), str(out)],
                               env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
-    ranks = [torch.load(tmp_path / f"rank{r}-of-2.pt") for r in (0, 1)]
-    single = torch.load(tmp_path / "rank0-of-1.pt")
-    assert ranks[0].keys() == single.keys()
+    import torch
+
+    return {"folder": out, **{name: torch.load(out / f"{name}.pt") for name in ("rank0-of-2", "rank1-of-2", "rank0-of-1")}}
+
+
+def assert_ranks_agree(ranks: list[dict], single: dict | None) -> None:
+    import torch
+
     moved = False
-    for key in single:
+    for key in ranks[0]:
         assert torch.equal(ranks[0][key], ranks[1][key]), f"ranks disagree on {key}"
-        torch.testing.assert_close(ranks[0][key], single[key], atol=1e-5, rtol=1e-4)
-        moved |= bool((single[key] != 0).any()) and "lora_B" in key
+        if single is not None:
+            torch.testing.assert_close(ranks[0][key], single[key], atol=1e-5, rtol=1e-4)
+        moved |= bool((ranks[0][key] != 0).any()) and "lora_B" in key
     assert moved, "the step changed no LoRA B weight"
-    # checkpoints: written once, by the main process, with the same adapter as the ranks ended with
+
+
+@pytest.mark.parametrize("method", ["dpo", "rm"])
+def test_two_processes_average_gradients(launched, method):
+    ranks = [launched["rank0-of-2"][method], launched["rank1-of-2"][method]]
+    single = launched["rank0-of-1"][method]
+    assert ranks[0].keys() == single.keys()
+    if method == "rm":  # the score head trains with the adapter
+        assert any("score" in key for key in single)
+    assert_ranks_agree(ranks, single)
+
+
+def test_checkpoints_come_from_the_main_process_only(launched):
+    """Written once, by the main process, with the same adapter as the ranks ended with."""
+    import torch
     from safetensors.torch import load_file
 
     for processes in (1, 2):
-        run = tmp_path / f"run-of-{processes}"
+        run = launched["folder"] / f"run-of-{processes}"
         assert sorted(p.name for p in run.iterdir()) == ["checkpoint-1"]
         assert {"optimizer.pt", "scheduler.pt", "rng_state.pth"} <= {p.name for p in (run / "checkpoint-1").iterdir()}
-    saved = load_file(tmp_path / "run-of-2" / "checkpoint-1" / "adapter_model.safetensors")
-    assert saved.keys() == ranks[0].keys()
-    assert all(torch.equal(saved[key], ranks[0][key]) for key in saved)
+    saved = load_file(launched["folder"] / "run-of-2" / "checkpoint-1" / "adapter_model.safetensors")
+    ranks = launched["rank0-of-2"]["dpo"]
+    assert saved.keys() == ranks.keys()
+    assert all(torch.equal(saved[key], ranks[key]) for key in saved)
+
+
+def test_ppo_ranks_roll_out_their_own_replies_and_agree(launched):
+    ranks = [launched["rank0-of-2"], launched["rank1-of-2"]]
+    assert ranks[0]["ppo_sample"] != ranks[1]["ppo_sample"], "both ranks rolled out the same reply"
+    assert any(key.startswith("value_head.") for key in ranks[0]["ppo"])
+    assert_ranks_agree([r["ppo"] for r in ranks], None)
+
+
+@pytest.mark.parametrize("method", ["ppo", "rm"])
+def test_headless_train_runs_launched_and_writes_once(launched, method):
+    folder = launched["folder"] / f"{method}-out"
+    assert (folder / "adapter_model.safetensors").exists() and (folder / "metadata.json").exists()
+    assert not folder.with_name(folder.name + ".partial").exists()
+    if method == "ppo":
+        assert (folder / "value_head.safetensors").exists()

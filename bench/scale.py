@@ -76,8 +76,8 @@ LOGIT_SHARPNESS = 40.0  # final-norm weight: near-uniform random logits become a
 
 # --- building the models ----------------------------------------------------------------
 
-def build(size: str, folder: Path, dtype, tokenizer) -> Path:
-    """Save a random model of `size` (and the tokenizer) to `folder`."""
+def build(size: str, folder: Path, dtype, tokenizer, device: str = "cpu") -> Path:
+    """Save a random model of `size` (and the tokenizer) to `folder`, initialised on `device` (a GPU: in seconds)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -89,7 +89,8 @@ def build(size: str, folder: Path, dtype, tokenizer) -> Path:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # initialise in the target dtype: an 8B model in float32 would need 32 GB
     try:
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     finally:
         torch.set_default_dtype(previous)
     with torch.no_grad():
@@ -100,6 +101,8 @@ def build(size: str, folder: Path, dtype, tokenizer) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()  # the engine process loads it next
     return folder
 
 
@@ -254,14 +257,15 @@ def bounds(size: str, result: dict, limit: dict, dtype, tokenizer, tokens: int) 
 # --- output -----------------------------------------------------------------------------
 
 def table(rows: list[dict]) -> str:
-    lines = ["| size | parameters | dtype | decode ms/step n=1 / 2 / 4 / 8 | n=8 / n=1 | decode n=1 vs bound "
-             "| ttft ms | 1-pair update s (vs bound) | 8-pair update s (vs bound) | peak memory GB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| size | parameters | dtype | copy GB/s, matmul TFLOP/s | decode ms/step n=1 / 2 / 4 / 8 | n=8 / n=1 "
+             "| decode n=1 vs bound | ttft ms | 1-pair update s (vs bound) | 8-pair update s (vs bound) | peak memory GB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d, b = r["decode_s"], r["bound"]
         memory = r["peak_accelerator_bytes"] if r["peak_accelerator_bytes"] else r["peak_rss_bytes"]
         lines.append(
             f"| {NAMES[r['size']]} | {r['info']['parameters'] / 1e6:.0f}M | {r['info']['dtype']} "
+            f"| {r['limits']['bandwidth'] / 1e9:.1f}, {r['limits']['matmul'] / 1e12:.3f} "
             f"| {' / '.join(f'{1000 * d[n]:.1f}' for n in CANDIDATES)} | {d[8] / d[1]:.2f}x "
             f"| {b['decode_s'][1] / d[1]:.0%} | {1000 * r['ttft_s']:.0f} "
             f"| {r['one_pair_s']:.3f} ({b['one_pair_s'] / r['one_pair_s']:.0%}) "
@@ -335,9 +339,6 @@ def main() -> None:
         dtype = pick_dtype(args.dtype, args.device)
     args.dtype_name = str(dtype).removeprefix("torch.")
     tokenizer = load_tokenizer(args.tokenizer)
-    limit = limits(args.device, dtype, engine_threads())
-    print(f"limits ({args.device}, {limit['threads']} thread(s)): copy bandwidth {limit['bandwidth'] / 1e9:.1f} GB/s, "
-          f"matmul {limit['matmul'] / 1e12:.3f} TFLOP/s ({args.dtype_name})", flush=True)
     root = Path(tempfile.mkdtemp(prefix="tui-align-scale-")) if args.keep is None else args.keep
     rows = []
     try:
@@ -345,9 +346,14 @@ def main() -> None:
             folder = root / size
             if not (folder / "config.json").exists():
                 started = time.perf_counter()
-                build(size, folder, dtype, tokenizer)
+                build(size, folder, dtype, tokenizer, args.device)
                 print(f"{size}: built in {time.perf_counter() - started:.0f} s", flush=True)
-            result = {"size": size, **asyncio.run(measure(folder, args))}
+            # the limits again for every size, just before it: on a shared machine they drift
+            limit = limits(args.device, dtype, engine_threads())
+            print(f"limits ({args.device}, {limit['threads']} thread(s)): copy bandwidth "
+                  f"{limit['bandwidth'] / 1e9:.1f} GB/s, matmul {limit['matmul'] / 1e12:.3f} TFLOP/s ({args.dtype_name})",
+                  flush=True)
+            result = {"size": size, **asyncio.run(measure(folder, args)), "limits": limit}
             result["lora_bytes"] = 4 * lora_parameters(size)  # the adapter is float32
             result["bound"] = bounds(size, result, limit, dtype, tokenizer, args.tokens)
             rows.append(result)
@@ -358,8 +364,7 @@ def main() -> None:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
     header = (f"bench/scale.py on {args.device} ({rows[0]['info']['dtype']}), {args.tokens} new tokens per candidate, "
-              f"medians of {args.repeats}; limits with {limit['threads']} thread(s): copy "
-              f"{limit['bandwidth'] / 1e9:.1f} GB/s, matmul {limit['matmul'] / 1e12:.3f} TFLOP/s")
+              f"medians of {args.repeats}; limits measured before each size with {limit['threads']} thread(s)")
     text = header + "\n\n" + table(rows) + "\n\n" + goals(rows)
     print()
     print(text)
@@ -368,7 +373,7 @@ def main() -> None:
         with args.markdown.open("a") as out:
             out.write(text + "\n\n")
     if args.json:
-        args.json.write_text(json.dumps({"limits": limit, "rows": rows}, indent=1, default=str))
+        args.json.write_text(json.dumps(rows, indent=1, default=str))
 
 
 def _config(size: str):

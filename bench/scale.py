@@ -320,7 +320,19 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=None, help="also append the table to this file")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     parser.add_argument("--keep", type=Path, default=None, help="keep the built models in this folder")
+    parser.add_argument("--from-json", type=Path, nargs="+", default=None,
+                        help="measure nothing: print the table and draw the plot of runs saved with --json")
     args = parser.parse_args()
+    if args.from_json:
+        rows = sorted((row for path in args.from_json for row in json.loads(path.read_text())),
+                      key=lambda r: r["info"]["parameters"])
+        for row in rows:  # JSON keys are strings
+            for key in ("decode_s",):
+                row[key] = {int(n): v for n, v in row[key].items()}
+                row["bound"][key] = {int(n): v for n, v in row["bound"][key].items()}
+        print(table(rows) + "\n\n" + goals(rows))
+        print(plot(rows, args.plot))
+        return
     sizes = [s.strip().lower() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in SIZES]
     if unknown or not sizes:

@@ -234,9 +234,10 @@ class PPOTrainer:
         cfg = self.config
         state = process_state()
         self.num_processes = state.num_processes
-        if state.num_processes > 1 and len(prompts) >= state.num_processes:
-            prompts = prompts[state.process_index::state.num_processes]
-        torch.manual_seed(cfg.seed + state.process_index)  # the processes sample different replies
+        if state.num_processes > 1:  # the processes sample different replies, from their own prompts
+            torch.manual_seed(cfg.seed + state.process_index)
+            if len(prompts) >= state.num_processes:
+                prompts = prompts[state.process_index::state.num_processes]
         order = random.Random(cfg.seed)
         pool: list[int] = []
         encoded = [self.prompt_ids(p) for p in prompts]

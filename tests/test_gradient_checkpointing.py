@@ -36,7 +36,7 @@ def layer_forwards(policy) -> list[int]:
 
 
 def loss_and_grads(policy, tokenizer):
-    trainer = DPOTrainer(policy, tokenizer, TrainConfig(rpo_alpha=1.0))
+    trainer = DPOTrainer(policy, tokenizer, TrainConfig())
     policy.train()
     loss, _ = trainer.loss(PAIRS)
     loss.backward()

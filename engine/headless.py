@@ -17,9 +17,9 @@ from pathlib import Path
 from engine import checkpoints
 from engine.protocol import UserError
 from engine.models import LoRAConfig, add_lora, enable_gradient_checkpointing, load_model
-from engine.trainers import DPOTrainer, RewardTrainer, SFTTrainer, TrainConfig
+from engine.trainers import DPOTrainer, KTOTrainer, RewardTrainer, SFTTrainer, TrainConfig
 
-TRAINERS = {"sft": SFTTrainer, "dpo": DPOTrainer, "rm": RewardTrainer}
+TRAINERS = {"sft": SFTTrainer, "dpo": DPOTrainer, "rm": RewardTrainer, "kto": KTOTrainer}
 
 
 @dataclass

@@ -27,10 +27,10 @@ from engine.data import DataError, validate
 from engine.logprobs import causal_lm
 from engine.models import (LoRAConfig, _first_line, add_lora, enable_gradient_checkpointing, load_model, model_name,
                            parameter_count)
-from engine.protocol import LIVE_TRAINING, METHODS, PROTOCOL_VERSION, NonFiniteLoss, UserError, loss_terms
+from engine.protocol import LIVE_TRAINING, METHOD_KINDS, METHODS, PROTOCOL_VERSION, NonFiniteLoss, UserError, loss_terms
 from engine.resources import engine_threads
 from engine.tracking import open_tracker
-from engine.trainers import DPOTrainer, SFTTrainer, TrainConfig
+from engine.trainers import DPOTrainer, KTOTrainer, SFTTrainer, TrainConfig
 
 # Scoring and training on a CPU use eager attention: torch's fused CPU kernel is slow on short masked
 # packed rows (one-pair DPO step 0.57 -> 0.43 s); decoding keeps the model's own, ~5% faster there.
@@ -165,7 +165,7 @@ class LiveEngine:
                 if not isinstance(row, dict):
                     raise DataError("must be a JSON object")
                 row = conversational(row)
-                validate(row, "preference" if method == "dpo" else "sft")
+                validate(row, METHOD_KINDS[method])
                 if method == "ppo":
                     score = row.get("score")
                     if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
@@ -374,8 +374,9 @@ class LiveEngine:
         if method not in self.trainers:
             if method == "dpo":
                 self.trainers[method] = DPOTrainer(self.policy, self.tokenizer, TrainConfig.from_dict(self.live_defaults("dpo")))
-            elif method == "sft":
-                self.trainers[method] = SFTTrainer(self.policy, self.tokenizer, TrainConfig.from_dict(self.live_defaults("sft")))
+            elif method in ("sft", "kto"):
+                trainer = {"sft": SFTTrainer, "kto": KTOTrainer}[method]
+                self.trainers[method] = trainer(self.policy, self.tokenizer, TrainConfig.from_dict(self.live_defaults(method)))
             else:
                 try:
                     from engine.trainers.ppo import PPOTrainer

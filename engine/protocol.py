@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 PROTOCOL_VERSION = 1
-METHODS = ("dpo", "sft", "ppo")  # what an `update` trains: the signal each kind of feedback gives
+METHODS = ("dpo", "sft", "ppo", "kto")  # what an `update` trains: the signal each kind of feedback gives
+METHOD_KINDS = {"dpo": "preference", "sft": "sft", "ppo": "sft", "kto": "kto"}  # engine.data's rows of each (ppo adds a score)
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")  # where training metrics go (engine/tracking.py)
 
 
@@ -123,11 +124,13 @@ class TrainConfig(DictConfig):
     """Batch defaults (`tui-align train`, `replay`); each field is one option of those commands."""
 
     lr: float = 1e-4
-    beta: float = 0.1  # DPO temperature: how far the policy may move from the reference
+    beta: float = 0.1  # DPO and KTO temperature: how far the policy may move from the reference
     loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])  # DPO loss terms (LOSS_TERMS), as TRL's list
     loss_weights: list[float] | None = None  # one weight per loss_type term; None: 1.0 each
     label_smoothing: float = 0.0  # sigmoid: cDPO; robust: the flip rate; exo_pair: epsilon; aot, aot_unpaired
     discopop_tau: float = 0.05  # DiscoPOP's temperature
+    desirable_weight: float = 1.0  # KTO: weight of a desirable reply's loss (TRL's desirable_weight)
+    undesirable_weight: float = 1.0  # KTO: weight of an undesirable reply's loss
     max_length: int | None = 1024
     batch_size: int = 4
     grad_accum: int = 1
@@ -165,7 +168,7 @@ class LiveTraining:
     def for_method(self, method: str) -> dict:
         """The trainer-config fields each method's live update starts from (`steps` apart)."""
         keys = {"dpo": ("lr", "beta", "loss_type", "loss_weights", "max_length"), "sft": ("lr", "max_length"),
-                "ppo": ("max_length",)}[method]
+                "ppo": ("max_length",), "kto": ("lr", "beta", "max_length")}[method]
         return {key: list(value) if isinstance(value, tuple) else value
                 for key, value in ((key, getattr(self, key)) for key in keys)}
 

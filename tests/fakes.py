@@ -88,6 +88,9 @@ class FakeEngine:
 
     async def update(self, method, examples, hyperparameters=None, on_progress=None):
         self._check("update")
+        unlabelled = [i for i, e in enumerate(examples, 1) if method == "kto" and not isinstance(e.get("label"), bool)]
+        if unlabelled:  # as the engine refuses it (engine.data.validate)
+            raise EngineError("bad_request", f"example {unlabelled[0]}: missing key label for kto data")
         self.updates.append({"method": method, "examples": examples, "hyperparameters": hyperparameters})
         if self.update_gate is not None:
             await self.update_gate.wait()

@@ -136,3 +136,52 @@ def test_headless_train_runs_launched_and_writes_once(launched, method):
     assert not folder.with_name(folder.name + ".partial").exists()
     if method == "ppo":
         assert (folder / "value_head.safetensors").exists()
+
+
+KTO_SCRIPT = textwrap.dedent('''
+    import json, sys, torch
+    from engine.models import LoRAConfig, add_lora, load_model
+    from engine.trainers import KTOTrainer, TrainConfig, kto
+    from engine.trainers.base import process_state
+    from engine.versions import adapter_state
+
+    model_dir, out = sys.argv[1], sys.argv[2]
+    state = process_state()
+    torch.manual_seed(0)
+    base, tokenizer = load_model(model_dir, device="cpu")
+    policy = add_lora(base, LoRAConfig(r=4, alpha=8))
+    rows = [{"prompt": f"Question {i}?", "completion": "Yes." if i % 2 else f"No, {i} times no.", "label": bool(i % 2)}
+            for i in range(8)]
+    seen = {"own": [], "used": []}  # this rank's KL estimate, and the one its loss used
+    own, loss = kto.kto_kl, kto.kto_loss
+    kto.kto_kl = lambda *a: seen["own"].append(own(*a).item()) or own(*a)
+    kto.kto_loss = lambda p, r, d, kl, *a: seen["used"].append(kl.item()) or loss(p, r, d, kl, *a)
+    trainer = KTOTrainer(policy, tokenizer, TrainConfig(lr=1e-2, batch_size=2, max_steps=3, shuffle=False))
+    trainer.fit(rows, progress=False)
+    torch.save(adapter_state(trainer.model), f"{out}/kto-rank{state.process_index}.pt")
+    with open(f"{out}/kto-rank{state.process_index}.json", "w") as f:
+        json.dump(seen, f)
+''')
+
+
+def test_kto_under_two_processes(tiny_model_dir, tmp_path):
+    """`train kto`'s fit under two launched processes: one adapter, and one KL reference point (averaged
+    over the ranks, as TRL gathers it) though each rank's batch has its own mismatched pairs."""
+    import json
+
+    import torch
+
+    script = tmp_path / "kto.py"
+    script.write_text(KTO_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+                           str(tiny_model_dir), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ranks = [torch.load(tmp_path / f"kto-rank{r}.pt") for r in (0, 1)]
+    kls = [json.loads((tmp_path / f"kto-rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(torch.equal(ranks[0][key], ranks[1][key]) for key in ranks[0])
+    assert any(bool((ranks[0][key] != 0).any()) for key in ranks[0] if "lora_B" in key)
+    assert len(kls[0]["used"]) == 3 and kls[0]["used"] == kls[1]["used"]
+    assert kls[0]["own"][1:] != kls[1]["own"][1:]  # the ranks' batches differ (at step 1 the policy is the reference)
+    for step in range(3):
+        assert kls[0]["used"][step] == pytest.approx((kls[0]["own"][step] + kls[1]["own"][step]) / 2, abs=1e-6)

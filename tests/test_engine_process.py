@@ -231,6 +231,9 @@ def test_malformed_lines_are_answered_and_the_connection_lives(lines):
                 {"type": "update", "id": "f4", "examples": [PAIR], "hyperparameters": {"loss_type": "sigmoid,nope"}},
                 {"type": "update", "id": "f5", "examples": [PAIR], "hyperparameters": {"loss_weights": [1, 1, 1]}},
                 {"type": "update", "id": "f3", "method": "rlhf", "examples": [PAIR]},
+                {"type": "update", "id": "f4", "method": "kto", "examples": [{"prompt": "x", "completion": "y"}]},
+                {"type": "update", "id": "f5", "method": "kto", "examples": [{"prompt": "x", "completion": "y",
+                                                                              "label": "up"}]},
                 {"type": "rollback", "id": "g", "version": 999},
                 {"type": "hello", "id": "h", "v": 7}]:
         error = lines.ask(bad)
@@ -390,7 +393,7 @@ def test_cli_serve_help_is_the_engine_parser():
     out = subprocess.run([str(Path(sys.executable).parent / "tui-align"), "engine", "serve", "--help"],
                          capture_output=True, text=True, env=ENV)
     assert out.returncode == 0 and out.stdout.startswith("usage: tui-align engine serve ")
-    for option in ("--model", "--method {dpo,sft,ppo}", "--socket", "--listen", "--token-file", "--device", "--dtype",
+    for option in ("--model", "--method {dpo,sft,ppo,kto}", "--socket", "--listen", "--token-file", "--device", "--dtype",
                    "--session-dir", "--version", "--watch-stdin", "--threads", "--lora-r", "--lora-alpha",
                    "--loss-type", "--loss-weights", "--label-smoothing"):
         assert option in out.stdout

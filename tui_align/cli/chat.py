@@ -21,8 +21,9 @@ def chat_train(
                               "model, else the bundled SmolLM2-135M-Instruct)."),
     session: str = typer.Option("default", "--session", help="Session name: created if new, resumed (history and "
                                 "the version live when it was left) if it exists."),
-    method: str = typer.Option(None, "--method", help="dpo (pick the better reply), ppo (score replies 1-5) or sft "
-                               "(edits as demonstrations); default: the session's method, else dpo."),
+    method: str = typer.Option(None, "--method", help="dpo (pick the better reply), ppo (score replies 1-5), kto "
+                               "(mark each reply + or -) or sft (edits as demonstrations); default: the session's "
+                               "method, else dpo."),
     candidates: int = typer.Option(LOOP.candidates, "--candidates", min=1, max=8, help="Candidate replies per round (1-8)."),
     update_every: int = typer.Option(LOOP.update_every, "--update-every", min=1,
                                      help="Train after this many new training rows (a pick of 2 makes one pair)."),

@@ -9,6 +9,11 @@ held-out prompts, blind and in random order (measurement, not policy).
 
 The judge sees each reply's finish reason: a pair of two cut-off fragments teaches nothing
 but length (DESIGN.md, "The live loop").
+
+With `--method kto` the same pairwise judge gives KTO's per-reply verdicts: the reply it
+picks is marked desirable (`+`), the other (with --candidates N, every one it beat)
+undesirable (`-`), each mark stored through the loop as a person's key would store it (and
+counted as a judgment); when it declines, the round is a tie and nothing trains KTO.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from tui_align.loop import LoopConfig
 from tui_align.rounds import SLOT_LETTERS
 
 LOOP = LoopConfig(seed=0)
+METHODS = ("dpo", "kto")  # the live methods a pairwise judge can drive
 EVAL_SAMPLES = 2  # replies per held-out prompt and version
 ARENA_CHECKED = 8  # voted versions whose held-out win rate is measured against the leaderboard
 
@@ -45,6 +51,8 @@ def _lines(text: str) -> list[str]:
 def simulate(
     judge: str = typer.Option(..., "--judge", help="shorter, longer, package.module:function or path/file.py:function; "
                                                    "called as judge(prompt, a, b) -> 0, 1 or None."),
+    method: str = typer.Option(LOOP.method, "--method", help="dpo (the judge's pick trains a pair) or kto (the "
+                               "picked reply is marked desirable, the other undesirable)."),
     rounds: int = typer.Option(40, "--rounds", help="Rounds to run (one prompt, the loop's candidates, one judgment each)."),
     session: str = typer.Option(None, "--session", help="Session to store the picks in (default: simulate-<time>); "
                                                         "an existing one resumes at its active version."),
@@ -89,6 +97,8 @@ def simulate(
                             ("--steps", steps or 1), ("--max-new-tokens", max_new_tokens)):
             if value < 1:
                 fail(f"{name} must be at least 1")
+        if method not in METHODS:
+            fail(f"--method {method}: choose {' or '.join(METHODS)}")
         if arena_every < 0 or curve_every < 0:
             fail(f"{'--arena-every' if arena_every < 0 else '--curve-every'} must be 0 (off) or more")
         try:
@@ -111,10 +121,11 @@ def simulate(
         overrides = {k: v for k, v in dict(steps=steps, lr=lr, beta=beta, rpo_alpha=rpo_alpha).items() if v is not None}
         curves = {}
         for one in seeds:
-            config = replace(LOOP, candidates=candidates, update_every=update_every, window=window, max_new_tokens=max_new_tokens,
-                             temperature=temperature, system=system or None, seed=one, arena_every=arena_every)
+            config = replace(LOOP, method=method, candidates=candidates, update_every=update_every, window=window,
+                             max_new_tokens=max_new_tokens, temperature=temperature, system=system or None, seed=one,
+                             arena_every=arena_every)
             name = base if len(seeds) == 1 else f"{base}-s{one}"
-            store = SessionStore.open(resolve(sessions_dir), name, model=model, method="dpo", hyperparameters=overrides,
+            store = SessionStore.open(resolve(sessions_dir), name, model=model, method=method, hyperparameters=overrides,
                                       metadata={"simulate": {**asdict(config), "rounds": rounds}, "judge": judge,
                                                 "editor": editor})
             try:
@@ -237,6 +248,11 @@ async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: 
             counts["edits"] += 1
         elif pick is None:
             loop.outcome(round_, "tie")
+        elif config.method == "kto":  # the judge's best desirable, each one it beat undesirable
+            for slot in range(round_.n):
+                loop.rate(round_, slot, int(slot == pick), "thumbs")
+            counts["picks"] += 1
+            counts["judgments"] += round_.n - 1  # one key per reply
         else:
             loop.pick(round_, pick)
             counts["picks"] += 1
@@ -247,7 +263,7 @@ async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: 
                    + " | ".join(f"{letters[i]} {_describe(c)}" for i, c in enumerate(shown))
                    + f"  -> {verdict}{'  (arena)' if round_.versions else ''}"
                    f"{'  (update started)' if loop.updating else ''}")
-        if curve_every and heldout and counts["judgments"] % curve_every == 0 and number < rounds:
+        if curve_every and heldout and counts["judgments"] >= (len(curve) + 1) * curve_every and number < rounds:
             await loop.wait_for_update()
             base = base or await held_out(config, loop.client, heldout, 0)
             live = await held_out(config, loop.client, heldout, loop.client.version)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from engine.protocol import LOSS_TERMS, REPORT_TO as TRACKERS, SFT_TERM, TrainConfig, loss_terms
+from engine.protocol import LOSS_TERMS, METHOD_KINDS, REPORT_TO as TRACKERS, SFT_TERM, TrainConfig, loss_terms
 from tui_align.cli.common import CONFIG, user_errors
 
 DEFAULTS = TrainConfig()  # each option's default, defined once there
@@ -28,7 +28,7 @@ LORA_ALPHA = typer.Option(32, "--lora-alpha", help="LoRA scaling alpha.")
 SEED = typer.Option(DEFAULTS.seed, "--seed", help="Random seed (shuffling and LoRA initialisation).")
 MERGE = typer.Option(False, "--merge", help="Also write OUTPUT/merged: a full model with the adapter merged in.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
-BETA = typer.Option(DEFAULTS.beta, "--beta", help="DPO temperature: how far the policy may move from the reference.")
+BETA = typer.Option(DEFAULTS.beta, "--beta", help="DPO and KTO temperature: how far the policy may move from the reference.")
 LOSS_TYPE = typer.Option(",".join(DEFAULTS.loss_type), "--loss-type", help=(
     "DPO loss, TRL's names: " + ", ".join(LOSS_TERMS) + f" ({SFT_TERM}: the chosen reply's NLL); several, "
     "comma-separated, are summed with --loss-weights (e.g. sigmoid,sft)."))
@@ -37,6 +37,9 @@ LABEL_SMOOTHING = typer.Option(DEFAULTS.label_smoothing, "--label-smoothing", he
     "Used as TRL 1.16 does: robust's label-flip rate (< 0.5), exo_pair's epsilon (> 0), aot and aot_unpaired; "
     "and with sigmoid it is conservative DPO (cDPO) as TRL had it before 1.0 (TRL 1.16's sigmoid ignores it)."))
 DISCOPOP_TAU = typer.Option(DEFAULTS.discopop_tau, "--discopop-tau", help="Temperature of the discopop loss.")
+DESIRABLE_WEIGHT = typer.Option(DEFAULTS.desirable_weight, "--desirable-weight", help="Weight of a desirable row's loss "
+                                "(raise it when desirable rows are fewer, as TRL advises).")
+UNDESIRABLE_WEIGHT = typer.Option(DEFAULTS.undesirable_weight, "--undesirable-weight", help="Weight of an undesirable row's loss.")
 RPO_ALPHA = typer.Option(None, "--rpo-alpha", help=f"Alias for the weight of the {SFT_TERM} term of --loss-type (adds it; 0 removes it).")
 GRADIENT_CHECKPOINTING = typer.Option(
     False, "--gradient-checkpointing",
@@ -80,7 +83,20 @@ def dpo(data: str = DATA, output: Path = OUTPUT, model: str = MODEL, max_steps: 
     run("dpo", locals())
 
 
-KINDS = {"sft": "sft", "dpo": "preference", "rm": "preference"}  # the rows each batch method trains on
+@train_app.command()
+def kto(data: str = DATA, output: Path = OUTPUT, model: str = MODEL, max_steps: int = MAX_STEPS,
+        epochs: int = EPOCHS, batch_size: int = BATCH_SIZE, grad_accum: int = GRAD_ACCUM, lr: float = LR,
+        max_length: int = MAX_LENGTH, lora_r: int = LORA_R, lora_alpha: int = LORA_ALPHA, beta: float = BETA,
+        desirable_weight: float = DESIRABLE_WEIGHT, undesirable_weight: float = UNDESIRABLE_WEIGHT,
+        seed: int = SEED, merge: bool = MERGE, device: str = DEVICE, split: str = SPLIT,
+        warmup_steps: int = WARMUP_STEPS, eval_data: str = EVAL_DATA, eval_split: float = EVAL_SPLIT,
+        eval_steps: int = EVAL_STEPS, save_steps: int = SAVE_STEPS, resume_from_checkpoint: str = RESUME,
+        report_to: str = REPORT_TO, config: Path = CONFIG) -> None:
+    """Kahneman-Tversky optimisation on unpaired {prompt, completion, label} rows (label true: desirable)."""
+    run("kto", locals())
+
+
+KINDS = {**METHOD_KINDS, "rm": "preference"}  # the rows each batch method trains on
 
 
 def run(method: str, options: dict, rows: list[dict] | None = None) -> dict:
@@ -109,6 +125,9 @@ def run(method: str, options: dict, rows: list[dict] | None = None) -> dict:
         check_report_to(options.get("report_to") or "none")
         if options.get("eval_data") and options.get("eval_split") is not None:
             raise UserError("--eval-data and --eval-split exclude each other: choose one")
+        if method == "kto" and options["batch_size"] < 2:  # TRL refuses it too
+            raise UserError("--batch-size must be at least 2 for kto: its KL estimate pairs each completion "
+                            "with another row's prompt")
         if rows is None:
             rows = load_examples(options["data"], KINDS[method], options.get("split"))
         eval_rows = None
@@ -138,7 +157,7 @@ def run(method: str, options: dict, rows: list[dict] | None = None) -> dict:
         return metrics
 
 
-SUMMARY_FIGURES = ("loss", "rewards/accuracies", "rewards/margins", "accuracy", "margin")  # of the last step and the last evaluation
+SUMMARY_FIGURES = ("loss", "rewards/accuracies", "rewards/margins", "kl", "accuracy", "margin")  # of the last step and the last evaluation
 
 
 def usage(method: str, output: Path, model: str | None, merged: bool) -> str:

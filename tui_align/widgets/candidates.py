@@ -13,6 +13,8 @@ from textual.message import Message
 from tui_align.rounds import SLOT_LETTERS
 from tui_align.widgets.candidate import CandidateView
 
+MARK_METHODS = ("ppo", "kto")  # sessions that judge each reply on its own (+/-): ppo scores, kto marks
+
 
 class CandidatePane(Container):
     BINDINGS = [
@@ -63,11 +65,11 @@ class CandidatePane(Container):
         kind = parameters[0]
         if kind == "pick" and parameters[1] >= self.n:
             return False
-        if kind in ("pick", "tie") and self.method == "ppo":  # a score session: letters are not votes
+        if kind in ("pick", "tie") and self.method in MARK_METHODS:  # a score or mark session: letters are not votes
             return False
-        if kind == "thumb" and self.method != "ppo":
+        if kind == "thumb" and self.method not in MARK_METHODS:
             return False
-        if kind == "digit" and self.method != "ppo" and (self.n <= 2 or parameters[1] > self.n):
+        if kind == "digit" and (self.method == "kto" or self.method != "ppo" and (self.n <= 2 or parameters[1] > self.n)):
             return False
         return True if self.judging else None  # None: shown greyed out while streaming
 

@@ -127,8 +127,8 @@ class LiveEngine:
             raise DataError(f"messages: {chars} characters, more than the model's context of {self.context} tokens holds")
         tokens = len(chat_ids(self.tokenizer, messages, add_generation_prompt=True))
         if tokens >= self.context:
-            raise DataError(f"messages: the prompt is {tokens} tokens, the model's context {self.context}: "
-                            f"at most {self.context - 1} leave room for a reply")
+            raise DataError(f"messages: the prompt is {tokens} tokens; the model's context is {self.context}, "
+                            f"so a prompt may have at most {self.context - 1}")
 
     def check_examples(self, method: str, examples: list) -> list[dict]:
         if method not in METHODS:

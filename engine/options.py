@@ -71,6 +71,9 @@ def check_options(options: ServeOptions) -> Transport:
     options.check()
     engine_threads(options.threads)
     check_report_to(options.report_to)
+    for flag, value in (("--lora-r", options.lora_r), ("--lora-alpha", options.lora_alpha)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1")
     transport = check_transport(options)
     check_session(options)
     return transport

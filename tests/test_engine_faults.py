@@ -96,7 +96,7 @@ def test_limits_are_bad_requests_answered_at_once(tcp_engine):
         huge = me.ask({"type": "generate", "id": "g1", "messages": [{"role": "user", "content": "a" * 1_000_000}]})
         assert huge["code"] == "bad_request" and "context of 512 tokens" in huge["message"]
         over = me.ask({"type": "generate", "id": "g2", "messages": [{"role": "user", "content": "hi " * 600}]})
-        assert over["code"] == "bad_request" and re.search(r"the prompt is \d+ tokens, the model's context 512", over["message"])
+        assert over["code"] == "bad_request" and re.search(r"the prompt is \d+ tokens; the model's context is 512", over["message"])
         assert time.monotonic() - started < 10  # no prefill ran: 1 MB took minutes of the worker before
         ok = me.ask({"type": "generate", "id": "g3", "messages": HI, "n": 1, "max_new_tokens": 3, "seed": 1})
         assert ok["type"] == "done"

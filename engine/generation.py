@@ -26,6 +26,7 @@ from engine.chat import chat_ids, check_messages
 
 TOP_K_FIRST = 512
 DECODE_CONTEXT = 6  # tokens decoded before the new ones, so a token's text (a leading space, a merge) is right
+PREFILL_CHUNK = 256  # prompt tokens per step: a long prompt is cancellable between chunks (no slower than whole)
 
 
 @dataclass
@@ -86,6 +87,7 @@ class Generation:
         self.candidates = [Candidate() for _ in range(n)]
         self.live = list(range(n))  # candidate index of each row still in the batch
         self.cache = None
+        self.prefilled = 0  # prompt tokens in the cache
         self.next_input: torch.Tensor | None = None
         self.decoder, self.head = _decoder_and_head(model)
         from engine.logprobs import causal_lm
@@ -105,6 +107,8 @@ class Generation:
             raise StopIteration
         with torch.no_grad():  # per step: grad mode must not leak into work interleaved between steps
             logits = self._forward()
+            if logits is None:  # a chunk of the prompt, no token yet
+                return []
             tokens = sample(logits, self.temperature, self.top_p, self.generator).tolist()
         now = time.perf_counter()
         deltas, keep = [], []
@@ -146,11 +150,16 @@ class Generation:
         whole = self.tokenizer.decode(cand.tokens, skip_special_tokens=True)  # the window decoded differently
         return whole[len(cand.text):] if whole.startswith(cand.text) else None
 
-    def _forward(self) -> torch.Tensor:
-        if self.cache is None:  # prefill once, then share the prompt's cache between the n rows
-            self.cache = GrowingCache(self.max_new_tokens)
-            ids = torch.tensor([self.prompt_ids], device=self.device)
-            logits = self._logits(ids)
+    def _forward(self) -> torch.Tensor | None:
+        """Logits for the next token, or None after a chunk of the prompt that is not its last."""
+        if self.prefilled < len(self.prompt_ids):  # prefill once, then share the prompt's cache between the n rows
+            if not self.prefilled:
+                self.cache = GrowingCache(self.max_new_tokens)
+            end = min(self.prefilled + PREFILL_CHUNK, len(self.prompt_ids))
+            logits = self._logits(torch.tensor([self.prompt_ids[self.prefilled:end]], device=self.device))
+            self.prefilled = end
+            if end < len(self.prompt_ids):
+                return None
             self.cache.batch_repeat_interleave(self.n)
             return logits.expand(self.n, -1)
         return self._logits(self.next_input)

@@ -217,6 +217,12 @@ def parameter_count(model) -> int:
     return sum(p.numel() for name, p in base.named_parameters() if "lora_" not in name)
 
 
+def context_length(model) -> int | None:
+    """The most positions the model was built for (None if its config does not say)."""
+    config = model.config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
 def model_name(spec: str | None) -> str:
     return DEFAULT_NAME if not spec or spec == "default" else spec
 

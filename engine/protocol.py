@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 PROTOCOL_VERSION = 1
+MAX_DEPTH = 32  # arrays and objects nested in one message; an update's examples nest 5
 METHODS = ("dpo", "sft", "ppo", "kto")  # what an `update` trains: the signal each kind of feedback gives
 METHOD_KINDS = {"dpo": "preference", "sft": "sft", "ppo": "sft", "kto": "kto"}  # engine.data's rows of each (ppo adds a score)
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")  # where training metrics go (engine/tracking.py)
@@ -39,6 +40,14 @@ class DataError(UserError):
 
 class NonFiniteLoss(Exception):
     """The loss or gradient was NaN or infinite; no weight was changed."""
+
+
+class Cancelled(Exception):
+    """A request was cancelled (code `cancelled`)."""
+
+
+class NotAvailable(Exception):
+    """The engine lacks what the request needs, e.g. a method's trainer (code `not_available`)."""
 
 
 # Training hyperparameters -------------------------------------------------------------
@@ -262,12 +271,26 @@ def decode(line: bytes | str) -> dict:
         message = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"malformed JSON: {exc}") from None
+    except RecursionError:  # the parser recurses per level: thousands of `[` exhaust Python's stack
+        raise ProtocolError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    if _too_deep(message):
+        raise ProtocolError(f"JSON nested deeper than {MAX_DEPTH} levels")
     if not isinstance(message, dict):
         raise ProtocolError("a message must be a JSON object")
     if not isinstance(message.get("type"), str):
         raise ProtocolError("missing 'type'")
     message.setdefault("id", "")
     return message
+
+
+def _too_deep(value) -> bool:
+    """Are arrays and objects nested more than MAX_DEPTH levels in `value`? (Iterative: no recursion.)"""
+    level = [value]
+    for _ in range(MAX_DEPTH):
+        level = [v for c in level if isinstance(c, (list, dict)) for v in (c.values() if isinstance(c, dict) else c)]
+        if not level:
+            return False
+    return any(isinstance(c, (list, dict)) for c in level)
 
 
 def parse_request(message: dict):

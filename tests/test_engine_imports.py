@@ -37,7 +37,7 @@ SCRIPT = textwrap.dedent('''
     from engine.generation import generate
     from engine.live import EngineOptions, LiveEngine
 
-    engine_ = LiveEngine(EngineOptions(model=sys.argv[1], device="cpu"))
+    engine_ = LiveEngine(EngineOptions(model=sys.argv[1], device="cpu", session_dir="session"))
     replies = generate(engine_.policy, engine_.tokenizer, [{"role": "user", "content": "Hi"}], n=2, max_new_tokens=3, seed=0)
     assert len(replies) == 2
     rows = engine_.check_examples("dpo", [{"prompt": "Say yes.", "chosen": " yes", "rejected": " no"}])

@@ -23,6 +23,18 @@ def engine_threads(requested: int | None = None) -> int:
     return max(1, cores - 1)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one of another user's counts): a folder named after a
+    dead pid is a killed run's leftover."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def peak_memory() -> dict:
     """The engine's peak memory so far: resident set (bytes) and accelerator memory (bytes; null on a CPU)."""
     import resource

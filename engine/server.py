@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from engine.options import ServeOptions, check_options
 from engine.protocol import (PROTOCOL_VERSION, REQUESTS, Cancelled, DataError, ModelError, NonFiniteLoss,
                              NotAvailable, ProtocolError, UserError, decode, encode, parse_request)
-from engine.resources import peak_memory, trim_heap
+from engine.resources import peak_memory, pid_alive, trim_heap
 from engine.scheduler import GENERATE, OTHER, REFERENCE, Job, Scheduler
 
 if TYPE_CHECKING:
@@ -329,18 +329,10 @@ def sweep_temp_folders() -> None:
         except OSError:
             continue
         mine = info.st_uid == os.getuid() and stat.S_ISDIR(info.st_mode)  # never another user's, nor a link
-        if mine and pid.isdigit() and int(pid) > 0 and not _alive(int(pid)):
+        if mine and pid.isdigit() and int(pid) > 0 and not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def _until_eof(loop, stopped: asyncio.Event) -> None:

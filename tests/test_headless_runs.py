@@ -12,9 +12,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from tui_align.cli import app
+from tests.test_cli_train import assert_user_error, invoke, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [{"prompt": f"Question {i}?", "chosen": f" Yes, {i}.", "rejected": f" No, {i} times no."} for i in range(8)]
@@ -38,24 +37,6 @@ KILLED = textwrap.dedent('''
     from tui_align.cli import app
     app(sys.argv[1:])
 ''')
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_error_line(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -143,12 +124,12 @@ def test_checkpoint_of_another_method_model_or_data_is_refused(runs, tmp_path):
     ]
     for args, fragment in cases:
         result = invoke(*args, "--output", tmp_path / "out", "--resume-from-checkpoint", ckpt)
-        one_error_line(result, str(ckpt), fragment)
+        assert_user_error(result, str(ckpt), fragment)
         assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
     result = invoke("train", "dpo", "--data", data, "--output", tmp_path / "out", "--resume-from-checkpoint", tmp_path)
-    one_error_line(result, "not a checkpoint folder")
+    assert_user_error(result, "not a checkpoint folder")
     result = invoke("train", "dpo", "--data", data, "--output", tmp_path / "out", "--resume-from-checkpoint", "latest")
-    one_error_line(result, "no checkpoint in")
+    assert_user_error(result, "no checkpoint in")
 
 
 def test_config_yaml_sets_options_and_a_flag_wins(tiny_model_dir, tmp_path):
@@ -176,7 +157,7 @@ def test_bad_config_is_one_line_naming_key_and_line(tmp_path, text, fragments):
     config.write_text(text)
     data = write_jsonl(tmp_path / "prefs.jsonl", PAIRS[:2])
     result = invoke("train", "dpo", "--data", data, "--output", tmp_path / "out", "--config", config)
-    one_error_line(result, str(config), *fragments)
+    assert_user_error(result, str(config), *fragments)
     assert not (tmp_path / "out").exists()
 
 
@@ -185,21 +166,21 @@ def test_config_works_for_replay_and_ppo_too(tmp_path):
     config.write_text("steps: 2\nkl-coef: 0.1\nmethod: x\n")
     result = invoke("train", "ppo", "--prompts", tmp_path / "p.txt", "--reward", "length", "--output", tmp_path / "o",
                     "--config", config)
-    one_error_line(result, ":3:", "unknown option 'method'", "train ppo")
+    assert_user_error(result, ":3:", "unknown option 'method'", "train ppo")
     result = invoke("replay", "s", "--output", tmp_path / "o", "--config", config)
-    one_error_line(result, ":1:", "unknown option 'steps'", "replay")
+    assert_user_error(result, ":1:", "unknown option 'steps'", "replay")
 
 
 def test_bad_eval_file_and_eval_options(tmp_path):
     data = write_jsonl(tmp_path / "prefs.jsonl", PAIRS[:4])
     bad = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": "a", "completion": "b"}])
     result = invoke("train", "dpo", "--data", data, "--output", tmp_path / "out", "--eval-data", bad)
-    one_error_line(result, "--eval-data", str(bad), "row 1", "missing keys chosen, rejected")
+    assert_user_error(result, "--eval-data", str(bad), "row 1", "missing keys chosen, rejected")
     for flags, fragment in [(["--eval-split", "1.5"], "--eval-split 1.5"),
                             (["--eval-steps", "2"], "--eval-steps needs held-out rows"),
                             (["--eval-split", "0.1", "--eval-data", bad], "exclude each other"),
                             (["--report-to", "mlflow"], "--report-to mlflow")]:
-        one_error_line(invoke("train", "dpo", "--data", data, "--output", tmp_path / "out", *flags), fragment)
+        assert_user_error(invoke("train", "dpo", "--data", data, "--output", tmp_path / "out", *flags), fragment)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
@@ -286,4 +267,4 @@ def test_report_to_passes_from_chat_train_to_the_engine(tmp_path):
     args = vars(parser().parse_args(["serve", *client.extra_args]))
     assert args["report_to"] == "tensorboard"
     result = invoke("chat-train", "--report-to", "paper", "--sessions-dir", tmp_path)
-    one_error_line(result, "--report-to paper")
+    assert_user_error(result, "--report-to paper")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import typer
 
+from engine.resources import pid_alive  # torch-free
 from tui_align.cli.common import fail, user_errors
 
 sessions_app = typer.Typer(help="List, inspect, export and import saved sessions.", no_args_is_help=True)
@@ -265,18 +266,10 @@ def sweep_stale_imports(root: Path) -> None:
     """Remove the staging folders of imports whose process is gone (killed mid-import; a live one is left)."""
     for folder in root.glob(".importing-*-*") if root.is_dir() else []:
         pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 @sessions_app.command("import")

@@ -23,13 +23,13 @@ from peft import get_peft_model_state_dict
 
 from engine import versions as vs
 from engine.chat import check_messages
-from engine.data import DataError, validate
+from engine.data import DataError, validate, validate_group
 from engine.logprobs import causal_lm
 from engine.models import LoRAConfig, _first_line, add_lora, load_model, model_name, parameter_count
-from engine.protocol import LIVE_TRAINING, METHODS, PROTOCOL_VERSION, NonFiniteLoss, UserError, loss_terms
+from engine.protocol import LIVE_TRAINING, METHODS, PROTOCOL_VERSION, GRPOConfig, NonFiniteLoss, UserError, loss_terms
 from engine.resources import engine_threads
 from engine.tracking import open_tracker
-from engine.trainers import DPOTrainer, SFTTrainer, TrainConfig
+from engine.trainers import DPOTrainer, GRPOTrainer, SFTTrainer, TrainConfig
 
 # Scoring and training on a CPU use eager attention: torch's fused CPU kernel is slow on short masked
 # packed rows (one-pair DPO step 0.57 -> 0.43 s); decoding keeps the model's own, ~5% faster there.
@@ -160,6 +160,10 @@ class LiveEngine:
             try:
                 if not isinstance(row, dict):
                     raise DataError("must be a JSON object")
+                if method == "grpo":
+                    validate_group(row)
+                    rows.append(row)
+                    continue
                 row = conversational(row)
                 validate(row, "preference" if method == "dpo" else "sft")
                 if method == "ppo":
@@ -372,6 +376,8 @@ class LiveEngine:
                 self.trainers[method] = DPOTrainer(self.policy, self.tokenizer, TrainConfig.from_dict(self.live_defaults("dpo")))
             elif method == "sft":
                 self.trainers[method] = SFTTrainer(self.policy, self.tokenizer, TrainConfig.from_dict(self.live_defaults("sft")))
+            elif method == "grpo":
+                self.trainers[method] = GRPOTrainer(self.policy, self.tokenizer, GRPOConfig.from_dict(self.live_defaults("grpo")))
             else:
                 try:
                     from engine.trainers.ppo import PPOTrainer
@@ -421,7 +427,7 @@ class LiveEngine:
             except ImportError:
                 raise NotAvailable("ppo not available yet") from None
             return PPOConfig
-        return TrainConfig
+        return GRPOConfig if method == "grpo" else TrainConfig
 
     def _snapshot(self, trainer) -> tuple:
         """The trained tensors (adapter, value head) and the optimizer state, to undo an update."""

@@ -1,0 +1,56 @@
+"""Headless GRPO (`tui-align train grpo`): prompts file -> N completions each -> reward -> GRPO steps.
+
+Runs in the calling process, also under `accelerate launch` / torchrun (the step's prompts
+are split over the processes, see GRPOTrainer.fit). The output folder (adapter, tokenizer,
+history.jsonl with every step's metrics) is written by the main process and appears only
+when training has finished.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from engine.headless import check_output
+from engine.protocol import UserError
+
+
+def train_grpo(prompts: list, reward_spec: str, output: str | Path, model: str | None, config, lora,
+               steps: int, device: str = "auto", progress: bool = True) -> list[dict]:
+    import torch
+    from tqdm.auto import tqdm
+
+    from engine.models import add_lora, load_model
+    from engine.rewards import load_reward
+    from engine.trainers.base import process_state
+    from engine.trainers.grpo import GRPOTrainer
+
+    state = process_state()
+    if config.prompts_per_step % state.num_processes:
+        raise UserError(f"--prompts-per-step {config.prompts_per_step} must be a multiple of the "
+                        f"{state.num_processes} processes (each generates its share of the groups)")
+    output = check_output(output)
+    reward = load_reward(reward_spec, device=device)  # user code fails here, before the model loads
+    torch.manual_seed(config.seed)
+    base, tokenizer = load_model(model, device=device if device != "auto" else str(state.device))
+    trainer = GRPOTrainer(add_lora(base, lora), tokenizer, config)
+    bar = tqdm(total=steps, desc="GRPO", disable=not (progress and state.is_main_process))
+
+    def on_step(metrics: dict) -> None:
+        bar.set_postfix(score=f"{metrics['score']:.3g}", kl=f"{metrics['kl']:.3g}", len=f"{metrics['completion_length']:.3g}")
+        bar.update(1)
+
+    try:
+        history = trainer.fit(prompts, reward, steps, on_step=on_step)
+    finally:
+        bar.close()
+    if state.is_main_process:
+        partial = output.with_name(output.name + ".partial")
+        trainer.save(partial, {"model": model, "reward": reward_spec, "steps": steps, "prompts": len(prompts),
+                               "metrics": {k: v for k, v in history[-1].items() if k != "sample"}})
+        tokenizer.save_pretrained(partial)
+        (partial / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+        shutil.rmtree(output, ignore_errors=True)
+        partial.rename(output)
+    return history

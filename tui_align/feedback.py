@@ -15,6 +15,11 @@ whatever the session holds. The rules (SessionStore.record_*):
 - ppo: every rating, as {prompt, completion, score}; thumbs and 1-5 scores are mapped to
   [-1, 1] (thumbs 0 -> -1, 1 -> 1; 1-5 -> (score - 3) / 2), numeric scores are kept as is.
   A re-score of the same reply replaces the earlier one.
+- grpo: every 1-5 score, as {prompt, completion, score, turn_id}; the scored replies of one turn
+  (its candidates, and those of its regenerations) are one group. `grpo_groups` turns them into
+  the rows a `grpo` update and `sessions export --kind grpo` take: {prompt, completions, scores}.
+  A live window always holds whole groups, and a turn with a single score is no group (nothing
+  to compare it with) until a sibling is scored.
 An example is consumed by the first update that finished with status `done` on it; failed
 or cancelled updates leave it pending. Withdrawn examples (a judgment taken back) are never
 trained on again.
@@ -81,6 +86,12 @@ class FeedbackQueries:
                     if row["id"] not in taken:
                         taken.add(row["id"])
                         rows.append(row)
+        if method == "grpo":  # whole groups: a window's turns bring every scored sibling (a few rows each)
+            turns = sorted({r["turn_id"] for r in rows})
+            taken = {r["id"] for r in rows}
+            if turns:
+                rows += [r for r in self.db.query(f"{where} and e.turn_id in ({','.join('?' * len(turns))})",
+                                                  [method, *turns]) if r["id"] not in taken]
         return self._build(method, sorted(rows, key=lambda r: r["id"]))
 
     def _build(self, method: str, rows: list[dict]) -> list[tuple[int, dict]]:
@@ -95,8 +106,10 @@ class FeedbackQueries:
                 example.update(chosen=_assistant(row["chosen"]), rejected=_assistant(row["rejected"]))
             else:
                 example["completion"] = _assistant(row["chosen"])
-            if method == "ppo":
+            if method in ("ppo", "grpo"):
                 example["score"] = row["score"]
+            if method == "grpo":
+                example["turn_id"] = turn
             out.append((row["id"], example))
         return out
 
@@ -105,6 +118,17 @@ class FeedbackQueries:
         rows = self.db.query("""select g.id, g.score, g.scale, s.turn_id, s.text from ratings g
                                 join responses s on s.id = g.response_id where g.withdrawn = 0 order by g.id""")
         return [{**row, "prompt": self.prompt(row["turn_id"])} for row in rows]
+
+
+def grpo_groups(examples: list[dict]) -> list[dict]:
+    """Per-reply grpo examples as GRPO rows {prompt, completions, scores}, one per turn with at least 2
+    scored replies, in the order of each turn's first example."""
+    groups: dict[int, dict] = {}
+    for example in examples:
+        group = groups.setdefault(example["turn_id"], {"prompt": example["prompt"], "completions": [], "scores": []})
+        group["completions"].append(example["completion"])
+        group["scores"].append(example["score"])
+    return [group for group in groups.values() if len(group["scores"]) >= 2]
 
 
 def _assistant(text: str) -> list[dict]:

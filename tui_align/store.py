@@ -349,6 +349,8 @@ class SessionStore(FeedbackQueries):
             }).last_pk
             self._add_example("ppo", "rating", rating_id, response["turn_id"], response_id,
                               score=reward(score, scale), now=now)
+            if scale == "1-5":  # one member of its turn's GRPO group, on the person's own scale
+                self._add_example("grpo", "rating", rating_id, response["turn_id"], response_id, score=score, now=now)
             siblings = self.db.execute(
                 """select r.response_id, r.score from ratings r join responses s on s.id = r.response_id
                    where s.turn_id = ? and r.scale = ? and r.response_id != ? and r.withdrawn = 0""",

@@ -49,8 +49,10 @@ def simulate(
     session: str = typer.Option(None, "--session", help="Session to store the picks in (default: simulate-<time>); "
                                                         "an existing one resumes at its active version."),
     model: str = typer.Option(None, "--model", help="Model folder, GGUF file or hub id (default: bundled SmolLM2-135M-Instruct)."),
-    candidates: int = typer.Option(LOOP.candidates, "--candidates", help="Replies per round; the judge picks the best "
-                                   "of them, as a person pressing one letter does (pairwise, by knock-out)."),
+    method: str = typer.Option(LOOP.method, "--method", help="dpo (the judge picks the best of the candidates) or grpo "
+                               "(the judge's round robin within the group scores each candidate 1-5; see tui_align.judges.group_scores)."),
+    candidates: int = typer.Option(LOOP.candidates, "--candidates", help="Replies per round; dpo: the judge picks the best "
+                                   "of them, as a person pressing one letter does (pairwise, by knock-out); grpo: the group, at least 2."),
     update_every: int = typer.Option(LOOP.update_every, "--update-every", help="Run an update after this many new training rows."),
     window: int = typer.Option(LOOP.window, "--window", help="Rows per update: the newest untrained ones, topped up with the most recently trained."),
     steps: int = typer.Option(None, "--steps", help="Optimizer steps per update (default: the engine's live default). "
@@ -89,6 +91,8 @@ def simulate(
                             ("--steps", steps or 1), ("--max-new-tokens", max_new_tokens)):
             if value < 1:
                 fail(f"{name} must be at least 1")
+        if method not in ("dpo", "grpo"):
+            fail(f"--method {method}: choose dpo or grpo")
         if arena_every < 0 or curve_every < 0:
             fail(f"{'--arena-every' if arena_every < 0 else '--curve-every'} must be 0 (off) or more")
         try:
@@ -111,10 +115,11 @@ def simulate(
         overrides = {k: v for k, v in dict(steps=steps, lr=lr, beta=beta, rpo_alpha=rpo_alpha).items() if v is not None}
         curves = {}
         for one in seeds:
-            config = replace(LOOP, candidates=candidates, update_every=update_every, window=window, max_new_tokens=max_new_tokens,
+            config = replace(LOOP, method=method, candidates=candidates, update_every=update_every, window=window,
+                             max_new_tokens=max_new_tokens,
                              temperature=temperature, system=system or None, seed=one, arena_every=arena_every)
             name = base if len(seeds) == 1 else f"{base}-s{one}"
-            store = SessionStore.open(resolve(sessions_dir), name, model=model, method="dpo", hyperparameters=overrides,
+            store = SessionStore.open(resolve(sessions_dir), name, model=model, method=method, hyperparameters=overrides,
                                       metadata={"simulate": {**asdict(config), "rounds": rounds}, "judge": judge,
                                                 "editor": editor})
             try:
@@ -213,7 +218,7 @@ async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: 
                 curve_every: int = 0) -> tuple[dict, list[tuple[int, float]]]:
     """The training rounds, through the loop. Returns the counts (judgments: every key a person would
     press to judge; picks; edits) and the learning curve [(judgments, win rate vs v0)]."""
-    from tui_align.judges import Reply, best_of, checked_edit
+    from tui_align.judges import Reply, best_of, checked_edit, group_scores
 
     order = prompts[:]
     random.Random(config.seed).shuffle(order)
@@ -227,27 +232,37 @@ async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: 
         round_ = await loop.generate(loop.begin(conversation, prompt))
         shown = [round_.results[i] for i in round_.shown_order]
         replies = [Reply(c["text"], c.get("finish_reason"), c.get("tokens")) for c in shown]
-        edit = None
-        if person.editor is not None:
-            edit = next(((slot, text) for slot, reply in enumerate(replies)
-                         if (text := checked_edit(person.editor, person.editor_spec, prompt, reply))), None)
-        pick = None if edit else best_of(person.judge, person.judge_spec, prompt, replies)
-        if edit:
-            loop.edit(round_, *edit)
-            counts["edits"] += 1
-        elif pick is None:
-            loop.outcome(round_, "tie")
+        before = counts["judgments"]
+        if config.method == "grpo":  # every candidate scored, each score a key the person would press
+            scores = group_scores(person.judge, person.judge_spec, prompt, replies)
+            for slot, score in enumerate(scores):
+                loop.rate(round_, slot, score)
+            counts["judgments"] += len(scores)
+            typer.echo(f"round {number:>3}/{rounds}  v{round_.version:<3} "
+                       + " | ".join(f"{_describe(c)} -> {s}" for c, s in zip(shown, scores))
+                       + f"{'  (update started)' if loop.updating else ''}")
         else:
-            loop.pick(round_, pick)
-            counts["picks"] += 1
-        counts["judgments"] += 1
-        letters = SLOT_LETTERS.upper()
-        verdict = f"edit {letters[edit[0]]}" if edit else f"pick {letters[pick]}" if pick is not None else "no pick"
-        typer.echo(f"round {number:>3}/{rounds}  v{round_.version:<3} "
-                   + " | ".join(f"{letters[i]} {_describe(c)}" for i, c in enumerate(shown))
-                   + f"  -> {verdict}{'  (arena)' if round_.versions else ''}"
-                   f"{'  (update started)' if loop.updating else ''}")
-        if curve_every and heldout and counts["judgments"] % curve_every == 0 and number < rounds:
+            edit = None
+            if person.editor is not None:
+                edit = next(((slot, text) for slot, reply in enumerate(replies)
+                             if (text := checked_edit(person.editor, person.editor_spec, prompt, reply))), None)
+            pick = None if edit else best_of(person.judge, person.judge_spec, prompt, replies)
+            if edit:
+                loop.edit(round_, *edit)
+                counts["edits"] += 1
+            elif pick is None:
+                loop.outcome(round_, "tie")
+            else:
+                loop.pick(round_, pick)
+                counts["picks"] += 1
+            counts["judgments"] += 1
+            letters = SLOT_LETTERS.upper()
+            verdict = f"edit {letters[edit[0]]}" if edit else f"pick {letters[pick]}" if pick is not None else "no pick"
+            typer.echo(f"round {number:>3}/{rounds}  v{round_.version:<3} "
+                       + " | ".join(f"{letters[i]} {_describe(c)}" for i, c in enumerate(shown))
+                       + f"  -> {verdict}{'  (arena)' if round_.versions else ''}"
+                       f"{'  (update started)' if loop.updating else ''}")
+        if curve_every and heldout and counts["judgments"] // curve_every > before // curve_every and number < rounds:
             await loop.wait_for_update()
             base = base or await held_out(config, loop.client, heldout, 0)
             live = await held_out(config, loop.client, heldout, loop.client.version)

@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.containers import Container
 from textual.message import Message
 
-from tui_align.rounds import SLOT_LETTERS
+from tui_align.rounds import SCORED_METHODS, SLOT_LETTERS
 from tui_align.widgets.candidate import CandidateView
 
 
@@ -63,11 +63,13 @@ class CandidatePane(Container):
         kind = parameters[0]
         if kind == "pick" and parameters[1] >= self.n:
             return False
-        if kind in ("pick", "tie") and self.method == "ppo":  # a score session: letters are not votes
+        if kind in ("pick", "tie") and self.method in SCORED_METHODS:  # a score session: letters are not votes
             return False
-        if kind == "thumb" and self.method != "ppo":
+        if kind == "thumb" and self.method != "ppo":  # grpo's group is scored on 1-5 only
             return False
-        if kind == "digit" and self.method != "ppo" and (self.n <= 2 or parameters[1] > self.n):
+        if kind == "digit" and self.method in SCORED_METHODS and parameters[1] > 5:
+            return False
+        if kind == "digit" and self.method not in SCORED_METHODS and (self.n <= 2 or parameters[1] > self.n):
             return False
         return True if self.judging else None  # None: shown greyed out while streaming
 

@@ -10,6 +10,7 @@ SERIES = {
     "dpo": [("loss", "loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy")],
     "sft": [("loss", "loss")],
     "ppo": [("loss", "loss"), ("score/mean", "mean score"), ("kl", "KL")],
+    "grpo": [("loss", "loss"), ("score", "mean score"), ("kl", "KL")],
 }
 
 

@@ -216,12 +216,15 @@ def group_advantages(scores: torch.Tensor, scale: bool = True) -> torch.Tensor:
 def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None,
               advantages: torch.Tensor, mask: torch.Tensor, beta: float = 0.0, epsilon: float = 0.2,
               epsilon_high: float | None = None, loss_type: str = "dapo",
-              num_tokens: torch.Tensor | float | None = None) -> tuple[torch.Tensor, dict]:
+              num_tokens: torch.Tensor | float | None = None,
+              use_bias_correction_kl: bool = True) -> tuple[torch.Tensor, dict]:
     """GRPO's policy loss from per-token log-probs [B, T] and one advantage per completion [B].
 
     per token: -min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A) + beta * k3 KL,
     ratio = exp(logps - old_logps) (old_logps: the sampling policy's; logps.detach() on the
-    first pass, where the ratio is 1 and only its gradient counts). Aggregation (TRL's
+    first pass, where the ratio is 1 and only its gradient counts). With
+    `use_bias_correction_kl` (TRL 1.16's default) the KL term is multiplied by the ratio too,
+    which makes its gradient the unbiased reverse-KL gradient (DeepSeek-V3.2). Aggregation (TRL's
     loss_type): `dapo` (TRL 1.16's default) sums over every completion token and divides by
     `num_tokens`, the tokens of the whole batch (over all processes, divided by their number;
     default: this batch's); `grpo` averages each completion over its own tokens, then the
@@ -238,7 +241,7 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Ten
     kl = None
     if beta != 0.0:
         kl = kl_penalty(logps, ref_logps, "k3")
-        per_token = per_token + beta * kl
+        per_token = per_token + beta * (kl * ratio if use_bias_correction_kl else kl)
     if loss_type == "dapo":
         total = mask.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=logps.dtype, device=logps.device)
         loss = (per_token * mask).sum() / total.clamp(min=1.0)

@@ -156,6 +156,7 @@ class GRPOConfig(DictConfig):
     beta: float = 0.04
     epsilon: float = 0.2  # the probability ratio is clipped to [1 - epsilon, 1 + epsilon_high]
     epsilon_high: float | None = None  # None: epsilon
+    use_bias_correction_kl: bool = True  # the KL term times the ratio (TRL 1.16's default): an unbiased KL gradient
     loss_type: str = "dapo"  # how per-token losses are averaged: dapo (TRL 1.16's default) or grpo
     scale_rewards: bool = True  # divide by the group's std (TRL's scale_rewards="group"); False: only centre
     num_generations: int = 4  # completions sampled per prompt: one group (headless)

@@ -75,7 +75,8 @@ class GRPOTrainer(Trainer):
         cfg = self.config
         loss, stats = grpo_loss(logps, batch["old_logps"], batch["ref_logps"], batch["advantages"], batch["mask"],
                                 beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-                                loss_type=cfg.loss_type, num_tokens=num_tokens)
+                                loss_type=cfg.loss_type, num_tokens=num_tokens,
+                                use_bias_correction_kl=cfg.use_bias_correction_kl)
         scores = batch["scores"]
         return loss, {"kl": stats["kl"].item(), "clip_ratio": stats["clip_ratio"].item(),
                       "score": scores.mean().item(), "score_std": scores.std().item() if len(scores) > 1 else 0.0,

@@ -88,6 +88,8 @@ class FakeEngine:
 
     async def update(self, method, examples, hyperparameters=None, on_progress=None):
         self._check("update")
+        if method == "grpo" and not all(len(e["completions"]) == len(e["scores"]) >= 2 for e in examples):
+            raise EngineError("bad_request", "a grpo example is a group: at least 2 completions, one score each")
         self.updates.append({"method": method, "examples": examples, "hyperparameters": hyperparameters})
         if self.update_gate is not None:
             await self.update_gate.wait()

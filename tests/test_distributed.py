@@ -66,3 +66,42 @@ def test_two_processes_average_gradients(tiny_model_dir, tmp_path):
     saved = load_file(tmp_path / "run-of-2" / "checkpoint-1" / "adapter_model.safetensors")
     assert saved.keys() == ranks[0].keys()
     assert all(torch.equal(saved[key], ranks[0][key]) for key in saved)
+
+
+GRPO_SCRIPT = textwrap.dedent('''
+    import sys
+    from engine.headless_grpo import train_grpo
+    from engine.models import LoRAConfig
+    from engine.protocol import GRPOConfig
+    from engine.trainers.base import process_state
+
+    model_dir, out = sys.argv[1], sys.argv[2]
+    # 2 groups of 3 per step: one process generates both, two generate one each (same prompts, same seeds)
+    config = GRPOConfig(lr=1e-2, num_generations=3, prompts_per_step=2, max_new_tokens=6)
+    train_grpo(["Say yes.", "Name a colour.", "Count to three."], "length", f"{out}/grpo-{process_state().num_processes}",
+               model_dir, config, LoRAConfig(r=4, alpha=8), steps=1, device="cpu", progress=False)
+''')
+
+
+def test_grpo_two_processes_equal_one(tiny_model_dir, tmp_path):
+    """`train grpo`'s function under two gloo processes: each generates half the step's groups, the dapo
+    normaliser counts both processes' tokens, so the adapter equals that of one process taking every group."""
+    import torch
+    from safetensors.torch import load_file
+
+    script = tmp_path / "grpo.py"
+    script.write_text(GRPO_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    for command in (launch, [sys.executable]):
+        done = subprocess.run([*command, str(script), str(tiny_model_dir), str(tmp_path)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    two, one = (load_file(tmp_path / f"grpo-{n}" / "adapter_model.safetensors") for n in (2, 1))
+    assert two.keys() == one.keys() and not (tmp_path / "grpo-2.partial").exists()
+    moved = False
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=1e-4)
+        moved |= bool((one[key] != 0).any()) and "lora_B" in key
+    assert moved, "the step changed no LoRA B weight"
+

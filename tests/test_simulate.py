@@ -100,3 +100,26 @@ def test_simulate_with_an_editor_stores_demonstrations_and_a_learning_curve(tmp_
         assert store.meta["metadata"]["editor"].endswith(":ask")
     bad = runner.invoke(app, ["simulate", "--judge", "shorter", "--editor", "nope", "--sessions-dir", str(tmp_path)])
     assert bad.exit_code == 2 and "--editor nope" in bad.stderr
+
+
+def test_group_scores_rank_a_group_by_round_robin():
+    from tui_align.judges import Reply, group_scores, longer
+
+    replies = [Reply("a b", "stop", 2), Reply("a b c d", "stop", 4), Reply("a", "stop", 1)]
+    assert group_scores(longer, "longer", "p", replies) == [3, 5, 1]
+    assert group_scores(lambda p, a, b: 0, "left", "p", replies) == [3, 3, 3]  # a side bias cancels out
+    assert group_scores(lambda p, a, b: None, "none", "p", replies[:2]) == [3, 3]
+
+
+def test_simulate_grpo_scores_every_candidate_and_trains_on_groups(tmp_path, tiny_model_dir):
+    (tmp_path / "judge.py").write_text("def pick(prompt, a, b):\n    return 0 if len(a) <= len(b) else 1\n")
+    result = runner.invoke(app, [
+        "simulate", "--method", "grpo", "--candidates", "3", "--judge", f"{tmp_path / 'judge.py'}:pick",
+        "--rounds", "2", "--update-every", "3", "--session", "g", "--model", str(tiny_model_dir),
+        "--max-new-tokens", "5", "--eval-prompts", "0", "--sessions-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    with SessionStore.open(tmp_path, "g", readonly=True) as store:
+        assert store.meta["method"] == "grpo" and store.latest_version() == 2
+        assert store.db.execute("select count(*) from examples where method = 'grpo'").fetchone()[0] == 6
+        assert store.pending_count("grpo") == 0
+        assert all(json.loads(v["metrics"]).get("kl") is not None for v in store.db["versions"].rows)

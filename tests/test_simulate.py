@@ -115,11 +115,11 @@ def test_simulate_grpo_scores_every_candidate_and_trains_on_groups(tmp_path, tin
     (tmp_path / "judge.py").write_text("def pick(prompt, a, b):\n    return 0 if len(a) <= len(b) else 1\n")
     result = runner.invoke(app, [
         "simulate", "--method", "grpo", "--candidates", "3", "--judge", f"{tmp_path / 'judge.py'}:pick",
-        "--rounds", "2", "--update-every", "3", "--session", "g", "--model", str(tiny_model_dir),
+        "--rounds", "1", "--update-every", "3", "--session", "g", "--model", str(tiny_model_dir),
         "--max-new-tokens", "5", "--eval-prompts", "0", "--sessions-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     with SessionStore.open(tmp_path, "g", readonly=True) as store:
-        assert store.meta["method"] == "grpo" and store.latest_version() == 2
-        assert store.db.execute("select count(*) from examples where method = 'grpo'").fetchone()[0] == 6
+        assert store.meta["method"] == "grpo" and store.latest_version() == 1
+        assert store.db.execute("select count(*) from examples where method = 'grpo'").fetchone()[0] == 3
         assert store.pending_count("grpo") == 0
         assert all(json.loads(v["metrics"]).get("kl") is not None for v in store.db["versions"].rows)

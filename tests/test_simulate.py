@@ -111,15 +111,23 @@ def test_group_scores_rank_a_group_by_round_robin():
     assert group_scores(lambda p, a, b: None, "none", "p", replies[:2]) == [3, 3]
 
 
-def test_simulate_grpo_scores_every_candidate_and_trains_on_groups(tmp_path, tiny_model_dir):
-    (tmp_path / "judge.py").write_text("def pick(prompt, a, b):\n    return 0 if len(a) <= len(b) else 1\n")
-    result = runner.invoke(app, [
-        "simulate", "--method", "grpo", "--candidates", "3", "--judge", f"{tmp_path / 'judge.py'}:pick",
-        "--rounds", "1", "--update-every", "3", "--session", "g", "--model", str(tiny_model_dir),
-        "--max-new-tokens", "5", "--eval-prompts", "0", "--sessions-dir", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    with SessionStore.open(tmp_path, "g", readonly=True) as store:
-        assert store.meta["method"] == "grpo" and store.latest_version() == 1
-        assert store.db.execute("select count(*) from examples where method = 'grpo'").fetchone()[0] == 3
-        assert store.pending_count("grpo") == 0
-        assert all(json.loads(v["metrics"]).get("kl") is not None for v in store.db["versions"].rows)
+async def test_simulate_grpo_scores_every_candidate_and_trains_on_groups(tmp_path):
+    """simulate's rounds through the LiveLoop (the fake engine in the engine's place): the judge's round
+    robin scores all N candidates, each score a judgment, and every complete group trains."""
+    from tests.fakes import FakeEngine
+    from tui_align.cli.simulate import Person, train
+    from tui_align.judges import load_judge
+    from tui_align.loop import LiveLoop, LoopConfig
+
+    config = LoopConfig(method="grpo", candidates=3, update_every=3, seed=0)
+    engine = FakeEngine(candidates=[{"text": t, "finish_reason": "stop", "tokens": len(t)} for t in ("a", "a b c", "a b")])
+    with SessionStore.open(tmp_path, "g", method="grpo") as store:
+        loop = LiveLoop(store, engine, config)
+        await loop.start()
+        counts, _ = await train(config, 2, loop, Person(load_judge("shorter"), "shorter"), ["Say hi.", "Name one."], [])
+        assert counts["judgments"] == 6 and store.pending_count("grpo") == 0
+    assert [u["method"] for u in engine.updates] == ["grpo", "grpo"]
+    assert [len(u["examples"]) for u in engine.updates] == [1, 2]  # the window tops up with the trained group
+    for group in engine.updates[-1]["examples"]:
+        by_text = {c[0]["content"]: s for c, s in zip(group["completions"], group["scores"])}
+        assert by_text == {"a": 5, "a b": 3, "a b c": 1}  # the shorter reply wins every game

@@ -23,6 +23,7 @@ from engine.logprobs import token_logps
 from engine.losses import GRPO_LOSS_TYPES, group_advantages, grpo_loss
 from engine.protocol import GRPOConfig
 from engine.trainers.base import Trainer, process_state
+from engine.trainers.ppo import _same_format, prompt_text
 
 
 class GRPOTrainer(Trainer):
@@ -35,8 +36,7 @@ class GRPOTrainer(Trainer):
         groups = []
         for row in rows:
             prompt = row["prompt"]
-            completions = [[{"role": "assistant", "content": c}] if isinstance(prompt, list) and isinstance(c, str) else c
-                           for c in row["completions"]]
+            completions = [_same_format(prompt, c)[1] for c in row["completions"]]
             prompt_ids, completion_ids = tokenize_pair(self.tokenizer, prompt, completions, self.config.max_length)
             groups.append((prompt_ids, completion_ids, [float(s) for s in row["scores"]]))
         return groups
@@ -92,7 +92,6 @@ class GRPOTrainer(Trainer):
         the result is that of one process taking the whole step.
         """
         from engine.generation import Generation
-        from engine.trainers.ppo import prompt_text
 
         cfg = self.config
         state = process_state()

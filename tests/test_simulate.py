@@ -49,7 +49,9 @@ def test_load_judge(tmp_path):
 
 def test_bad_flags_exit_2(tmp_path):
     for args, message in [(["--judge", "nonsense"], "--judge nonsense"), (["--judge", "shorter", "--rounds", "0"], "--rounds"),
-                          (["--judge", "shorter", "--prompts", str(tmp_path / "none.txt")], "no such file")]:
+                          (["--judge", "shorter", "--prompts", str(tmp_path / "none.txt")], "no such file"),
+                          (["--judge", "shorter", "--method", "ppo"], "--method ppo: choose dpo or grpo"),
+                          (["--judge", "shorter", "--method", "grpo", "--rpo-alpha", "1"], "--rpo-alpha is a DPO option")]:
         result = runner.invoke(app, ["simulate", *args, "--sessions-dir", str(tmp_path)])
         assert result.exit_code == 2 and message in result.stderr, result.output
 

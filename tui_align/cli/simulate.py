@@ -58,7 +58,7 @@ def simulate(
     steps: int = typer.Option(None, "--steps", help="Optimizer steps per update (default: the engine's live default). "
                                                    "Stored as the session's training override, as are --lr, --beta and --rpo-alpha."),
     lr: float = typer.Option(None, "--lr", help="Learning rate of the live updates (default: the engine's live default)."),
-    beta: float = typer.Option(None, "--beta", help="DPO temperature of the live updates (default: the engine's)."),
+    beta: float = typer.Option(None, "--beta", help="DPO temperature of the live updates; grpo: the weight of its KL to the reference (default: the engine's)."),
     rpo_alpha: float = typer.Option(None, "--rpo-alpha", help="Weight of the chosen reply's NLL added to DPO (RPO; default: the engine's)."),
     max_new_tokens: int = typer.Option(LOOP.max_new_tokens, "--max-new-tokens", help="Longest reply, in tokens."),
     temperature: float = typer.Option(LOOP.temperature, "--temperature", help="Sampling temperature of the candidates."),
@@ -93,6 +93,8 @@ def simulate(
                 fail(f"{name} must be at least 1")
         if method not in ("dpo", "grpo"):
             fail(f"--method {method}: choose dpo or grpo")
+        if method == "grpo" and rpo_alpha is not None:
+            fail("--rpo-alpha is a DPO option: grpo has no chosen reply")
         if arena_every < 0 or curve_every < 0:
             fail(f"{'--arena-every' if arena_every < 0 else '--curve-every'} must be 0 (off) or more")
         try:

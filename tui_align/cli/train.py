@@ -145,7 +145,7 @@ def usage(method: str, output: Path, model: str | None, merged: bool) -> str:
 
     base = model or str(home() / "models" / CONVERTED_NAME)
     return (f"use it: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), {str(output)!r})"
-            + ("" if method == "ppo" else ", or train with --merge for a full model"))
+            + ("" if method in ("ppo", "grpo") else ", or train with --merge for a full model"))
 
 
 def summary(method: str, rows: int, output: Path, options: dict, metrics: dict, log_file: Path | None) -> str:
@@ -233,9 +233,12 @@ def grpo(prompts: Path = PROMPTS, reward: str = REWARD, output: Path = OUTPUT, m
          max_new_tokens: int = typer.Option(GRPO.max_new_tokens, "--max-new-tokens", help="Longest completion sampled."),
          temperature: float = typer.Option(GRPO.temperature, "--temperature", help="Sampling temperature of the completions (> 0)."),
          lr: float = typer.Option(GRPO.lr, "--lr", help="AdamW learning rate of the LoRA weights."),
-         seed: int = SEED, lora_r: int = LORA_R, lora_alpha: int = LORA_ALPHA, device: str = DEVICE) -> None:
+         seed: int = SEED, lora_r: int = LORA_R, lora_alpha: int = LORA_ALPHA, device: str = DEVICE,
+         report_to: str = REPORT_TO, config: Path = CONFIG) -> None:
     """GRPO on prompts: N completions each, scored by a reward function or reward model, group-relative advantages."""
-    with user_errors():
+    from engine.headless_log import quiet_libraries  # standard library only
+
+    with user_errors(), quiet_libraries() as log:
         from engine.headless import check_output
         from engine.headless_ppo import load_prompts
         from engine.losses import GRPO_LOSS_TYPES
@@ -251,20 +254,27 @@ def grpo(prompts: Path = PROMPTS, reward: str = REWARD, output: Path = OUTPUT, m
             raise UserError(f"--loss-type {loss_type}: choose one of {', '.join(GRPO_LOSS_TYPES)}")
         if beta < 0 or not epsilon > 0 or not temperature > 0 or not lr > 0:
             raise UserError("--beta must be >= 0, and --epsilon, --temperature and --lr > 0")
+        from engine.tracking import check_report_to
+
+        check_report_to(report_to)
         rows = load_prompts(prompts)
 
         from engine.headless_grpo import train_grpo
         from engine.models import LoRAConfig
 
-        config = GRPOConfig(lr=lr, beta=beta, epsilon=epsilon, loss_type=loss_type, scale_rewards=scale_rewards,
-                            num_generations=num_generations, prompts_per_step=prompts_per_step,
-                            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-        history = train_grpo(rows, reward, output, model, config, LoRAConfig(r=lora_r, alpha=lora_alpha), steps,
-                             device=device)
-        first, last = history[0], history[-1]
-        typer.echo(f"trained grpo for {steps} steps on {len(rows)} prompts x {num_generations} completions -> {output}  "
-                   f"(score {first['score']:.4g} -> {last['score']:.4g}, kl {last['kl']:.4g}, "
-                   f"length {first['completion_length']:.3g} -> {last['completion_length']:.3g} tokens)")
+        settings = GRPOConfig(lr=lr, beta=beta, epsilon=epsilon, loss_type=loss_type, scale_rewards=scale_rewards,
+                              num_generations=num_generations, prompts_per_step=prompts_per_step,
+                              max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        history = train_grpo(rows, reward, output, model, settings, LoRAConfig(r=lora_r, alpha=lora_alpha), steps,
+                             device=device, report_to=report_to, log=log)
+        from engine.trainers.base import process_state
+
+        if process_state().is_main_process:
+            first, last = history[0], history[-1]
+            typer.echo(f"trained grpo for {steps} steps on {len(rows)} prompts x {num_generations} completions -> "
+                       f"{output}  (score {first['score']:.4g} -> {last['score']:.4g}, kl {last['kl']:.4g}, length "
+                       f"{first['completion_length']:.3g} -> {last['completion_length']:.3g} tokens); "
+                       f"{usage('grpo', output, model, False)}")
 
 
 @train_app.command()

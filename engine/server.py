@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.live import Cancelled, EngineOptions, LiveEngine, NotAvailable
-from engine.protocol import (METHODS, PROTOCOL_VERSION, REQUESTS, DataError, ModelError, NonFiniteLoss, ProtocolError,
+from engine.protocol import (PROTOCOL_VERSION, REQUESTS, DataError, ModelError, NonFiniteLoss, ProtocolError,
                              UserError, decode, encode, parse_request)
 from engine.resources import trim_heap
 from engine.scheduler import GENERATE, OTHER, REFERENCE, Job, Scheduler

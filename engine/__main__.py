@@ -30,8 +30,8 @@ class _Parser(argparse.ArgumentParser):
 def parser(prog: str = "python -m engine") -> argparse.ArgumentParser:
     root = _Parser(prog=prog, description="The tui-align engine process.")
     commands = root.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    # No defaults here: an option left out is not passed, so ServeOptions (engine/server.py, engine/live.py)
-    # holds each default once.
+    # No defaults here: an option left out is not passed, so ServeOptions (engine/options.py) holds each
+    # default once.
     serve = commands.add_parser("serve", help=SERVE_HELP, description=SERVE_HELP, argument_default=argparse.SUPPRESS)
     serve.add_argument("--model", help="Model folder, GGUF file or hub id (default: SmolLM2-135M-Instruct).")
     serve.add_argument("--method", choices=METHODS, help="Default update method.")
@@ -60,6 +60,9 @@ def parser(prog: str = "python -m engine") -> argparse.ArgumentParser:
     serve.add_argument("--loss-weights", help="Their weights, comma-separated, one per loss type (default 1 each).")
     serve.add_argument("--label-smoothing", type=float, help="DPO updates' label smoothing (train dpo --help: "
                                                              "what each loss type does with it; default 0).")
+    serve.add_argument("--gradient-checkpointing", action="store_true",
+                       help="Updates recompute activations in the backward pass instead of keeping them: "
+                            "less memory for big models, ~1/3 slower updates.")
     return root
 
 
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m engine") -> int:
     Bad arguments exit 2 (SystemExit), `--help` exits 0."""
     args = vars(parser(prog).parse_args(argv))
     args.pop("command")
-    from engine.server import ServeOptions, main as serve_main
+    from engine.options import ServeOptions
+    from engine.server import main as serve_main
 
     return serve_main(ServeOptions(**args))
 

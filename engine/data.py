@@ -1,10 +1,11 @@
 """Training data in TRL's formats: read, validate, tokenize, collate.
 
-Rows are preference `{prompt, chosen, rejected}` or SFT `{prompt, completion}` /
-`{messages}`, each either standard (strings) or conversational (lists of
-`{role, content}` messages). Tokenization follows TRL: a conversational prompt gets the
-chat template with the generation prompt; the completion is what the full conversation
-adds after it; a standard completion gets the EOS token appended.
+Rows are preference `{prompt, chosen, rejected}`, SFT `{prompt, completion}` /
+`{messages}` or unpaired preference (KTO) `{prompt, completion, label}`, each either
+standard (strings) or conversational (lists of `{role, content}` messages). Tokenization
+follows TRL: a conversational prompt gets the chat template with the generation prompt;
+the completion is what the full conversation adds after it; a standard completion gets
+the EOS token appended.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 from engine.chat import chat_ids, check_messages
 from engine.protocol import DataError
 
-KIND_KEYS = {"preference": ("prompt", "chosen", "rejected"), "sft": ("prompt", "completion")}
+KIND_KEYS = {"preference": ("prompt", "chosen", "rejected"), "sft": ("prompt", "completion"),
+             "kto": ("prompt", "completion", "label")}
 
 
 TRAIN_SPLITS = ("train",)  # the split a dataset's training rows come from unless --split says
@@ -98,6 +100,8 @@ def _jsonl_rows(path: Path) -> list[dict]:
 def detect_kind(row: dict) -> str:
     if {"chosen", "rejected"} <= row.keys():
         return "preference"
+    if "label" in row:
+        return "kto"
     if "messages" in row or {"prompt", "completion"} <= row.keys():
         return "sft"
     raise DataError("cannot tell the kind of row: expected keys prompt/chosen/rejected, prompt/completion or messages")
@@ -105,7 +109,7 @@ def detect_kind(row: dict) -> str:
 
 def load_examples(path: str | Path, kind: str, split: str | None = None,
                   preferred: tuple[str, ...] = TRAIN_SPLITS) -> list[dict]:
-    """Read (read_rows) and validate rows of the given kind ("preference" or "sft")."""
+    """Read (read_rows) and validate rows of the given kind ("preference", "sft" or "kto")."""
     rows = read_rows(path, split, preferred)
     for number, row in enumerate(rows, 1):
         try:
@@ -116,6 +120,9 @@ def load_examples(path: str | Path, kind: str, split: str | None = None,
 
 
 def validate(row: dict, kind: str) -> None:
+    if kind == "group":
+        validate_group(row)
+        return
     if kind == "sft" and "messages" in row:
         messages = row["messages"]
         check_messages(messages, "messages")
@@ -125,8 +132,12 @@ def validate(row: dict, kind: str) -> None:
     missing = [key for key in KIND_KEYS[kind] if key not in row]
     if missing:
         raise DataError(f"missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)} for {kind} data")
+    if kind == "kto" and not isinstance(row["label"], bool):
+        raise DataError(f"label must be true (desirable) or false (undesirable), got {json.dumps(row['label'])[:40]}")
     conversational = isinstance(row["prompt"], list)
     for key in KIND_KEYS[kind]:
+        if key == "label":
+            continue
         value = row[key]
         if conversational:
             check_messages(value, key)
@@ -186,8 +197,11 @@ def tokenize_pair(tokenizer, prompt, completions: list, max_length: int | None =
         ]
     # The completion starts where prompt and prompt+completion diverge (tokens can merge).
     start = min(_common_prefix(prompt_ids, full) for full in fulls)
-    prompt_ids = prompt_ids[:start]
-    completion_ids = [full[start:] for full in fulls]
+    return truncate(prompt_ids[:start], [full[start:] for full in fulls], max_length)
+
+
+def truncate(prompt_ids: list[int], completion_ids: list[list[int]], max_length: int | None):
+    """Each prompt+completion cut to `max_length` tokens, completion first (the end of a too-long prompt stays)."""
     if max_length is not None:
         room = max(max_length - len(prompt_ids), 1)
         if len(prompt_ids) >= max_length:  # keep the end of a too-long prompt: the completion must fit
@@ -242,8 +256,28 @@ def packed_pairs(tokenizer, examples: list[dict], max_length: int | None, device
     for ex in examples:
         prompt_ids, (c, r) = tokenize_pair(tokenizer, ex["prompt"], [ex["chosen"], ex["rejected"]], max_length)
         rows.append((prompt_ids, c, r))
+    return pack(rows, tokenizer.pad_token_id, device)
+
+
+def kto_rows(tokenizer, examples: list[dict], max_length: int | None) -> list[tuple[list[int], list[int], list[int]]]:
+    """(prompt, completion, mismatched completion) token ids per KTO row, as TRL builds them.
+
+    The mismatched completion, on which KTO estimates its KL reference point, is the previous
+    row's (the first row takes the last one's): TRL's rotation by one within a batch. Each
+    completion keeps the tokens it had after its own prompt.
+    """
+    tokenized = [tokenize_pair(tokenizer, ex["prompt"], [ex["completion"]]) for ex in examples]
+    rows = []
+    for i, (prompt_ids, (completion,)) in enumerate(tokenized):
+        prompt_ids, (completion, mismatched) = truncate(prompt_ids, [completion, tokenized[i - 1][1][0]], max_length)
+        rows.append((prompt_ids, completion, mismatched))
+    return rows
+
+
+def pack(rows: list[tuple[list[int], list[int], list[int]]], pad_id: int, device=None) -> dict[str, torch.Tensor]:
+    """(prompt, reply 1, reply 2) token ids as packed rows: see packed_pairs."""
     width = max(len(p) + len(c) + len(r) for p, c, r in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
     segments = torch.full((len(rows), width), -1, dtype=torch.long)
     for i, (p, c, r) in enumerate(rows):

@@ -2,29 +2,38 @@
 
 The prompt is run once (batch 1), its KV cache repeated n times, then every step feeds
 one token per live candidate. A candidate that ends (EOS or max_new_tokens) leaves the
-batch, so the others stop paying for it. `Generation` is a plain iterator: each `next()`
+batch, so the others stop paying for it. The cache has room for every new token from the
+start (GrowingCache), and each candidate's text is decoded from its last few tokens only, so
+a step's cost does not grow with the reply. `Generation` is a plain iterator: each `next()`
 is one decoding step and returns the text each candidate added, so the caller (the
 server's scheduler) can interleave other work and cancel between any two tokens.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from engine.chat import chat_ids, check_messages
 
 
 TOP_K_FIRST = 512
+DECODE_CONTEXT = 6  # tokens decoded before the new ones, so a token's text (a leading space, a merge) is right
+PREFILL_CHUNK = 256  # prompt tokens per step: a long prompt is cancellable between chunks (no slower than whole)
 
 
 @dataclass
 class Candidate:
     tokens: list[int] = field(default_factory=list)
     text: str = ""
+    settled: int = 0  # tokens whose text is in `text`
     finish_reason: str | None = None  # stop | length | cancelled
     first_token_at: float | None = None
     finished_at: float | None = None
@@ -78,8 +87,12 @@ class Generation:
         self.candidates = [Candidate() for _ in range(n)]
         self.live = list(range(n))  # candidate index of each row still in the batch
         self.cache = None
+        self.prefilled = 0  # prompt tokens in the cache
         self.next_input: torch.Tensor | None = None
         self.decoder, self.head = _decoder_and_head(model)
+        from engine.logprobs import causal_lm
+
+        self.cache_argument = _cache_argument(self.decoder if self.head is not None else causal_lm(model))
         self.started = started if started is not None else time.perf_counter()
 
     @property
@@ -94,6 +107,8 @@ class Generation:
             raise StopIteration
         with torch.no_grad():  # per step: grad mode must not leak into work interleaved between steps
             logits = self._forward()
+            if logits is None:  # a chunk of the prompt, no token yet
+                return []
             tokens = sample(logits, self.temperature, self.top_p, self.generator).tolist()
         now = time.perf_counter()
         deltas, keep = [], []
@@ -105,11 +120,12 @@ class Generation:
             if token in self.stops:
                 deltas += self._finish(index, "stop", now)
                 continue
-            text = self.tokenizer.decode(cand.tokens, skip_special_tokens=True)
-            if not text.endswith("\ufffd"):  # an incomplete UTF-8 sequence waits for its next byte-token
-                if text[len(cand.text):]:
-                    deltas.append((index, text[len(cand.text):]))
-                cand.text = text
+            delta = self._new_text(cand)
+            if delta is not None:  # None: an incomplete UTF-8 sequence waits for its next byte-token
+                if delta:
+                    deltas.append((index, delta))
+                cand.text += delta
+                cand.settled = len(cand.tokens)
             if len(cand.tokens) >= self.max_new_tokens:
                 deltas += self._finish(index, "length", now)
             else:
@@ -121,13 +137,29 @@ class Generation:
         self.next_input = torch.tensor([[tokens[row]] for row in keep], device=self.device)
         return deltas
 
-    def _forward(self) -> torch.Tensor:
-        if self.cache is None:  # prefill once, then share the prompt's cache between the n rows
-            from transformers import DynamicCache
+    def _new_text(self, cand: Candidate) -> str | None:
+        """The text the unsettled tokens add, decoded with a few settled tokens before them
+        (decoding the whole reply every step costs O(length) a step)."""
+        start = max(0, cand.settled - DECODE_CONTEXT)
+        before = self.tokenizer.decode(cand.tokens[start:cand.settled], skip_special_tokens=True)
+        text = self.tokenizer.decode(cand.tokens[start:], skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return None
+        if text.startswith(before):
+            return text[len(before):]
+        whole = self.tokenizer.decode(cand.tokens, skip_special_tokens=True)  # the window decoded differently
+        return whole[len(cand.text):] if whole.startswith(cand.text) else None
 
-            self.cache = DynamicCache()
-            ids = torch.tensor([self.prompt_ids], device=self.device)
-            logits = self._logits(ids)
+    def _forward(self) -> torch.Tensor | None:
+        """Logits for the next token, or None after a chunk of the prompt that is not its last."""
+        if self.prefilled < len(self.prompt_ids):  # prefill once, then share the prompt's cache between the n rows
+            if not self.prefilled:
+                self.cache = GrowingCache(self.max_new_tokens)
+            end = min(self.prefilled + PREFILL_CHUNK, len(self.prompt_ids))
+            logits = self._logits(torch.tensor([self.prompt_ids[self.prefilled:end]], device=self.device))
+            self.prefilled = end
+            if end < len(self.prompt_ids):
+                return None
             self.cache.batch_repeat_interleave(self.n)
             return logits.expand(self.n, -1)
         return self._logits(self.next_input)
@@ -135,8 +167,10 @@ class Generation:
     def _logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Next-token logits [rows, vocab]: the decoder, then the LM head on the last position only."""
         if self.head is None:  # an unusual model: let it do everything
-            return self.model(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        hidden = self.decoder(input_ids=input_ids, cache=self.cache, use_cache=True).last_hidden_state[:, -1]
+            return self.model(input_ids=input_ids, **{self.cache_argument: self.cache}, use_cache=True,
+                              logits_to_keep=1).logits[:, -1]
+        hidden = self.decoder(input_ids=input_ids, **{self.cache_argument: self.cache},
+                              use_cache=True).last_hidden_state[:, -1]
         # weight @ hidden.T rather than F.linear: for a few rows against the large vocabulary
         # matrix, CPU BLAS runs this orientation ~3x faster (it is the same product).
         logits = torch.mm(self.head.weight, hidden.t()).t()
@@ -169,6 +203,76 @@ class Generation:
                 "tokens_per_s": round(len(cand.tokens) / elapsed, 2) if elapsed > 0 and cand.tokens else 0.0,
             })
         return out
+
+
+class GrowingLayer(DynamicLayer):
+    """One layer's keys and values in buffers with room for `reserve` more positions: a step
+    writes its position in place, where DynamicLayer concatenates (a copy of the whole cache,
+    every layer, every step)."""
+
+    def __init__(self, reserve: int):
+        super().__init__()
+        self.reserve, self.length = reserve, 0
+        self.key_buffer = self.value_buffer = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.device, self.is_initialized = key_states.device, True
+        end = self.length + key_states.shape[-2]
+        if self.key_buffer is None or end > self.key_buffer.shape[-2]:
+            self.key_buffer = self._grown(self.key_buffer, key_states, end + self.reserve)
+            self.value_buffer = self._grown(self.value_buffer, value_states, end + self.reserve)
+        self.key_buffer[..., self.length:end, :] = key_states
+        self.value_buffer[..., self.length:end, :] = value_states
+        self.length = end
+        self._views()
+        return self.keys, self.values
+
+    def _grown(self, old, new: torch.Tensor, capacity: int) -> torch.Tensor:
+        buffer = new.new_empty((*new.shape[:-2], capacity, new.shape[-1]))
+        if old is not None:
+            buffer[..., :self.length, :] = old[..., :self.length, :]
+        return buffer
+
+    def _views(self) -> None:
+        self.keys = self.key_buffer[..., :self.length, :]
+        self.values = self.value_buffer[..., :self.length, :]
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove < 0 and self.is_initialized:
+            self.length = max(0, self.length + tokens_to_remove)
+            self._views()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.length:
+            self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
+            self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
+            self._views()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.length:
+            self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
+            self._views()
+
+    def reset(self) -> None:
+        self.length, self.key_buffer, self.value_buffer = 0, None, None
+        super().reset()
+
+
+class GrowingCache(DynamicCache):
+    """A DynamicCache whose layers keep room for `reserve` new tokens (GrowingLayer)."""
+
+    def __init__(self, reserve: int):
+        super().__init__()
+        self.layer_class_to_replicate = partial(GrowingLayer, reserve)
+
+
+def _cache_argument(module) -> str:
+    """The name a model's forward takes its KV cache by: `cache` in recent transformers, else `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 def _decoder_and_head(model):

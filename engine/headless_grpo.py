@@ -18,13 +18,13 @@ from engine.protocol import UserError
 
 def train_grpo(prompts: list, reward_spec: str, output: str | Path, model: str | None, config, lora,
                steps: int, device: str = "auto", progress: bool = True, report_to: str = "none",
-               log=None) -> list[dict]:
+               log=None, gradient_checkpointing: bool = False) -> list[dict]:
     """Train, then write `output` whole; `report_to` logs every step (engine/tracking.py), `log` is the
     run's RunLog (engine/headless_log.py)."""
     import torch
     from tqdm.auto import tqdm
 
-    from engine.models import add_lora, load_model
+    from engine.models import add_lora, enable_gradient_checkpointing, load_model
     from engine.rewards import load_reward
     from engine.tracking import open_tracker
     from engine.trainers.base import process_state
@@ -45,7 +45,10 @@ def train_grpo(prompts: list, reward_spec: str, output: str | Path, model: str |
                 log.attach(partial)
         torch.manual_seed(config.seed)
         base, tokenizer = load_model(model, device=device if device != "auto" else str(state.device))
-        trainer = GRPOTrainer(add_lora(base, lora), tokenizer, config)
+        policy = add_lora(base, lora)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(policy)
+        trainer = GRPOTrainer(policy, tokenizer, config)
         tracker = open_tracker(report_to, partial / "logs", output.name, {"method": "grpo", **config.to_dict()}) if main else None
         bar = tqdm(total=steps, desc="training", disable=not (progress and main))
 

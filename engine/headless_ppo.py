@@ -53,33 +53,39 @@ def check_plot(plot: str | Path | None) -> None:
 
 def train_ppo(prompts: list, reward_spec: str, output: str | Path, model: str | None, config, lora,
               steps: int, device: str = "auto", plot: str | Path | None = None, progress: bool = True,
-              report_to: str = "none", log=None) -> list[dict]:
+              report_to: str = "none", log=None, gradient_checkpointing: bool = False) -> list[dict]:
     """Train, then write `output` whole; `report_to` logs every step (engine/tracking.py), `log` is the
-    run's RunLog (engine/headless_log.py)."""
+    run's RunLog (engine/headless_log.py). Under `accelerate launch` every process rolls out its own
+    replies (PPOTrainer.fit averages the gradients) and the main process writes the folder and the plot."""
     import torch
     from tqdm.auto import tqdm
 
-    from engine.models import add_lora, load_model
+    from engine.models import add_lora, enable_gradient_checkpointing, load_model
     from engine.rewards import load_reward
     from engine.tracking import open_tracker
     from engine.trainers.base import process_state
     from engine.trainers.ppo import PPOTrainer
 
-    if process_state().num_processes > 1:  # rollouts and updates are not sharded across processes
-        raise UserError("train ppo runs in one process on one device: start it without `accelerate launch`")
     output = check_output(output)
     check_plot(plot)
+    state = process_state()
+    device = device if device != "auto" else str(state.device)  # under accelerate: this process's own
     reward = load_reward(reward_spec, device=device)  # user code fails here, before the model loads
     partial = work_dir(output)
     with kept_if_resumable(partial):
-        partial.mkdir(parents=True, exist_ok=True)
-        if log is not None:
-            log.attach(partial)
+        if state.is_main_process:
+            partial.mkdir(parents=True, exist_ok=True)
+            if log is not None:
+                log.attach(partial)
         torch.manual_seed(config.seed)
         base, tokenizer = load_model(model, device=device)
-        trainer = PPOTrainer(add_lora(base, lora), tokenizer, config)
-        tracker = open_tracker(report_to, partial / "logs", output.name, {"method": "ppo", **config.to_dict()})
-        bar = tqdm(total=steps, desc="training", disable=not progress)
+        policy = add_lora(base, lora)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(policy)
+        trainer = PPOTrainer(policy, tokenizer, config)
+        tracker = open_tracker(report_to, partial / "logs", output.name, {"method": "ppo", **config.to_dict()}) \
+            if state.is_main_process else None
+        bar = tqdm(total=steps, desc="training", disable=not (progress and state.is_main_process))
 
         def on_step(metrics: dict) -> None:
             bar.set_postfix(score=f"{metrics['score']:.3g}", kl=f"{metrics['kl']:.3g}", len=f"{metrics['response_length']:.3g}")
@@ -93,6 +99,8 @@ def train_ppo(prompts: list, reward_spec: str, output: str | Path, model: str | 
             bar.close()
             if tracker is not None:
                 tracker.finish()
+        if not state.is_main_process:
+            return history
         save_beside(trainer, partial, {"model": model, "reward": reward_spec, "steps": steps, "prompts": len(prompts),
                                        "metrics": {k: v for k, v in history[-1].items() if k != "sample"}})
         tokenizer.save_pretrained(partial)

@@ -13,23 +13,25 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
 from peft import get_peft_model_state_dict
 
 from engine import versions as vs
-from engine.chat import check_messages
+from engine.chat import chat_ids, check_messages
 from engine.data import DataError, validate, validate_group
 from engine.logprobs import causal_lm
-from engine.models import LoRAConfig, _first_line, add_lora, load_model, model_name, parameter_count
-from engine.protocol import LIVE_TRAINING, METHODS, PROTOCOL_VERSION, GRPOConfig, NonFiniteLoss, UserError, loss_terms
+from engine.models import (LoRAConfig, _first_line, add_lora, context_length, enable_gradient_checkpointing, load_model,
+                           model_name, parameter_count)
+from engine.options import EngineOptions
+from engine.protocol import (LIVE_TRAINING, METHOD_KINDS, METHODS, PROTOCOL_VERSION, Cancelled, GRPOConfig, NonFiniteLoss,
+                             NotAvailable, UserError, loss_terms)
 from engine.resources import engine_threads
 from engine.tracking import open_tracker
-from engine.trainers import DPOTrainer, GRPOTrainer, SFTTrainer, TrainConfig
+from engine.trainers import DPOTrainer, GRPOTrainer, KTOTrainer, SFTTrainer, TrainConfig
 
 # Scoring and training on a CPU use eager attention: torch's fused CPU kernel is slow on short masked
 # packed rows (one-pair DPO step 0.57 -> 0.43 s); decoding keeps the model's own, ~5% faster there.
@@ -39,54 +41,15 @@ VERSION_CACHE = 4  # saved versions' adapters kept in memory for `generate` with
 MAX_PREEMPTIONS = 5  # per step, so a stream of generates cannot starve an update
 
 
-class Cancelled(Exception):
-    pass
-
-
 class Preempted(Exception):
     """A generate is waiting: the update's current step stops mid-way, undone, to be redone after it."""
-
-
-@dataclass
-class EngineOptions:
-    model: str | None = None
-    method: str = "dpo"
-    device: str = "auto"
-    dtype: str = "auto"
-    session_dir: str | None = None
-    lora_r: int = LoRAConfig.r
-    lora_alpha: int = LoRAConfig.alpha
-    version: int | None = None  # the saved version to start at (0: the base); None: the latest
-    threads: int | None = None  # torch's intra-op threads; None: all cores but one (engine_threads)
-    report_to: str = "none"  # each update's metrics to a tracker (engine/tracking.py); TensorBoard's in SESSION/logs
-    loss_type: str | None = None  # dpo updates' loss terms, comma-separated; None: LIVE_TRAINING's
-    loss_weights: str | None = None  # their weights, comma-separated; None: 1.0 each (LIVE_TRAINING's with its terms)
-    label_smoothing: float | None = None  # dpo updates' label smoothing; None: TrainConfig's
-
-    def check(self) -> None:
-        """Refuse bad options before the model loads."""
-        if self.method not in METHODS:
-            raise UserError(f"--method {self.method}: choose {', '.join(METHODS)}")
-        self.dpo_defaults()
-
-    def dpo_defaults(self) -> dict:
-        """What these options change in LIVE_TRAINING's dpo config."""
-        out = {} if self.label_smoothing is None else {"label_smoothing": self.label_smoothing}
-        if self.loss_type is not None or self.loss_weights is not None or out:
-            weights = self.loss_weights if self.loss_type or self.loss_weights else LIVE_TRAINING.loss_weights
-            out["loss_type"], out["loss_weights"] = loss_terms(self.loss_type or list(LIVE_TRAINING.loss_type), weights,
-                                                               label_smoothing=out.get("label_smoothing", 0.0))
-        return out
 
 
 class LiveEngine:
     def __init__(self, options: EngineOptions):
         self.options = options
         self.started = time.time()
-        if options.session_dir:
-            self.session_dir = Path(options.session_dir)
-        else:
-            self.session_dir = Path(tempfile.mkdtemp(prefix="tui-align-engine-"))
+        self.session_dir = Path(options.session_dir)  # the server makes a temporary one when none is given
         self.root = self.session_dir / "versions"
         start = vs.check_start(self.root, options.version, options.lora_r)  # before the model: a bad one exits at once
         self.threads = engine_threads(options.threads)
@@ -94,16 +57,23 @@ class LiveEngine:
         base, self.tokenizer = load_model(options.model, device=options.device, dtype=options.dtype)
         torch.manual_seed(0)  # the same fresh adapter on every start: version 0 is reproducible
         self.policy = add_lora(base, LoRAConfig(r=options.lora_r, alpha=options.lora_alpha))
+        if options.gradient_checkpointing:
+            enable_gradient_checkpointing(self.policy)
         self.policy.eval()
         self.initial_state = vs.adapter_state(self.policy)
         self.adapter = get_peft_model_state_dict(self.policy)  # the live tensors themselves, by PEFT name
         self.device = str(next(self.policy.parameters()).device)
         self.dtype = str(next(self.policy.parameters()).dtype).removeprefix("torch.")
         self.parameters = parameter_count(self.policy)
+        self.context = context_length(base)
+        # No token spells more characters than the longest vocabulary entry: a prompt with more
+        # characters than that many times the context is too long without being tokenized.
+        self.longest_token = max(map(len, self.tokenizer.get_vocab()), default=1)
         self.decode_attention = self.attention = base.config._attn_implementation
         self.train_attention = TRAIN_ATTENTION.get(self.device.split(":")[0], self.decode_attention)
         self.root.mkdir(parents=True, exist_ok=True)
         self.tracker = open_tracker(options.report_to, self.session_dir / "logs", self.session_dir.name)
+        vs.remove_partial(self.root)
         self.trainers: dict = {}
         self._version_cache: dict[int, dict] = {}
         self.generate_waiting = lambda: False  # set by the server: is a generate queued?
@@ -139,6 +109,7 @@ class LiveEngine:
 
     def check_generate(self, req) -> None:
         check_messages(req.messages, "messages")
+        self.check_prompt(req.messages)
         if not 1 <= req.n <= 16:
             raise DataError("n must be between 1 and 16")
         if not 1 <= req.max_new_tokens <= 4096:
@@ -149,6 +120,18 @@ class LiveEngine:
             raise DataError("top_p must be in (0, 1]")
         if req.version is not None:
             self.check_rollback(req.version)
+
+    def check_prompt(self, messages: list[dict]) -> None:
+        """A prompt must leave the model's context at least one position for the reply."""
+        if self.context is None:
+            return
+        chars = sum(len(m["role"]) + len(m["content"]) for m in messages)
+        if chars > self.context * self.longest_token:
+            raise DataError(f"messages: {chars} characters, more than the model's context of {self.context} tokens holds")
+        tokens = len(chat_ids(self.tokenizer, messages, add_generation_prompt=True))
+        if tokens >= self.context:
+            raise DataError(f"messages: the prompt is {tokens} tokens; the model's context is {self.context}, "
+                            f"so a prompt may have at most {self.context - 1}")
 
     def check_examples(self, method: str, examples: list) -> list[dict]:
         if method not in METHODS:
@@ -165,7 +148,7 @@ class LiveEngine:
                     rows.append(row)
                     continue
                 row = conversational(row)
-                validate(row, "preference" if method == "dpo" else "sft")
+                validate(row, METHOD_KINDS[method])
                 if method == "ppo":
                     score = row.get("score")
                     if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
@@ -374,8 +357,9 @@ class LiveEngine:
         if method not in self.trainers:
             if method == "dpo":
                 self.trainers[method] = DPOTrainer(self.policy, self.tokenizer, TrainConfig.from_dict(self.live_defaults("dpo")))
-            elif method == "sft":
-                self.trainers[method] = SFTTrainer(self.policy, self.tokenizer, TrainConfig.from_dict(self.live_defaults("sft")))
+            elif method in ("sft", "kto"):
+                trainer = {"sft": SFTTrainer, "kto": KTOTrainer}[method]
+                self.trainers[method] = trainer(self.policy, self.tokenizer, TrainConfig.from_dict(self.live_defaults(method)))
             elif method == "grpo":
                 self.trainers[method] = GRPOTrainer(self.policy, self.tokenizer, GRPOConfig.from_dict(self.live_defaults("grpo")))
             else:
@@ -439,10 +423,6 @@ class LiveEngine:
             for param, saved in zip(trainer.params, params):
                 param.copy_(saved)
         trainer.optimizer.load_state_dict(optimizer)
-
-
-class NotAvailable(Exception):
-    pass
 
 
 def conversational(row: dict) -> dict:

@@ -93,6 +93,39 @@ def dpo_loss(
     return losses, chosen_rewards, rejected_rewards
 
 
+def kto_kl(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
+    """KTO's reference point: the batch's mean log-ratio on mismatched (prompt, completion) pairs, detached.
+
+    The pairs are the batch's own completions, each after another row's prompt (TRL rotates
+    them by one). Averaged over processes (as TRL gathers it) before kto_loss clamps it at 0.
+    """
+    return (policy_kl_logps - ref_kl_logps).mean().detach()
+
+
+def kto_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    kl: torch.Tensor,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> torch.Tensor:
+    """Per-example KTO losses (Ethayarajh et al. 2024, eq. 7), as TRL's KTOTrainer computes them.
+
+    With r = policy - reference log-prob of the completion and z = max(kl, 0) (kto_kl):
+    desirable: w_d * (1 - sigmoid(beta * (r - z))); undesirable: w_u * (1 - sigmoid(beta * (z - r))).
+    """
+    logratios = policy_logps - ref_logps
+    kl = kl.detach().clamp(min=0)
+    desirable = desirable.bool()
+    return torch.where(
+        desirable,
+        desirable_weight * (1 - torch.sigmoid(beta * (logratios - kl))),
+        undesirable_weight * (1 - torch.sigmoid(beta * (kl - logratios))),
+    )
+
+
 def sft_loss(model, input_ids, attention_mask, completion_mask) -> torch.Tensor:
     """Mean token cross-entropy over completion tokens only."""
     logps = token_logps(model, input_ids, attention_mask, completion_mask)

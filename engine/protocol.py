@@ -14,7 +14,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 PROTOCOL_VERSION = 1
-METHODS = ("dpo", "sft", "ppo", "grpo")  # what an `update` trains: the signal each kind of feedback gives
+MAX_DEPTH = 32  # arrays and objects nested in one message; an update's examples nest 5
+METHODS = ("dpo", "sft", "ppo", "kto", "grpo")  # what an `update` trains: the signal each kind of feedback gives
+METHOD_KINDS = {"dpo": "preference", "sft": "sft", "ppo": "sft", "kto": "kto",
+                "grpo": "group"}  # engine.data's rows of each (ppo adds a score; grpo's are rated groups)
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")  # where training metrics go (engine/tracking.py)
 
 
@@ -38,6 +41,14 @@ class DataError(UserError):
 
 class NonFiniteLoss(Exception):
     """The loss or gradient was NaN or infinite; no weight was changed."""
+
+
+class Cancelled(Exception):
+    """A request was cancelled (code `cancelled`)."""
+
+
+class NotAvailable(Exception):
+    """The engine lacks what the request needs, e.g. a method's trainer (code `not_available`)."""
 
 
 # Training hyperparameters -------------------------------------------------------------
@@ -123,11 +134,13 @@ class TrainConfig(DictConfig):
     """Batch defaults (`tui-align train`, `replay`); each field is one option of those commands."""
 
     lr: float = 1e-4
-    beta: float = 0.1  # DPO temperature: how far the policy may move from the reference
+    beta: float = 0.1  # DPO and KTO temperature: how far the policy may move from the reference
     loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])  # DPO loss terms (LOSS_TERMS), as TRL's list
     loss_weights: list[float] | None = None  # one weight per loss_type term; None: 1.0 each
     label_smoothing: float = 0.0  # sigmoid: cDPO; robust: the flip rate; exo_pair: epsilon; aot, aot_unpaired
     discopop_tau: float = 0.05  # DiscoPOP's temperature
+    desirable_weight: float = 1.0  # KTO: weight of a desirable reply's loss (TRL's desirable_weight)
+    undesirable_weight: float = 1.0  # KTO: weight of an undesirable reply's loss
     max_length: int | None = 1024
     batch_size: int = 4
     grad_accum: int = 1
@@ -189,7 +202,7 @@ class LiveTraining:
     def for_method(self, method: str) -> dict:
         """The trainer-config fields each method's live update starts from (`steps` apart)."""
         keys = {"dpo": ("lr", "beta", "loss_type", "loss_weights", "max_length"), "sft": ("lr", "max_length"),
-                "ppo": ("max_length",), "grpo": ("lr", "max_length")}[method]
+                "ppo": ("max_length",), "kto": ("lr", "beta", "max_length"), "grpo": ("lr", "max_length")}[method]
         return {key: list(value) if isinstance(value, tuple) else value
                 for key, value in ((key, getattr(self, key)) for key in keys)}
 
@@ -283,12 +296,26 @@ def decode(line: bytes | str) -> dict:
         message = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"malformed JSON: {exc}") from None
+    except RecursionError:  # the parser recurses per level: thousands of `[` exhaust Python's stack
+        raise ProtocolError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    if _too_deep(message):
+        raise ProtocolError(f"JSON nested deeper than {MAX_DEPTH} levels")
     if not isinstance(message, dict):
         raise ProtocolError("a message must be a JSON object")
     if not isinstance(message.get("type"), str):
         raise ProtocolError("missing 'type'")
     message.setdefault("id", "")
     return message
+
+
+def _too_deep(value) -> bool:
+    """Are arrays and objects nested more than MAX_DEPTH levels in `value`? (Iterative: no recursion.)"""
+    level = [value]
+    for _ in range(MAX_DEPTH):
+        level = [v for c in level if isinstance(c, (list, dict)) for v in (c.values() if isinstance(c, dict) else c)]
+        if not level:
+            return False
+    return any(isinstance(c, (list, dict)) for c in level)
 
 
 def parse_request(message: dict):

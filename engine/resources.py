@@ -23,6 +23,18 @@ def engine_threads(requested: int | None = None) -> int:
     return max(1, cores - 1)
 
 
+def peak_memory() -> dict:
+    """The engine's peak memory so far: resident set (bytes) and accelerator memory (bytes; null on a CPU)."""
+    import resource
+    import sys
+
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return {"peak_rss_bytes": rss, "peak_accelerator_bytes": cuda}
+
+
 def trim_heap() -> None:
     """Give the heap's free pages back to the OS (glibc only; elsewhere a no-op).
 

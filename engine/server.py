@@ -9,73 +9,39 @@ scheduler's single worker thread, whose events come back to the loop thread-safe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
-import ipaddress
 import os
+import shutil
 import signal
 import stat
 import sys
+import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from engine.live import Cancelled, EngineOptions, LiveEngine, NotAvailable
-from engine.protocol import (PROTOCOL_VERSION, REQUESTS, DataError, ModelError, NonFiniteLoss, ProtocolError,
-                             UserError, decode, encode, parse_request)
-from engine.resources import trim_heap
+from engine.options import ServeOptions, check_options
+from engine.protocol import (PROTOCOL_VERSION, REQUESTS, Cancelled, DataError, ModelError, NonFiniteLoss,
+                             NotAvailable, ProtocolError, UserError, decode, encode, parse_request)
+from engine.resources import peak_memory, trim_heap
 from engine.scheduler import GENERATE, OTHER, REFERENCE, Job, Scheduler
-from engine.tracking import check_report_to
+
+if TYPE_CHECKING:
+    from engine.live import LiveEngine
 
 LINE_LIMIT = 64 * 1024 * 1024  # one message; updates carry whole conversations
-
-
-@dataclass
-class ServeOptions(EngineOptions):
-    socket: str | None = None
-    listen: str | None = None  # HOST:PORT on loopback
-    token_file: str | None = None
-    watch_stdin: bool = False  # exit when stdin reaches EOF: the spawning client died
-
-
-def check_transport(options: ServeOptions) -> tuple[str | None, tuple[str, int] | None, str | None]:
-    """(socket path, (host, port), token) from the options; fails before the model loads."""
-    if options.socket and options.listen:
-        raise UserError("--socket and --listen exclude each other: choose one")
-    token = None
-    if options.token_file:
-        try:
-            token = Path(options.token_file).expanduser().read_text().strip()
-        except OSError as exc:
-            raise UserError(f"--token-file {options.token_file}: {exc.strerror}") from None
-        if not token:
-            raise UserError(f"--token-file {options.token_file}: the file is empty")
-    if options.listen:
-        host, _, port = options.listen.rpartition(":")
-        host = host.strip("[]") or "127.0.0.1"
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-            port_number = int(port)
-        except ValueError:
-            raise UserError(f"--listen {options.listen}: expected HOST:PORT, e.g. 127.0.0.1:7860") from None
-        if not loopback:
-            raise UserError(f"--listen {options.listen}: only loopback addresses (use an SSH tunnel to reach it)")
-        if token is None:
-            raise UserError("--listen needs --token-file: a TCP engine refuses clients without the token")
-        return None, (host, port_number), token
-    path = Path(options.socket or Path.cwd() / "engine.sock").expanduser()
-    if len(str(path)) > 100:
-        raise UserError(f"--socket {path}: path too long for a Unix socket (keep it under 100 characters)")
-    if not path.parent.is_dir():
-        raise UserError(f"--socket {path}: folder {path.parent} does not exist")
-    if path.exists() and not stat.S_ISSOCK(path.stat().st_mode):
-        raise UserError(f"--socket {path}: a file that is not a socket is in the way")
-    return str(path), None, token
+HELLO_DEADLINE_S = 5.0  # an engine with a token closes a connection that has not authenticated by then
+CLOSE_DEADLINE_S = 2.0  # at shutdown, for the client to take what is still buffered for it
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # each one is a shutdown (tmux sends SIGHUP)
+TEMP_PREFIX = "tui-align-engine-"  # + pid + "-": the session folder of an engine started without one
 
 
 class Connection:
-    def __init__(self, reader, writer, loop, authed: bool):
-        self.reader, self.writer, self.loop, self.authed = reader, writer, loop, authed
+    def __init__(self, reader, writer, loop):
+        self.reader, self.writer, self.loop = reader, writer, loop
         self.closed = False
 
     def send(self, data: bytes) -> None:
@@ -111,7 +77,13 @@ class Server:
     # --- connections -------------------------------------------------------------------
 
     async def handle(self, reader, writer) -> None:
-        conn = Connection(reader, writer, asyncio.get_running_loop(), authed=self.token is None)
+        conn = Connection(reader, writer, asyncio.get_running_loop())
+        hello = None
+        if self.token is not None:
+            hello = await self.authenticate(conn)
+            if hello is None:  # it never held the client slot
+                await conn.close()
+                return
         for _ in range(20):  # a client that just reconnected: let its old connection finish closing
             if self.client is None or self.client.closed:
                 break
@@ -122,6 +94,8 @@ class Server:
             return
         self.client = conn
         try:
+            if hello is not None:
+                await self.dispatch(conn, hello)
             while not conn.closed:
                 try:
                     line = await reader.readline()
@@ -141,6 +115,27 @@ class Server:
                 self.client = None
             await conn.close()
 
+    async def authenticate(self, conn: Connection) -> bytes | None:
+        """The first line, if it is a hello with the token; else None, answered `unauthorized`.
+
+        Before this no slot is taken, so a connection that sends nothing cannot lock the owner out."""
+        id_, why = "", "send hello with the engine's token first; closing"
+        try:
+            line = await asyncio.wait_for(conn.reader.readline(), HELLO_DEADLINE_S)
+            message = decode(line)
+            id_ = "" if message.get("id") is None else str(message["id"])
+            given = message.get("token") if message["type"] == "hello" else None
+            if isinstance(given, str) and hmac.compare_digest(given.encode(), self.token.encode()):
+                return line
+        except asyncio.TimeoutError:
+            why = f"no hello with the engine's token within {HELLO_DEADLINE_S:g} s; closing"
+        except (ProtocolError, ValueError, ConnectionError, OSError):  # malformed, too long, gone
+            pass
+        conn.error(id_, "unauthorized", why)
+        with contextlib.suppress(ConnectionError, OSError):
+            await conn.writer.drain()
+        return None
+
     async def dispatch(self, conn: Connection, line: bytes) -> None:
         try:
             message = decode(line)
@@ -148,14 +143,6 @@ class Server:
             conn.error("", "bad_request", str(exc))
             return
         id_ = "" if message.get("id") is None else str(message["id"])
-        if not conn.authed:
-            given = message.get("token") if message["type"] == "hello" else None
-            if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self.token.encode()):
-                conn.error(id_, "unauthorized", "send hello with the engine's token first; closing")
-                await conn.writer.drain()
-                await conn.close()
-                return
-            conn.authed = True
         if message["type"] not in REQUESTS:
             conn.error(id_, "unknown_type", f"unknown request type {message['type']!r}; "
                                             f"known: {', '.join(REQUESTS)}")
@@ -208,7 +195,7 @@ class Server:
         engine = self.engine
         conn.send(encode("done", id_, version=engine.version, method=engine.options.method, device=engine.device,
                          dtype=engine.dtype, jobs=self.scheduler.snapshot(), session_dir=str(engine.session_dir),
-                         uptime_s=round(time.time() - engine.started, 3)))
+                         uptime_s=round(time.time() - engine.started, 3), **peak_memory()))
 
     def on_cancel(self, conn, id_, req) -> None:
         kinds = ("generate", "update", "score_reference") if req.target else ("generate",)
@@ -249,8 +236,8 @@ class Server:
 
     async def run(self, socket_path: str | None, address: tuple[str, int] | None, watch_stdin: bool = False) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopped.set)
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig)
         if watch_stdin:  # an orphaned engine would hold its memory forever
             threading.Thread(target=_until_eof, args=(loop, self.stopped), daemon=True).start()
         if socket_path:
@@ -272,21 +259,55 @@ class Server:
             await self.stopped.wait()
         finally:
             server.close()
-            if self.client is not None:
-                await self.client.writer.drain()
-                await self.client.close()
-            await asyncio.get_running_loop().run_in_executor(None, self.scheduler.stop)
             if socket_path and os.path.exists(socket_path):
                 os.unlink(socket_path)
+            if self.client is not None:  # a client that stopped reading must not hold the exit up
+                with contextlib.suppress(ConnectionError, OSError, asyncio.TimeoutError):
+                    await asyncio.wait_for(self.client.writer.drain(), CLOSE_DEADLINE_S)
+                await self.client.close()
+            await loop.run_in_executor(None, self.scheduler.stop)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        print(f"engine: {sig.name}: shutting down", file=sys.stderr, flush=True)
+        self.stopped.set()
+
+
+class Stopped(BaseException):
+    """A stop signal that came before the event loop took the signals over (while the model loads)."""
+
+
+def _stop_now(signum, frame) -> None:
+    raise Stopped(signal.Signals(signum).name)
 
 
 def serve(options: ServeOptions) -> None:
-    """Validate, load the model, print the ready line, serve until shutdown."""
-    socket_path, address, token = check_transport(options)
-    options.check()
-    check_report_to(options.report_to)  # before the model loads
-    engine = LiveEngine(options)
-    asyncio.run(Server(engine, token).run(socket_path, address, options.watch_stdin))
+    """Check the options, load the model, print the ready line, serve until shutdown or a stop signal."""
+    transport = check_options(options)
+    for sig in STOP_SIGNALS:  # the event loop handles them once it runs; loading the model takes a while
+        signal.signal(sig, _stop_now)
+    temp = None
+    if options.session_dir is None:
+        sweep_temp_folders()
+        temp = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
+        options = replace(options, session_dir=temp)
+    server = None
+    try:
+        from engine.live import LiveEngine  # torch takes seconds to import: only once the options are good
+
+        server = Server(LiveEngine(options), transport.token)
+        asyncio.run(server.run(transport.socket_path, transport.address, options.watch_stdin))
+    except Stopped as exc:
+        print(f"engine: {exc}: shutting down", file=sys.stderr, flush=True)
+    finally:
+        for sig in STOP_SIGNALS:  # already on the way out: a second signal must not cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN)
+        if temp:
+            shutil.rmtree(temp, ignore_errors=True)
+    if server is not None and server.scheduler.thread.is_alive():
+        # The worker is inside one long torch call; interpreter shutdown under it aborts (SIGABRT).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def main(options: ServeOptions) -> int:
@@ -297,6 +318,29 @@ def main(options: ServeOptions) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     return 0
+
+
+def sweep_temp_folders() -> None:
+    """Remove the temporary session folders of engines that were killed (the pid in the name is gone)."""
+    for path in Path(tempfile.gettempdir()).glob(TEMP_PREFIX + "*"):
+        pid = path.name[len(TEMP_PREFIX):].split("-")[0]
+        try:
+            info = path.lstat()
+        except OSError:
+            continue
+        mine = info.st_uid == os.getuid() and stat.S_ISDIR(info.st_mode)  # never another user's, nor a link
+        if mine and pid.isdigit() and int(pid) > 0 and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _until_eof(loop, stopped: asyncio.Event) -> None:

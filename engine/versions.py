@@ -12,6 +12,7 @@ an engine on one, and the engine runs the same check before it loads the model.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -140,9 +141,26 @@ def save_adapter(model, folder: str | Path, metadata: dict | None = None, value_
     if value_head is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in value_head.state_dict().items()}, tmp / VALUE_HEAD)
     (tmp / METADATA).write_text(json.dumps({"saved": time.time(), **(metadata or {})}, indent=2, default=str))
+    for path in [*tmp.iterdir(), tmp]:  # on disk before the rename, so a power cut leaves no half version
+        _fsync(path)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
+    _fsync(folder.parent)  # the rename itself
     return folder
+
+
+def remove_partial(root: str | Path) -> None:
+    """Remove the `.partial` folders a failed or killed write left under `root`."""
+    for path in Path(root).glob("*.partial"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_adapter(model, folder: str | Path, value_head=None) -> dict:

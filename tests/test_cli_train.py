@@ -19,6 +19,13 @@ PREFERENCES = [
      "chosen": [{"role": "assistant", "content": "Hello!"}],
      "rejected": [{"role": "assistant", "content": "Go away."}]},
 ]
+MARKED = [
+    {"prompt": "Say yes.", "completion": " yes", "label": True},
+    {"prompt": [{"role": "user", "content": "Greet me."}],
+     "completion": [{"role": "assistant", "content": "Go away."}], "label": False},
+    {"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Hello!"}],
+     "label": True},
+]
 DEMOS = [
     {"prompt": "Two plus two is", "completion": " four."},
     {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there!"}]},
@@ -165,7 +172,38 @@ def test_sft_trains_from_a_saved_dataset_folder(tiny_model_dir, tmp_path):
     assert json.loads((output / "metadata.json").read_text())["metrics"]["step"] == 4  # 2 batches x 2 epochs
 
 
-@pytest.mark.parametrize("command", ["sft", "dpo"])
+def test_kto_trains_on_plain_and_conversational_rows(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "marked.jsonl", MARKED)
+    output = tmp_path / "kto-out"
+    result = invoke("train", "kto", "--data", data, "--output", output, "--model", tiny_model_dir,
+                    "--max-steps", 2, "--batch-size", 3, "--lr", "1e-2", "--desirable-weight", "1.5")
+    assert result.exit_code == 0, result.output
+    assert "trained kto on 3 rows" in result.stdout and "kl=" in result.stdout
+    meta = json.loads((output / "metadata.json").read_text())
+    assert meta["method"] == "kto" and meta["config"]["desirable_weight"] == 1.5 and meta["metrics"]["step"] == 2
+    assert (output / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("row,fragments", [
+    ({"prompt": "a", "completion": "b"}, ["row 2", "missing key label"]),
+    ({"prompt": "a", "completion": "b", "label": "yes"}, ["row 2", "label must be true", '"yes"']),
+    ({"prompt": "a", "completion": "b", "label": 1}, ["row 2", "label must be true", "got 1"]),
+    ({"prompt": "a", "label": False}, ["row 2", "missing key completion"]),
+], ids=["no-label", "string-label", "number-label", "no-completion"])
+def test_bad_kto_rows_name_the_row(tmp_path, row, fragments):
+    data = write_jsonl(tmp_path / "marked.jsonl", [MARKED[0], row])
+    result = invoke("train", "kto", "--data", data, "--output", tmp_path / "out")
+    assert_user_error(result, str(data), *fragments)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_kto_needs_two_rows_a_batch(tmp_path):
+    data = write_jsonl(tmp_path / "marked.jsonl", MARKED)
+    result = invoke("train", "kto", "--data", data, "--output", tmp_path / "out", "--batch-size", 1)
+    assert_user_error(result, "--batch-size must be at least 2 for kto")
+
+
+@pytest.mark.parametrize("command", ["sft", "dpo", "kto"])
 def test_help_explains_every_flag(command):
     result = CliRunner().invoke(app, ["train", command, "--help"], env={"COLUMNS": "200", "TERM": "dumb"})
     assert result.exit_code == 0
@@ -174,16 +212,19 @@ def test_help_explains_every_flag(command):
     if command == "dpo":
         flags += ["--beta", "--loss-type", "--loss-weights", "--label-smoothing", "--discopop-tau", "--rpo-alpha",
                   "sigmoid_norm", "cDPO", "Alias"]
+    if command == "kto":
+        flags += ["--beta", "--desirable-weight", "--undesirable-weight"]
     for flag in flags:
         assert flag in result.output, flag
 
 
-def test_train_grpo_trains_and_writes_the_adapter(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("extra", [[], ["--gradient-checkpointing"]])
+def test_train_grpo_trains_and_writes_the_adapter(tmp_path, tiny_model_dir, extra):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Say yes.\nName a colour.\n")
     output = tmp_path / "grpo"
     result = invoke("train", "grpo", "--prompts", prompts, "--reward", "length", "--num-generations", 2, "--steps", 2,
-                    "--max-new-tokens", 4, "--model", tiny_model_dir, "--output", output)
+                    "--max-new-tokens", 4, "--model", tiny_model_dir, "--output", output, *extra)
     assert result.exit_code == 0, result.output
     assert "trained grpo for 2 steps on 2 prompts x 2 completions" in result.output
     history = [json.loads(line) for line in (output / "history.jsonl").read_text().splitlines()]

@@ -26,10 +26,11 @@ HI = [{"role": "user", "content": "Hi"}]
 PAIR = {"prompt": HI, "chosen": "Hello! Nice to meet you.", "rejected": "Go away."}
 
 
-def spawn(model_dir, folder: Path, *transport: str) -> tuple[subprocess.Popen, str]:
+def spawn(model_dir, folder: Path, *transport: str, session: bool = True, env: dict = ENV) -> tuple[subprocess.Popen, str]:
+    """An engine on `model_dir`, its session in `folder`/session (`session=False`: none given), once it is ready."""
     args = [sys.executable, "-m", "engine", "serve", "--model", str(model_dir), "--device", "cpu",
-            "--session-dir", str(folder / "session"), *transport]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(folder / "stderr.txt", "w"), text=True, env=ENV)
+            *(["--session-dir", str(folder / "session")] if session else []), *transport]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(folder / "stderr.txt", "w"), text=True, env=env)
     ready = proc.stdout.readline().strip()
     assert ready.startswith("ready "), (folder / "stderr.txt").read_text()[-2000:]
     return proc, ready
@@ -231,6 +232,9 @@ def test_malformed_lines_are_answered_and_the_connection_lives(lines):
                 {"type": "update", "id": "f4", "examples": [PAIR], "hyperparameters": {"loss_type": "sigmoid,nope"}},
                 {"type": "update", "id": "f5", "examples": [PAIR], "hyperparameters": {"loss_weights": [1, 1, 1]}},
                 {"type": "update", "id": "f3", "method": "rlhf", "examples": [PAIR]},
+                {"type": "update", "id": "f4", "method": "kto", "examples": [{"prompt": "x", "completion": "y"}]},
+                {"type": "update", "id": "f5", "method": "kto", "examples": [{"prompt": "x", "completion": "y",
+                                                                              "label": "up"}]},
                 {"type": "rollback", "id": "g", "version": 999},
                 {"type": "hello", "id": "h", "v": 7}]:
         error = lines.ask(bad)
@@ -326,6 +330,7 @@ def test_every_documented_request_is_accepted(lines, tmp_path):
 
 def test_wrong_token_refused_on_tcp(tiny_model_dir, tmp_path):
     (tmp_path / "token").write_text("right-token\n")
+    (tmp_path / "token").chmod(0o600)
     proc, ready = spawn(tiny_model_dir, tmp_path, "--listen", "127.0.0.1:0", "--token-file", str(tmp_path / "token"))
     try:
         port = int(re.search(r"listen=127\.0\.0\.1:(\d+)", ready).group(1))
@@ -351,6 +356,7 @@ def test_bad_transport_is_one_line_exit_2(tmp_path):
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip().startswith("error: --token-file") and len(out.stderr.strip().splitlines()) == 1
     (tmp_path / "t").write_text("x")
+    (tmp_path / "t").chmod(0o600)
     out = subprocess.run([sys.executable, "-m", "engine", "serve", "--listen", "0.0.0.0:9", "--token-file", str(tmp_path / "t")],
                          capture_output=True, text=True, env=ENV)
     assert out.returncode == 2 and "loopback" in out.stderr
@@ -390,7 +396,7 @@ def test_cli_serve_help_is_the_engine_parser():
     out = subprocess.run([str(Path(sys.executable).parent / "tui-align"), "engine", "serve", "--help"],
                          capture_output=True, text=True, env=ENV)
     assert out.returncode == 0 and out.stdout.startswith("usage: tui-align engine serve ")
-    for option in ("--model", "--method {dpo,sft,ppo,grpo}", "--socket", "--listen", "--token-file", "--device", "--dtype",
+    for option in ("--model", "--method {dpo,sft,ppo,kto,grpo}", "--socket", "--listen", "--token-file", "--device", "--dtype",
                    "--session-dir", "--version", "--watch-stdin", "--threads", "--lora-r", "--lora-alpha",
                    "--loss-type", "--loss-weights", "--label-smoothing"):
         assert option in out.stdout

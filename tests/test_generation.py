@@ -150,3 +150,38 @@ def test_bad_options_refused(tiny_policy, bad):
     model, tokenizer = tiny_policy
     with pytest.raises(ValueError):
         Generation(model, tokenizer, MESSAGES, **bad)
+
+
+def test_decoding_writes_the_cache_in_place_and_matches_a_full_forward(tiny_policy):
+    """Every step's logits equal a forward over the whole sequence so far, a candidate leaving
+    the batch included, and the steps write into one buffer per layer (no copy of the cache)."""
+    import torch
+
+    model, tokenizer = tiny_policy
+    gen = Generation(model, tokenizer, MESSAGES, n=3, max_new_tokens=6, temperature=0, seed=0)
+    next(gen)  # the prefill
+    layer = gen.cache.layers[0]
+    buffer = layer.key_buffer.data_ptr()
+    rows = [list(gen.prompt_ids) + [c.tokens[0]] for c in gen.candidates]
+    for step in range(4):
+        if step == 2:  # candidate 1 leaves the batch
+            gen.cache.batch_select_indices(torch.tensor([0, 2]))
+            gen.live, gen.next_input, rows = [0, 2], gen.next_input[[0, 2]], [rows[0], rows[2]]
+            buffer = layer.key_buffer.data_ptr()
+        with torch.no_grad():
+            got = gen._forward()
+            expected = model(input_ids=torch.tensor(rows)).logits[:, -1]
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        assert layer.key_buffer.data_ptr() == buffer, "a step copied the cache"
+        tokens = got.argmax(-1)
+        gen.next_input = tokens[:, None]
+        rows = [row + [t] for row, t in zip(rows, tokens.tolist())]
+
+
+def test_a_long_stream_adds_up_to_the_reply(tiny_policy):
+    model, tokenizer = tiny_policy
+    gen = Generation(model, tokenizer, MESSAGES, n=2, max_new_tokens=60, temperature=1.0, top_p=1.0, seed=11)
+    parts = stream(gen)
+    results = gen.results()
+    assert [parts.get(i, "") for i in range(2)] == [r["text"] for r in results]
+    assert [r["text"] for r in results] == [tokenizer.decode(c.tokens, skip_special_tokens=True) for c in gen.candidates]

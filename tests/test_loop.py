@@ -158,6 +158,35 @@ async def test_ppo_scores_and_a_rescore_replaces_the_earlier_one(store):
         (r.response_at(1), r.response_at(0))]
 
 
+async def test_kto_marks_each_reply_and_updates_at_the_persons_pace(store):
+    loop, engine, _ = make_loop(store, method="kto", update_every=2, candidates=3)
+    await loop.start()
+    r = await judged_round(loop, store)
+    assert not engine.scored  # reference log-probs are the KTO trainer's own
+    assert not loop.rate(r, 0, 1, "thumbs") and loop.state.pending == 1 and not loop.updating
+    assert not loop.rate(r, 0, 0, "thumbs")  # A again: the new mark replaces the first
+    assert loop.state.pending == 1 and not loop.updating
+    assert not loop.rate(r, 2, 1, "thumbs")  # two marks in force: an update starts while B waits
+    assert loop.updating
+    assert loop.rate(r, 1, 0, "thumbs") and r.complete  # every reply marked; the desirable one continues
+    await settle(loop)
+    assert store.history(store.latest_conversation())[-1]["content"] == r.text_at(2)
+    (first,) = engine.updates  # its window is read when it starts: B was marked by then
+    assert first["method"] == "kto" and first["examples"][0]["prompt"] == r.prompt
+    assert [(e["completion"][0]["content"], e["label"]) for e in first["examples"]] == [
+        (r.text_at(0), False), (r.text_at(2), True), (r.text_at(1), False)]
+    two = await judged_round(loop, store, "Two")
+    loop.rate(two, 0, 1, "thumbs")
+    assert loop.state.pending == 1 and not loop.updating  # one new mark: not yet
+    loop.rate(two, 1, 1, "thumbs")
+    await settle(loop)
+    second = engine.updates[1]  # the two new marks, topped up with the trained ones
+    assert [e["label"] for e in second["examples"]] == [False, True, False, True, True]
+    assert loop.state.pending == 0 and loop.state.version == 2 and [u["status"] for u in updates(store)] == ["done"] * 2
+    loop.take_back()  # the last mark, already trained on: never again
+    assert [e["label"] for _, e in store.update_window("kto", 8)] == [False, True, False, True]
+
+
 async def test_grpo_trains_once_the_group_is_scored_and_sends_whole_groups(store):
     loop, engine, _ = make_loop(store, method="grpo", candidates=3, update_every=2)
     await loop.start()

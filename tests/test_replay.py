@@ -45,6 +45,21 @@ def test_replay_reproduces_the_pairs_and_trains(tmp_path, tiny_model_dir):
     assert "used 6 demonstrations" in result.output and (sft_out / "adapter_model.safetensors").exists()
 
 
+def test_replay_kto_trains_on_the_marked_replies(tmp_path, tiny_model_dir):
+    with SessionStore.open(tmp_path, "marks", model=str(tiny_model_dir)) as store:
+        turn = store.add_user_turn(store.new_conversation(), "Say hi.")
+        replies = store.add_responses(turn, [{"text": "Hi!"}, {"text": "No."}, {"text": "Hello."}], 0, {})
+        for response, up in zip(replies, (1, 0, 1)):
+            store.record_rating(response, up, "thumbs")
+        store.withdraw_rating(store.record_rating(replies[2], 0, "thumbs"))  # a re-score, taken back: both gone
+    out = tmp_path / "kto"
+    result = runner.invoke(app, ["replay", "marks", "--method", "kto", "--output", str(out), "--max-steps", "1",
+                                 "--batch-size", "2", "--sessions-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "used 2 marked replies" in result.output and "kl=" in result.output
+    assert (out / "adapter_model.safetensors").exists()
+
+
 def test_replay_bad_inputs(tmp_path):
     build(tmp_path, "ties", pairs=0, ties=2)
     build(tmp_path, "pairs", pairs=2)
@@ -53,7 +68,8 @@ def test_replay_bad_inputs(tmp_path):
                           (["replay", "pairs", "--loss-type", "ipo,sft", "--loss-weights", "1,1,1", "--output",
                             str(tmp_path / "o")], "--loss-weights has 3 weight(s) for 2 loss type(s)"),
                           (["replay", "missing", "--output", str(tmp_path / "o")], "no session 'missing'"),
-                          (["replay", "ties", "--output", str(tmp_path / "o")], "no preference pairs"),
+                          (["replay", "ties", "--output", str(tmp_path / "o")], "no pairs to train on"),
+                          (["replay", "ties", "--method", "kto", "--output", str(tmp_path / "o")], "no marked replies"),
                           (["replay", "ties", "--method", "ppo", "--output", str(tmp_path / "o")], "--method ppo")]:
         result = runner.invoke(app, [*args, "--sessions-dir", str(tmp_path)])
         assert result.exit_code == 2 and message in result.stderr, result.output

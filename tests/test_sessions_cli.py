@@ -52,7 +52,8 @@ def test_list_and_show(tmp_path):
 @pytest.mark.parametrize("fmt", ["jsonl", "hf"])
 def test_export_import_round_trip_is_lossless(tmp_path, fmt):
     build_session(tmp_path)
-    expected = {"preference": 4, "sft": 2, "ratings": 3, "grpo": 1}  # sft: the edit and the pick of t1; grpo: t2's 1-5 scores
+    expected = {"preference": 4, "sft": 2, "kto": 3, "grpo": 1}  # sft: the edit and the pick of t1; kto: the 5 and
+    # two thumbs; grpo: t2's 1-5 scores
     for kind, count in expected.items():
         out, again = tmp_path / f"{kind}.out", tmp_path / f"{kind}.again"
         result = cli("sessions", "export", "s", "--kind", kind, "--format", fmt, "--out", str(out), root=tmp_path)
@@ -64,6 +65,11 @@ def test_export_import_round_trip_is_lossless(tmp_path, fmt):
                    root=tmp_path).exit_code == 0
         first, second = _rows(out), _rows(again)
         assert first == second and len(first) == count
+    assert [row["label"] for row in _rows(tmp_path / "kto.out")] == [True, True, False]
+    old_name = tmp_path / "ratings.out"  # the kind's earlier name exports the same rows
+    assert cli("sessions", "export", "s", "--kind", "ratings", "--format", fmt, "--out", str(old_name),
+               root=tmp_path).exit_code == 0
+    assert _rows(old_name) == _rows(tmp_path / "kto.out")
 
 
 def _rows(path):
@@ -85,7 +91,7 @@ def test_exports_feed_real_trl_trainers(tmp_path, tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     trainers = {"preference": (trl.DPOTrainer, trl.DPOConfig, "chosen_ids"),
                 "sft": (trl.SFTTrainer, trl.SFTConfig, "input_ids"),
-                "ratings": (trl.KTOTrainer, trl.KTOConfig, "completion_ids")}
+                "kto": (trl.KTOTrainer, trl.KTOConfig, "completion_ids")}
     for kind, (trainer_class, config_class, tokenized) in trainers.items():
         out = tmp_path / f"{kind}.jsonl"
         assert cli("sessions", "export", "s", "--kind", kind, "--out", str(out), root=tmp_path).exit_code == 0
@@ -111,6 +117,8 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
     (tmp_path / "corrupt" / "session.db").write_bytes(b"garbage" * 500)
     (tmp_path / "bad.jsonl").write_text('{"prompt": "hi", "chosen": "a", "rejected": "b"}\n{not json\n')
     (tmp_path / "odd.jsonl").write_text('{"question": "hi"}\n')
+    (tmp_path / "unlabelled.jsonl").write_text('{"prompt": "hi", "completion": "a", "label": true}\n'
+                                               '{"prompt": "hi", "completion": "b"}\n')
     (tmp_path / "exists.jsonl").write_text("")
     group = {"prompt": "hi", "completions": ["a", "b"], "scores": [5, 7]}
     (tmp_path / "scores.jsonl").write_text(json.dumps(group) + "\n")
@@ -124,6 +132,7 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
         (("sessions", "leaderboard", "nope"), "no session 'nope'"),
         (("sessions", "import", str(tmp_path / "bad.jsonl"), "--name", "n"), "bad.jsonl:2: not valid JSON"),
         (("sessions", "import", str(tmp_path / "odd.jsonl"), "--name", "n"), "cannot tell the kind"),
+        (("sessions", "import", str(tmp_path / "unlabelled.jsonl"), "--name", "n"), "row 2: missing key label"),
         (("sessions", "import", str(tmp_path / "missing.jsonl"), "--name", "n"), "no such file"),
         (("sessions", "import", str(tmp_path / "bad.jsonl"), "--name", "s"), "already exists"),
         (("sessions", "import", str(tmp_path / "scores.jsonl"), "--name", "n"), "row 1: score 2 is 7: outside the 1-5"),

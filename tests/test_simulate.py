@@ -50,7 +50,7 @@ def test_load_judge(tmp_path):
 def test_bad_flags_exit_2(tmp_path):
     for args, message in [(["--judge", "nonsense"], "--judge nonsense"), (["--judge", "shorter", "--rounds", "0"], "--rounds"),
                           (["--judge", "shorter", "--prompts", str(tmp_path / "none.txt")], "no such file"),
-                          (["--judge", "shorter", "--method", "ppo"], "--method ppo: choose dpo or grpo"),
+                          (["--judge", "shorter", "--method", "ppo"], "--method ppo: choose dpo or kto or grpo"),
                           (["--judge", "shorter", "--method", "grpo", "--rpo-alpha", "1"], "--rpo-alpha is a DPO option")]:
         result = runner.invoke(app, ["simulate", *args, "--sessions-dir", str(tmp_path)])
         assert result.exit_code == 2 and message in result.stderr, result.output
@@ -102,6 +102,28 @@ def test_simulate_with_an_editor_stores_demonstrations_and_a_learning_curve(tmp_
         assert store.meta["metadata"]["editor"].endswith(":ask")
     bad = runner.invoke(app, ["simulate", "--judge", "shorter", "--editor", "nope", "--sessions-dir", str(tmp_path)])
     assert bad.exit_code == 2 and "--editor nope" in bad.stderr
+
+
+async def test_simulate_kto_marks_the_judges_pick_desirable_and_the_other_not(tmp_path):
+    """simulate's rounds with --method kto, through the loop, on the fake engine."""
+    from dataclasses import replace
+
+    from tests.fakes import FakeEngine
+    from tui_align.cli.simulate import LOOP, Person, train
+    from tui_align.loop import LiveLoop
+
+    config = replace(LOOP, method="kto", update_every=2)
+    replies = [" ".join(["word"] * n) for n in (3, 5)]
+    with SessionStore.open(tmp_path, "kto", method="kto") as store:
+        loop = LiveLoop(store, FakeEngine(replies), config)
+        assert await loop.start()
+        person = Person(shorter, "shorter")
+        counts, _ = await train(config, 3, loop, person, ["Say hi.", "Name a fruit."], [])
+        assert counts == {"judgments": 6, "picks": 3, "edits": 0}  # two marks a round
+        marks = [(ex["completion"][0]["content"], ex["label"]) for _, ex in store.feedback("kto")]
+        assert sorted(marks) == sorted([(replies[0], True), (replies[1], False)] * 3)  # the shorter one (the pick) +
+        assert [u["method"] for u in loop.client.updates] == ["kto"] * 3 and store.pending_count("kto") == 0
+        await loop.close()
 
 
 def test_group_scores_rank_a_group_by_round_robin():

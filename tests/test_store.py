@@ -60,6 +60,8 @@ def test_tree_history_and_training_rows(store):
     assert sft == [{"prompt": examples[0]["prompt"], "completion": [{"role": "assistant", "content": "Short."}]},
                    {"prompt": examples[1]["prompt"], "completion": [{"role": "assistant", "content": "Edited."}]}]
     assert [e["score"] for e in pending_feedback(store, "ppo")[0]] == [-0.5, 1.0]
+    kto, _ = pending_feedback(store, "kto")  # each rated reply alone, desirable or not
+    assert [(e["completion"][0]["content"], e["label"]) for e in kto] == [("Short.", False), ("A much longer reply", True)]
 
     failed = store.start_update("dpo", ids[:2])
     store.finish_update(failed, "failed", error="boom")
@@ -108,7 +110,7 @@ def test_pending_count_matches_pending_feedback(store):
         store.record_rating(b, 2)
         if n == 2:
             store.record_demonstration(turn, "Mine.", edited_from=b)
-    for method in ("dpo", "sft", "ppo"):
+    for method in ("dpo", "sft", "ppo", "kto"):
         ids = pending_feedback(store, method)[1]
         assert store.pending_count(method) == len(ids) > 0
         done = store.start_update(method, ids[:1])
@@ -136,11 +138,32 @@ def test_older_schema_is_upgraded(tmp_path):
     db["turns"].insert({"id": 1, "conversation_id": 1, "parent_id": None, "text": "Hi", "created": 1.0})
     db.close()
     with SessionStore.open(tmp_path, "old") as store:
-        assert store.meta["schema_version"] == SCHEMA_VERSION == 5
+        assert store.meta["schema_version"] == SCHEMA_VERSION == 6
         assert store.history(1) == [{"role": "user", "content": "Hi"}]
         store.log("info", "the events table exists now")
         store.record_version(2, store.versions_dir / "v0002")
         assert store.active_version() == 2  # no active version recorded yet: the latest
+
+
+def test_kto_rows_are_backfilled_from_earlier_ratings(tmp_path):
+    folder = tmp_path / "old"
+    folder.mkdir()
+    db = Database(folder / "session.db")
+    MIGRATIONS.apply(db, stop_before="m006_kto_examples")
+    db["session"].insert({"id": 1, "model": "tiny", "method": "ppo", "hyperparameters": "{}", "created": 1.0,
+                          "tool_version": "0.0.1", "schema_version": 5})
+    db["conversations"].insert({"id": 1, "created": 1.0})
+    db["turns"].insert({"id": 1, "conversation_id": 1, "parent_id": None, "text": "Hi", "created": 1.0})
+    for pk, score, scale, withdrawn in [(1, 1, "thumbs", 0), (2, 3, "1-5", 0), (3, 2, "1-5", 0), (4, 5, "1-5", 1),
+                                        (5, -0.5, "numeric", 0)]:
+        db["responses"].insert({"id": pk, "turn_id": 1, "text": f"reply {pk}", "created": 1.0})
+        db["ratings"].insert({"id": pk, "response_id": pk, "score": score, "scale": scale, "withdrawn": withdrawn,
+                              "created": 1.0})
+    db.close()
+    with SessionStore.open(tmp_path, "old") as store:
+        rows = [(ex["completion"][0]["content"], ex["label"]) for _, ex in store.feedback("kto")]
+        assert rows == [("reply 1", True), ("reply 3", False), ("reply 5", False)]  # a 3 is neutral; 4 was withdrawn
+        assert store.pending_count("kto") == 3
 
 
 def test_the_active_version_follows_updates_and_rollbacks(tmp_path):

@@ -100,6 +100,32 @@ async def test_a_backlog_is_shown_and_the_status_bar_follows_the_loop(tmp_path):
         await pilot.press("escape", "q")
 
 
+async def test_kto_marks_are_stored_before_they_are_shown(tmp_path):
+    app = fake_app(tmp_path, method="kto", update_every=2)
+    async with app.run_test(size=(100, 30)) as pilot:
+        chat, store, engine = app.chat, app.store, app.client
+        await ask(pilot)
+        a, b = chat.round.response_at(0), chat.round.response_at(1)
+        assert chat.prompt.placeholder.startswith("Marking A: + desirable, - undesirable")
+        shown = []  # what each mark's title said, and whether the store held the mark by then
+        for view in chat.candidates.views:
+            view.mark = lambda label, css="", view=view: (shown.append((label, ratings(store)[-1][:2])),
+                                                          type(view).mark(view, label, css))
+        await pilot.press("plus")
+        assert shown == [("👍 stored", (a, 1))] and "1 of 2 marked" in chat.prompt.placeholder
+        await pilot.press(*"abt")  # letters are not votes in a mark session
+        assert not store.db["preferences"].count and chat.phase is Phase.JUDGING
+        await pilot.press("minus")
+        assert shown[1:] == [("👎 stored", (b, 0)), ("✓", (b, 0))] and chat.phase is Phase.PROMPT
+        assert store.db["responses"].get(a)["chosen"] == 1  # the desirable reply continues the conversation
+        await until(pilot, lambda: engine.updates and not app.loop.updating, "the kto update")
+        (update,) = engine.updates
+        assert update["method"] == "kto" and [e["label"] for e in update["examples"]] == [True, False]
+        await pilot.press("escape", "question_mark")
+        assert "desirable / undesirable" in str(app.screen.query_one("Markdown")._markdown)
+        await pilot.press("escape", "q")
+
+
 async def test_grpo_scores_each_candidate_and_each_score_is_stored_before_it_is_shown(tmp_path):
     app = fake_app(tmp_path, method="grpo", candidates=3, update_every=1)
     app.client.replies = ["One.", "Two words.", "Three words here."]

@@ -31,9 +31,10 @@ NOTICE_SEVERITY = {"error": ("error", 30), "warning": ("warning", 10), "update":
 
 
 def engine_client(store: SessionStore, model: str | None, method: str, device: str = "auto",
-                  report_to: str = "none") -> EngineClient:
+                  report_to: str = "none", gradient_checkpointing: bool = False) -> EngineClient:
     """The engine process chat-train starts: on the session's folder, niced below the screen."""
     extra = ["--report-to", report_to] if report_to != "none" else []
+    extra += ["--gradient-checkpointing"] if gradient_checkpointing else []
     return EngineClient(model=model, method=method, session_dir=store.folder, device=device, nice=ENGINE_NICENESS,
                         extra_args=extra)
 

@@ -15,6 +15,10 @@ whatever the session holds. The rules (SessionStore.record_*):
 - ppo: every rating, as {prompt, completion, score}; thumbs and 1-5 scores are mapped to
   [-1, 1] (thumbs 0 -> -1, 1 -> 1; 1-5 -> (score - 3) / 2), numeric scores are kept as is.
   A re-score of the same reply replaces the earlier one.
+- kto: every rating with a verdict, as TRL's unpaired {prompt, completion, label}: desirable
+  (True) for thumbs up (`+`), 4-5 on the 1-5 scale and numeric scores > 0; undesirable for
+  thumbs down (`-`), 1-2 and numeric <= 0; a 3 is neutral and makes no row. The label is
+  kept in the example's `score` column (1 or 0).
 - grpo: every 1-5 score, as {prompt, completion, score, turn_id}; the scored replies of one turn
   (its candidates, and those of its regenerations) are one group. `grpo_groups` turns them into
   the rows a `grpo` update and `sessions export --kind grpo` take: {prompt, completions, scores}.
@@ -39,6 +43,13 @@ _EXAMPLES = """select e.id, e.turn_id, e.score, e.update_id, c.text as chosen, r
 def reward(score: float, scale: str) -> float:
     """A rating on its scale as a PPO reward in [-1, 1] (numeric scores as they are)."""
     return {"thumbs": lambda s: 2 * s - 1, "1-5": lambda s: (s - 3) / 2}.get(scale, lambda s: s)(score)
+
+
+def desirable(score: float, scale: str) -> bool | None:
+    """A rating's KTO label: True (desirable), False (undesirable) or None (a neutral 3 of 1-5)."""
+    if scale == "1-5":
+        return None if score == 3 else score > 3
+    return score > 0  # thumbs: 1 up, 0 down; numeric: the sign
 
 
 def _check(method: str) -> None:
@@ -110,14 +121,10 @@ class FeedbackQueries:
                 example["score"] = row["score"]
             if method == "grpo":
                 example["turn_id"] = turn
+            elif method == "kto":
+                example["label"] = bool(row["score"])
             out.append((row["id"], example))
         return out
-
-    def rated_responses(self) -> list[dict]:
-        """Every rating in force with its prompt and reply: {id, prompt, text, score, scale}, oldest first."""
-        rows = self.db.query("""select g.id, g.score, g.scale, s.turn_id, s.text from ratings g
-                                join responses s on s.id = g.response_id where g.withdrawn = 0 order by g.id""")
-        return [{**row, "prompt": self.prompt(row["turn_id"])} for row in rows]
 
 
 def grpo_groups(examples: list[dict]) -> list[dict]:

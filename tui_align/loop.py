@@ -336,7 +336,7 @@ class LiveLoop:
 
     def rate(self, round_: Round, slot: int, score: int, scale: str = "1-5") -> bool:
         """Score one reply (a re-score replaces the earlier one); True once every reply has a score,
-        when the best one continues the conversation."""
+        when the best one continues the conversation. A KTO mark is a thumbs score: 1 desirable, 0 not."""
         before = dict(round_.scores)
         round_.scores[slot] = score if scale == "1-5" else (5 if score else 1)
         complete = len(round_.scores) == round_.n

@@ -19,7 +19,7 @@ Tables (one row per thing a person did or the engine produced):
                  rows of one judgment (a ranking of N>2) share `judgment_id`
   demonstrations a reply the person wrote or edited (kept as a response too)
   examples       one training row per method, made when the feedback is stored (a pair, a
-                 demonstration or picked reply, a reward); `update_id` is the update that
+                 demonstration or picked reply, a reward, a KTO label); `update_id` is the update that
                  consumed it (NULL: pending); `withdrawn` rows are never trained on again
   updates        one live or batch update: the examples it trained on, metrics, version, status
   (ratings, preferences and demonstrations carry `withdrawn`: taken back, or replaced by a re-score)
@@ -151,6 +151,17 @@ def m005_arena(db: Database) -> None:
         "response_a": int, "response_b": int, "outcome": str, "created": float,
     }, pk="id", foreign_keys=[("turn_id", "turns", "id")])
     db["arena"].create_index(["judgment_id"])
+
+
+@MIGRATIONS()
+def m006_kto_examples(db: Database) -> None:
+    """KTO rows (tui_align/feedback.py): one per rating with a verdict, its label (1 or 0) in `score`;
+    backfilled for earlier ratings, pending, withdrawn where the rating is."""
+    db.execute("""insert into examples (method, source, source_id, turn_id, response_id, score, withdrawn, created)
+                  select 'kto', 'rating', g.id, s.turn_id, g.response_id,
+                         case when g.scale = '1-5' then g.score > 3 else g.score > 0 end, g.withdrawn, g.created
+                  from ratings g join responses s on s.id = g.response_id
+                  where not (g.scale = '1-5' and g.score = 3) order by g.id""")
 
 
 SCHEMA_VERSION = len(MIGRATIONS._migrations)

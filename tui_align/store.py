@@ -28,7 +28,7 @@ from sqlite_utils import Database
 from engine.protocol import UserError
 from tui_align import __version__
 from tui_align.errors import WriteFailed
-from tui_align.feedback import FeedbackQueries, reward
+from tui_align.feedback import FeedbackQueries, desirable, reward
 from tui_align.migrations import MIGRATIONS, SCHEMA_VERSION, schema_version, unknown_migrations, upgrade
 
 OUTCOMES = ("chosen", "tie", "both_bad", "skipped")
@@ -349,6 +349,9 @@ class SessionStore(FeedbackQueries):
             }).last_pk
             self._add_example("ppo", "rating", rating_id, response["turn_id"], response_id,
                               score=reward(score, scale), now=now)
+            label = desirable(score, scale)
+            if label is not None:
+                self._add_example("kto", "rating", rating_id, response["turn_id"], response_id, score=int(label), now=now)
             if scale == "1-5":  # one member of its turn's GRPO group, on the person's own scale
                 self._add_example("grpo", "rating", rating_id, response["turn_id"], response_id, score=score, now=now)
             siblings = self.db.execute(

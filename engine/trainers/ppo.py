@@ -29,7 +29,8 @@ from engine.protocol import DataError, DictConfig, NonFiniteLoss
 from engine.logprobs import token_logps
 from engine.losses import KL_ESTIMATORS, gae, kl_penalty, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss
 from engine.value_head import ValueHead, logps_and_values
-from engine.trainers.base import adamw
+from engine.models import gradient_checkpointing
+from engine.trainers.base import adamw, average_gradients
 
 
 @dataclass
@@ -70,6 +71,7 @@ class PPOTrainer:
         self.kl_coef = self.config.kl_coef
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.steps = 0
+        self.num_processes = 1  # fit() under `accelerate launch`: gradients are averaged over this many
 
     @property
     def device(self):
@@ -109,6 +111,8 @@ class PPOTrainer:
         snapshot = self._snapshot()
         stats = defaultdict(list)
         mini = max(1, min(cfg.mini_batch_size, size))
+        if gradient_checkpointing(self.model):  # it recomputes only in training mode (the layers have no dropout)
+            self.model.train()
         try:
             for _ in range(cfg.ppo_epochs):
                 order = torch.randperm(size, generator=self.generator).to(self.device)
@@ -124,6 +128,7 @@ class PPOTrainer:
                     if not torch.isfinite(loss):
                         raise NonFiniteLoss(f"PPO loss is {loss.item()}: update discarded")
                     loss.backward()
+                    average_gradients(self.params, self.num_processes)
                     grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                     if not torch.isfinite(grad_norm):
                         raise NonFiniteLoss(f"gradient norm is {grad_norm.item()}: update discarded")
@@ -140,6 +145,7 @@ class PPOTrainer:
             raise
         finally:
             self.optimizer.zero_grad(set_to_none=True)
+            self.model.eval()
 
         kl_per_sequence = kl.sum(-1)
         metrics = {
@@ -152,7 +158,12 @@ class PPOTrainer:
             **{name: sum(v) / len(v) for name, v in stats.items()},
         }
         if cfg.target_kl:  # adaptive controller of Ziegler et al. 2019
-            error = max(-0.2, min(0.2, metrics["kl"] / cfg.target_kl - 1))
+            kl_mean = metrics["kl"]
+            if self.num_processes > 1:  # every process keeps the same coefficient
+                pooled = torch.tensor([kl_mean], device=self.device)
+                torch.distributed.all_reduce(pooled)
+                kl_mean = pooled.item() / self.num_processes
+            error = max(-0.2, min(0.2, kl_mean / cfg.target_kl - 1))
             self.kl_coef *= 1 + error * size / cfg.kl_horizon
         self.steps += 1
         metrics["seconds"] = time.perf_counter() - started
@@ -213,8 +224,20 @@ class PPOTrainer:
         return responses
 
     def fit(self, prompts: list, reward, steps: int, on_step=None) -> list[dict]:
-        """The headless loop: sample batch_size prompts, roll out, score with `reward`, step."""
+        """The headless loop: sample batch_size prompts, roll out, score with `reward`, step.
+
+        Under `accelerate launch` each process rolls out batch_size replies from its own share
+        of the prompts and the gradients of every optimizer step are averaged over processes,
+        so all processes keep the same adapter and value head."""
+        from engine.trainers.base import process_state
+
         cfg = self.config
+        state = process_state()
+        self.num_processes = state.num_processes
+        if state.num_processes > 1:  # the processes sample different replies, from their own prompts
+            torch.manual_seed(cfg.seed + state.process_index)
+            if len(prompts) >= state.num_processes:
+                prompts = prompts[state.process_index::state.num_processes]
         order = random.Random(cfg.seed)
         pool: list[int] = []
         encoded = [self.prompt_ids(p) for p in prompts]

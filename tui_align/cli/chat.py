@@ -21,9 +21,9 @@ def chat_train(
                               "model, else the bundled SmolLM2-135M-Instruct)."),
     session: str = typer.Option("default", "--session", help="Session name: created if new, resumed (history and "
                                 "the version live when it was left) if it exists."),
-    method: str = typer.Option(None, "--method", help="dpo (pick the better reply), ppo (score replies 1-5), grpo "
-                               "(score each of the N candidates 1-5: one group), or sft (edits as demonstrations); "
-                               "default: the session's method, else dpo."),
+    method: str = typer.Option(None, "--method", help="dpo (pick the better reply), ppo (score replies 1-5), kto "
+                               "(mark each reply + or -), grpo (score each of the N candidates 1-5: one group), or "
+                               "sft (edits as demonstrations); default: the session's method, else dpo."),
     candidates: int = typer.Option(LOOP.candidates, "--candidates", min=1, max=8, help="Candidate replies per round (1-8)."),
     update_every: int = typer.Option(LOOP.update_every, "--update-every", min=1,
                                      help="Train after this many new training rows (a pick of 2 makes one pair)."),
@@ -34,6 +34,9 @@ def chat_train(
     sessions_dir: Path = typer.Option(None, "--sessions-dir", help="Folder of sessions (default: $TUI_ALIGN_SESSIONS "
                                       "or ./sessions)."),
     device: str = typer.Option("auto", "--device", help="Engine device: auto, cpu or cuda."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="The engine's updates "
+                                                "recompute activations instead of keeping them: less memory for big "
+                                                "models, ~1/3 slower updates."),
     max_new_tokens: int = typer.Option(LOOP.max_new_tokens, "--max-new-tokens", min=1, help="Longest reply, in tokens."),
     temperature: float = typer.Option(LOOP.temperature, "--temperature", min=0.0,
                                       help="Sampling temperature of the candidates."),
@@ -87,7 +90,8 @@ def chat_train(
 
     config = LoopConfig(method=method, candidates=candidates, update_every=update_every, window=window, arena_every=arena_every,
                         max_new_tokens=max_new_tokens, temperature=temperature, system=system or None)
-    app = ChatTrainApp(store, config, engine_client(store, model or store.meta["model"], method, device, report_to))
+    app = ChatTrainApp(store, config, engine_client(store, model or store.meta["model"], method, device, report_to,
+                                                               gradient_checkpointing))
     app.run()
     if app.return_code:  # it ended on an error, already said in one line
         raise typer.Exit(app.return_code)

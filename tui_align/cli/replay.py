@@ -14,7 +14,10 @@ from tui_align.cli import train as t
 from tui_align.cli.common import CONFIG, fail, user_errors
 from tui_align.cli.sessions import SESSIONS_DIR
 
-REPLAY_METHODS = ("dpo", "sft")  # of engine.protocol.METHODS: those with a batch trainer over session rows
+REPLAY_METHODS = ("dpo", "sft", "kto")  # of engine.protocol.METHODS: those with a batch trainer over session rows
+ROWS = {"dpo": "pairs", "sft": "demonstrations", "kto": "marked replies"}  # what each method trains on, in words
+DPO_OPTIONS = ("loss_type", "loss_weights", "label_smoothing", "discopop_tau", "rpo_alpha")
+KTO_OPTIONS = ("desirable_weight", "undesirable_weight")
 
 
 def collect(store, method: str) -> tuple[list[dict], dict[str, int]]:
@@ -32,18 +35,20 @@ def collect(store, method: str) -> tuple[list[dict], dict[str, int]]:
             else:
                 rows.append({k: ex[k] for k in ("prompt", "chosen", "rejected")})
         return rows, skipped
-    return [ex for _, ex in store.feedback("sft")], skipped
+    return [ex for _, ex in store.feedback(method)], skipped
 
 
 def replay(
     names: list[str] = typer.Argument(..., help="One or more session names."),
-    method: str = typer.Option("dpo", "--method", help="dpo (preference pairs) or sft (demonstrations)."),
+    method: str = typer.Option("dpo", "--method", help="dpo (preference pairs), sft (demonstrations) or kto "
+                               "(each rated reply, desirable or not)."),
     output: Path = t.OUTPUT, model: str = typer.Option(None, "--model", help="Model folder, GGUF file or hub id "
                                                        "(default: the sessions' model, else the bundled one)."),
     max_steps: int = t.MAX_STEPS, epochs: int = t.EPOCHS, batch_size: int = t.BATCH_SIZE, grad_accum: int = t.GRAD_ACCUM,
     lr: float = t.LR, max_length: int = t.MAX_LENGTH, lora_r: int = t.LORA_R, lora_alpha: int = t.LORA_ALPHA,
     beta: float = t.BETA, loss_type: str = t.LOSS_TYPE, loss_weights: str = t.LOSS_WEIGHTS,
     label_smoothing: float = t.LABEL_SMOOTHING, discopop_tau: float = t.DISCOPOP_TAU, rpo_alpha: float = t.RPO_ALPHA,
+    desirable_weight: float = t.DESIRABLE_WEIGHT, undesirable_weight: float = t.UNDESIRABLE_WEIGHT,
     seed: int = t.SEED, merge: bool = t.MERGE, device: str = t.DEVICE,
     sessions_dir: Path = SESSIONS_DIR, warmup_steps: int = t.WARMUP_STEPS, eval_data: str = t.EVAL_DATA,
     eval_split: float = t.EVAL_SPLIT, eval_steps: int = t.EVAL_STEPS, save_steps: int = t.SAVE_STEPS,
@@ -55,24 +60,24 @@ def replay(
         from tui_align.store import SessionStore, sessions_dir as resolve
 
         if method not in REPLAY_METHODS:
-            fail(f"--method {method}: choose dpo or sft")
+            fail(f"--method {method}: choose {', '.join(REPLAY_METHODS)}")
         rows, skipped, models = [], {}, set()
         for name in names:
             with SessionStore.open(resolve(sessions_dir), name, readonly=True) as store:
                 session_rows, session_skipped = collect(store, method)
                 models.add(store.meta["model"])
-            typer.echo(f"{name}: {len(session_rows)} {'pairs' if method == 'dpo' else 'demonstrations'}")
+            typer.echo(f"{name}: {len(session_rows)} {ROWS[method]}")
             rows += session_rows
             for reason, n in session_skipped.items():
                 skipped[reason] = skipped.get(reason, 0) + n
         if not rows:
-            fail(f"no {'preference pairs' if method == 'dpo' else 'demonstrations'} to train on in {', '.join(names)}")
+            fail(f"no {ROWS[method]} to train on in {', '.join(names)}")
         if model is None and len(models) == 1:
             options["model"] = models.pop()  # the model the feedback was given on
-        if method != "dpo":  # DPO's options mean nothing to SFT
-            for name in ("beta", "loss_type", "loss_weights", "label_smoothing", "discopop_tau", "rpo_alpha"):
-                options.pop(name)
+        unused = {"dpo": KTO_OPTIONS, "kto": DPO_OPTIONS}.get(method, ("beta", *DPO_OPTIONS, *KTO_OPTIONS))
+        for name in unused:  # one method's options mean nothing to another
+            options.pop(name)
         metrics = t.run(method, options, rows=rows)
-        typer.echo(f"used {len(rows)} {'pairs' if method == 'dpo' else 'demonstrations'} from {len(names)} session(s)")
+        typer.echo(f"used {len(rows)} {ROWS[method]} from {len(names)} session(s)")
         typer.echo("skipped: " + (", ".join(f"{n} {reason}" for reason, n in skipped.items()) or "none"))
         typer.echo("final: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))))

@@ -3,14 +3,14 @@
 Exports use TRL's conversational dataset formats, so any TRL trainer reads them:
   preference  {prompt, chosen, rejected}   (DPOTrainer; pairs with outcome `chosen` only)
   sft         {messages}                   (SFTTrainer; demonstrations and picked replies)
-  ratings     {prompt, completion, label}  (KTOTrainer's unpaired format)
+  kto         {prompt, completion, label}  (KTOTrainer's unpaired format; `ratings` is another name)
   grpo        {prompt, completions, scores} (GRPO groups: a turn's replies scored 1-5, at least 2)
 A grpo row is TRL's prompt-only format (what GRPOTrainer trains from: it samples its own
 completions) plus two extra columns, which GRPOTrainer hands to reward functions as keyword
 arguments: the person's scored replies, in the order they were scored, and their 1-5 scores.
 A rating's label is True for thumbs up, 4-5 on the 1-5 scale and numeric scores > 0;
-False for thumbs down, 1-2 and numeric <= 0; a 3 on the 1-5 scale is neutral and left out.
-Import reads the same formats (and SFT {prompt, completion}, and plain strings) into a
+False for thumbs down, 1-2 and numeric <= 0; a 3 on the 1-5 scale is neutral and left out
+(tui_align/feedback.py). Import reads the same formats (and SFT {prompt, completion}, and plain strings) into a
 new session; export -> import -> export gives the same rows.
 """
 
@@ -27,7 +27,8 @@ from tui_align.cli.common import fail, user_errors
 
 sessions_app = typer.Typer(help="List, inspect, export and import saved sessions.", no_args_is_help=True)
 
-KINDS = ("preference", "sft", "ratings", "grpo")
+KINDS = ("preference", "sft", "kto", "grpo")
+ALIASES = {"ratings": "kto"}  # the name before `train kto` existed
 SESSIONS_DIR = typer.Option(None, "--sessions-dir", envvar="TUI_ALIGN_SESSIONS", show_envvar=True,
                             help="Folder holding the sessions (default: ./sessions).")
 
@@ -156,30 +157,26 @@ def export_rows(store, kind: str) -> list[dict]:
         from tui_align.feedback import grpo_groups
 
         return grpo_groups([ex for _, ex in store.feedback("grpo")])
-    rows = []
-    for r in store.rated_responses():
-        label = _label(r["score"], r["scale"])
-        if label is not None:
-            rows.append({"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["text"]}], "label": label})
-    return rows
+    return [ex for _, ex in store.feedback("kto")]
 
 
-def _label(score: float, scale: str) -> bool | None:
-    if scale == "1-5":
-        return None if score == 3 else score > 3
-    return score > 0  # thumbs: 1 up, 0 down; numeric: the sign
+def _kind(kind: str | None) -> str | None:
+    kind = ALIASES.get(kind, kind)
+    if kind is not None and kind not in KINDS:
+        fail(f"--kind {kind}: choose one of {', '.join(KINDS)}")
+    return kind
 
 
 @sessions_app.command()
 def export(name: str = typer.Argument(..., help="Session name."),
-           kind: str = typer.Option("preference", "--kind", help="preference, sft, ratings or grpo."),
+           kind: str = typer.Option("preference", "--kind", help="preference, sft, kto (the ratings, as "
+                                    "{prompt, completion, label}; `ratings` is another name for it) or grpo."),
            fmt: str = typer.Option("jsonl", "--format", help="jsonl (one JSON row a line) or hf (datasets.save_to_disk folder)."),
            out: Path = typer.Option(..., "--out", help="File (jsonl) or folder (hf) to write; must not exist yet."),
            sessions_dir: Path = SESSIONS_DIR) -> None:
     """Export a session's feedback as a dataset TRL trainers read directly."""
     with user_errors():
-        if kind not in KINDS:
-            fail(f"--kind {kind}: choose one of {', '.join(KINDS)}")
+        kind = _kind(kind)
         if fmt not in ("jsonl", "hf"):
             fail(f"--format {fmt}: choose jsonl or hf")
         if out.exists():
@@ -215,8 +212,6 @@ def write_rows(rows: list[dict], out: Path, fmt: str) -> None:
 
 
 def detect_kind(row: dict) -> str:
-    if "label" in row:
-        return "ratings"
     if "completions" in row:
         return "grpo"
     from engine.data import detect_kind as data_kind
@@ -232,11 +227,7 @@ def _validate(row: dict, kind: str) -> None:
     from engine.data import validate
     from engine.protocol import DataError
 
-    if kind == "ratings":
-        if not isinstance(row.get("label"), bool):
-            raise DataError("ratings rows need a boolean 'label'")
-        validate({k: row.get(k) for k in ("prompt", "completion") if k in row}, "sft")
-    elif kind == "grpo":
+    if kind == "grpo":
         from engine.data import validate_group
 
         validate_group(row, scale=(1, 5))  # stored as the person's 1-5 ratings
@@ -311,7 +302,7 @@ def _running(pid: int) -> bool:
 @sessions_app.command("import")
 def import_(file: Path = typer.Argument(..., help="JSONL file or datasets.save_to_disk folder to import."),
             name: str = typer.Option(..., "--name", help="Name of the new session."),
-            kind: str = typer.Option(None, "--kind", help="preference, sft, ratings or grpo (default: detected from the rows)."),
+            kind: str = typer.Option(None, "--kind", help="preference, sft, kto or grpo (default: detected from the rows)."),
             model: str = typer.Option(None, "--model", help="Model to record for the session (default: the bundled one)."),
             sessions_dir: Path = SESSIONS_DIR) -> None:
     """Import a dataset in TRL's formats into a new session (written completely or not at all)."""
@@ -320,8 +311,7 @@ def import_(file: Path = typer.Argument(..., help="JSONL file or datasets.save_t
         from engine.protocol import DataError
         from tui_align.store import SessionStore, list_sessions, sessions_dir as resolve
 
-        if kind is not None and kind not in KINDS:
-            fail(f"--kind {kind}: choose one of {', '.join(KINDS)}")
+        kind = _kind(kind)
         root = resolve(sessions_dir)
         sweep_stale_imports(root)
         if name in list_sessions(root) or (root / name).exists():

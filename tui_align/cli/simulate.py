@@ -9,6 +9,15 @@ held-out prompts, blind and in random order (measurement, not policy).
 
 The judge sees each reply's finish reason: a pair of two cut-off fragments teaches nothing
 but length (DESIGN.md, "The live loop").
+
+With `--method kto` the same pairwise judge gives KTO's per-reply verdicts: the reply it
+picks is marked desirable (`+`), the other (with --candidates N, every one it beat)
+undesirable (`-`), each mark stored through the loop as a person's key would store it (and
+counted as a judgment); when it declines, the round is a tie and nothing trains KTO.
+
+With `--method grpo` the judge scores every candidate 1-5 (tui_align.judges.group_scores: a
+round robin within the group), each score stored through the loop as a person's key would
+store it (and counted as a judgment); the round's scored candidates are one GRPO group.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from tui_align.loop import LoopConfig
 from tui_align.rounds import SLOT_LETTERS
 
 LOOP = LoopConfig(seed=0)
+METHODS = ("dpo", "kto", "grpo")  # the live methods a pairwise judge can drive
 EVAL_SAMPLES = 2  # replies per held-out prompt and version
 ARENA_CHECKED = 8  # voted versions whose held-out win rate is measured against the leaderboard
 
@@ -45,14 +55,15 @@ def _lines(text: str) -> list[str]:
 def simulate(
     judge: str = typer.Option(..., "--judge", help="shorter, longer, package.module:function or path/file.py:function; "
                                                    "called as judge(prompt, a, b) -> 0, 1 or None."),
+    method: str = typer.Option(LOOP.method, "--method", help="dpo (the judge's pick trains a pair), kto (the "
+                               "picked reply is marked desirable, the other undesirable) or grpo (the judge's round robin "
+                               "within the group scores each candidate 1-5; see tui_align.judges.group_scores)."),
     rounds: int = typer.Option(40, "--rounds", help="Rounds to run (one prompt, the loop's candidates, one judgment each)."),
     session: str = typer.Option(None, "--session", help="Session to store the picks in (default: simulate-<time>); "
                                                         "an existing one resumes at its active version."),
     model: str = typer.Option(None, "--model", help="Model folder, GGUF file or hub id (default: bundled SmolLM2-135M-Instruct)."),
-    method: str = typer.Option(LOOP.method, "--method", help="dpo (the judge picks the best of the candidates) or grpo "
-                               "(the judge's round robin within the group scores each candidate 1-5; see tui_align.judges.group_scores)."),
     candidates: int = typer.Option(LOOP.candidates, "--candidates", help="Replies per round; dpo: the judge picks the best "
-                                   "of them, as a person pressing one letter does (pairwise, by knock-out); grpo: the group, at least 2."),
+                                   "of them, as a person pressing one letter does (pairwise, by knock-out; kto too); grpo: the group, at least 2."),
     update_every: int = typer.Option(LOOP.update_every, "--update-every", help="Run an update after this many new training rows."),
     window: int = typer.Option(LOOP.window, "--window", help="Rows per update: the newest untrained ones, topped up with the most recently trained."),
     steps: int = typer.Option(None, "--steps", help="Optimizer steps per update (default: the engine's live default). "
@@ -91,8 +102,8 @@ def simulate(
                             ("--steps", steps or 1), ("--max-new-tokens", max_new_tokens)):
             if value < 1:
                 fail(f"{name} must be at least 1")
-        if method not in ("dpo", "grpo"):
-            fail(f"--method {method}: choose dpo or grpo")
+        if method not in METHODS:
+            fail(f"--method {method}: choose {' or '.join(METHODS)}")
         if method == "grpo" and rpo_alpha is not None:
             fail("--rpo-alpha is a DPO option: grpo has no chosen reply")
         if arena_every < 0 or curve_every < 0:
@@ -118,8 +129,8 @@ def simulate(
         curves = {}
         for one in seeds:
             config = replace(LOOP, method=method, candidates=candidates, update_every=update_every, window=window,
-                             max_new_tokens=max_new_tokens,
-                             temperature=temperature, system=system or None, seed=one, arena_every=arena_every)
+                             max_new_tokens=max_new_tokens, temperature=temperature, system=system or None, seed=one,
+                             arena_every=arena_every)
             name = base if len(seeds) == 1 else f"{base}-s{one}"
             store = SessionStore.open(resolve(sessions_dir), name, model=model, method=method, hyperparameters=overrides,
                                       metadata={"simulate": {**asdict(config), "rounds": rounds}, "judge": judge,
@@ -234,7 +245,6 @@ async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: 
         round_ = await loop.generate(loop.begin(conversation, prompt))
         shown = [round_.results[i] for i in round_.shown_order]
         replies = [Reply(c["text"], c.get("finish_reason"), c.get("tokens")) for c in shown]
-        before = counts["judgments"]
         if config.method == "grpo":  # every candidate scored, each score a key the person would press
             scores = group_scores(person.judge, person.judge_spec, prompt, replies)
             for slot, score in enumerate(scores):
@@ -254,6 +264,11 @@ async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: 
                 counts["edits"] += 1
             elif pick is None:
                 loop.outcome(round_, "tie")
+            elif config.method == "kto":  # the judge's best desirable, each one it beat undesirable
+                for slot in range(round_.n):
+                    loop.rate(round_, slot, int(slot == pick), "thumbs")
+                counts["picks"] += 1
+                counts["judgments"] += round_.n - 1  # one key per reply
             else:
                 loop.pick(round_, pick)
                 counts["picks"] += 1
@@ -264,7 +279,7 @@ async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: 
                        + " | ".join(f"{letters[i]} {_describe(c)}" for i, c in enumerate(shown))
                        + f"  -> {verdict}{'  (arena)' if round_.versions else ''}"
                        f"{'  (update started)' if loop.updating else ''}")
-        if curve_every and heldout and counts["judgments"] // curve_every > before // curve_every and number < rounds:
+        if curve_every and heldout and counts["judgments"] >= (len(curve) + 1) * curve_every and number < rounds:
             await loop.wait_for_update()
             base = base or await held_out(config, loop.client, heldout, 0)
             live = await held_out(config, loop.client, heldout, loop.client.version)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from engine.protocol import LOSS_TERMS, REPORT_TO as TRACKERS, SFT_TERM, GRPOConfig, TrainConfig, loss_terms
+from engine.protocol import LOSS_TERMS, METHOD_KINDS, REPORT_TO as TRACKERS, SFT_TERM, GRPOConfig, TrainConfig, loss_terms
 from tui_align.cli.common import CONFIG, user_errors
 
 DEFAULTS = TrainConfig()  # each option's default, defined once there
@@ -28,7 +28,7 @@ LORA_ALPHA = typer.Option(32, "--lora-alpha", help="LoRA scaling alpha.")
 SEED = typer.Option(DEFAULTS.seed, "--seed", help="Random seed (shuffling and LoRA initialisation).")
 MERGE = typer.Option(False, "--merge", help="Also write OUTPUT/merged: a full model with the adapter merged in.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
-BETA = typer.Option(DEFAULTS.beta, "--beta", help="DPO temperature: how far the policy may move from the reference.")
+BETA = typer.Option(DEFAULTS.beta, "--beta", help="DPO and KTO temperature: how far the policy may move from the reference.")
 LOSS_TYPE = typer.Option(",".join(DEFAULTS.loss_type), "--loss-type", help=(
     "DPO loss, TRL's names: " + ", ".join(LOSS_TERMS) + f" ({SFT_TERM}: the chosen reply's NLL); several, "
     "comma-separated, are summed with --loss-weights (e.g. sigmoid,sft)."))
@@ -37,7 +37,13 @@ LABEL_SMOOTHING = typer.Option(DEFAULTS.label_smoothing, "--label-smoothing", he
     "Used as TRL 1.16 does: robust's label-flip rate (< 0.5), exo_pair's epsilon (> 0), aot and aot_unpaired; "
     "and with sigmoid it is conservative DPO (cDPO) as TRL had it before 1.0 (TRL 1.16's sigmoid ignores it)."))
 DISCOPOP_TAU = typer.Option(DEFAULTS.discopop_tau, "--discopop-tau", help="Temperature of the discopop loss.")
+DESIRABLE_WEIGHT = typer.Option(DEFAULTS.desirable_weight, "--desirable-weight", help="Weight of a desirable row's loss "
+                                "(raise it when desirable rows are fewer, as TRL advises).")
+UNDESIRABLE_WEIGHT = typer.Option(DEFAULTS.undesirable_weight, "--undesirable-weight", help="Weight of an undesirable row's loss.")
 RPO_ALPHA = typer.Option(None, "--rpo-alpha", help=f"Alias for the weight of the {SFT_TERM} term of --loss-type (adds it; 0 removes it).")
+GRADIENT_CHECKPOINTING = typer.Option(
+    False, "--gradient-checkpointing",
+    help="Recompute activations in the backward pass instead of keeping them: less memory for big models, ~1/3 slower steps.")
 # What every batch command shares besides its hyperparameters (a new command adds these parameters).
 SPLIT = typer.Option(None, "--split", help="The split of --data to train on (default: train, else the first).")
 WARMUP_STEPS = typer.Option(DEFAULTS.warmup_steps, "--warmup-steps", help="Raise the learning rate linearly over this many steps.")
@@ -57,6 +63,7 @@ def sft(data: str = DATA, output: Path = OUTPUT, model: str = MODEL, max_steps: 
         merge: bool = MERGE, device: str = DEVICE, split: str = SPLIT, warmup_steps: int = WARMUP_STEPS,
         eval_data: str = EVAL_DATA, eval_split: float = EVAL_SPLIT, eval_steps: int = EVAL_STEPS,
         save_steps: int = SAVE_STEPS, resume_from_checkpoint: str = RESUME, report_to: str = REPORT_TO,
+        gradient_checkpointing: bool = GRADIENT_CHECKPOINTING,
         config: Path = CONFIG) -> None:
     """Supervised fine-tuning on {prompt, completion} or {messages} rows."""
     run("sft", locals())
@@ -70,12 +77,26 @@ def dpo(data: str = DATA, output: Path = OUTPUT, model: str = MODEL, max_steps: 
         discopop_tau: float = DISCOPOP_TAU, rpo_alpha: float = RPO_ALPHA, seed: int = SEED, merge: bool = MERGE,
         device: str = DEVICE, split: str = SPLIT, warmup_steps: int = WARMUP_STEPS, eval_data: str = EVAL_DATA,
         eval_split: float = EVAL_SPLIT, eval_steps: int = EVAL_STEPS, save_steps: int = SAVE_STEPS,
-        resume_from_checkpoint: str = RESUME, report_to: str = REPORT_TO, config: Path = CONFIG) -> None:
+        resume_from_checkpoint: str = RESUME, report_to: str = REPORT_TO,
+        gradient_checkpointing: bool = GRADIENT_CHECKPOINTING, config: Path = CONFIG) -> None:
     """Direct preference optimisation on {prompt, chosen, rejected} rows."""
     run("dpo", locals())
 
 
-KINDS = {"sft": "sft", "dpo": "preference", "rm": "preference"}  # the rows each batch method trains on
+@train_app.command()
+def kto(data: str = DATA, output: Path = OUTPUT, model: str = MODEL, max_steps: int = MAX_STEPS,
+        epochs: int = EPOCHS, batch_size: int = BATCH_SIZE, grad_accum: int = GRAD_ACCUM, lr: float = LR,
+        max_length: int = MAX_LENGTH, lora_r: int = LORA_R, lora_alpha: int = LORA_ALPHA, beta: float = BETA,
+        desirable_weight: float = DESIRABLE_WEIGHT, undesirable_weight: float = UNDESIRABLE_WEIGHT,
+        seed: int = SEED, merge: bool = MERGE, device: str = DEVICE, split: str = SPLIT,
+        warmup_steps: int = WARMUP_STEPS, eval_data: str = EVAL_DATA, eval_split: float = EVAL_SPLIT,
+        eval_steps: int = EVAL_STEPS, save_steps: int = SAVE_STEPS, resume_from_checkpoint: str = RESUME,
+        report_to: str = REPORT_TO, config: Path = CONFIG) -> None:
+    """Kahneman-Tversky optimisation on unpaired {prompt, completion, label} rows (label true: desirable)."""
+    run("kto", locals())
+
+
+KINDS = {**METHOD_KINDS, "rm": "preference"}  # the rows each batch method trains on
 
 
 def run(method: str, options: dict, rows: list[dict] | None = None) -> dict:
@@ -104,6 +125,9 @@ def run(method: str, options: dict, rows: list[dict] | None = None) -> dict:
         check_report_to(options.get("report_to") or "none")
         if options.get("eval_data") and options.get("eval_split") is not None:
             raise UserError("--eval-data and --eval-split exclude each other: choose one")
+        if method == "kto" and options["batch_size"] < 2:  # TRL refuses it too
+            raise UserError("--batch-size must be at least 2 for kto: its KL estimate pairs each completion "
+                            "with another row's prompt")
         if rows is None:
             rows = load_examples(options["data"], KINDS[method], options.get("split"))
         eval_rows = None
@@ -120,7 +144,8 @@ def run(method: str, options: dict, rows: list[dict] | None = None) -> dict:
             rows, eval_rows = split_rows(rows, options["eval_split"], options.get("seed", 0))
         run_options = RunOptions(merge=options.get("merge", False), device=options.get("device", "auto"),
                                  resume=options.get("resume_from_checkpoint"),
-                                 report_to=options.get("report_to") or "none", log=log)
+                                 report_to=options.get("report_to") or "none", log=log,
+                                 gradient_checkpointing=options.get("gradient_checkpointing", False))
         metrics = train(method, rows, output, options.get("model"), TrainConfig.from_dict(options),
                         LoRAConfig(r=options["lora_r"], alpha=options["lora_alpha"]), run_options,
                         eval_rows=eval_rows)
@@ -132,7 +157,7 @@ def run(method: str, options: dict, rows: list[dict] | None = None) -> dict:
         return metrics
 
 
-SUMMARY_FIGURES = ("loss", "rewards/accuracies", "rewards/margins", "accuracy", "margin")  # of the last step and the last evaluation
+SUMMARY_FIGURES = ("loss", "rewards/accuracies", "rewards/margins", "kl", "accuracy", "margin")  # of the last step and the last evaluation
 
 
 def usage(method: str, output: Path, model: str | None, merged: bool) -> str:
@@ -176,7 +201,8 @@ def ppo(prompts: Path = PROMPTS, reward: str = REWARD, output: Path = OUTPUT, mo
         lr: float = typer.Option(5e-5, "--lr", help="AdamW learning rate of the LoRA weights and the value head."),
         seed: int = SEED, lora_r: int = LORA_R, lora_alpha: int = LORA_ALPHA,
         plot: Path = typer.Option(None, "--plot", help="Also write a PNG of score, KL and length per step (needs matplotlib)."),
-        device: str = DEVICE, report_to: str = REPORT_TO, config: Path = CONFIG) -> None:
+        device: str = DEVICE, report_to: str = REPORT_TO, gradient_checkpointing: bool = GRADIENT_CHECKPOINTING,
+        config: Path = CONFIG) -> None:
     """PPO with a value head on prompts, scored by a reward function or reward model."""
     from engine.headless_log import quiet_libraries  # standard library only
 
@@ -210,7 +236,8 @@ def ppo(prompts: Path = PROMPTS, reward: str = REWARD, output: Path = OUTPUT, mo
                            ppo_epochs=ppo_epochs, kl_coef=kl_coef, target_kl=target_kl,
                            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         history = train_ppo(rows, reward, output, model, config, LoRAConfig(r=lora_r, alpha=lora_alpha), steps,
-                            device=device, plot=plot, report_to=report_to, log=log)
+                            device=device, plot=plot, report_to=report_to, log=log,
+                            gradient_checkpointing=gradient_checkpointing)
         first, last = history[0], history[-1]
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         typer.echo(f"trained ppo for {steps} steps on {len(rows)} prompts -> {output}  (score {first['score']:.4g} -> "
@@ -234,7 +261,8 @@ def grpo(prompts: Path = PROMPTS, reward: str = REWARD, output: Path = OUTPUT, m
          temperature: float = typer.Option(GRPO.temperature, "--temperature", help="Sampling temperature of the completions (> 0)."),
          lr: float = typer.Option(GRPO.lr, "--lr", help="AdamW learning rate of the LoRA weights."),
          seed: int = SEED, lora_r: int = LORA_R, lora_alpha: int = LORA_ALPHA, device: str = DEVICE,
-         report_to: str = REPORT_TO, config: Path = CONFIG) -> None:
+         report_to: str = REPORT_TO, gradient_checkpointing: bool = GRADIENT_CHECKPOINTING,
+         config: Path = CONFIG) -> None:
     """GRPO on prompts: N completions each, scored by a reward function or reward model, group-relative advantages."""
     from engine.headless_log import quiet_libraries  # standard library only
 
@@ -266,7 +294,8 @@ def grpo(prompts: Path = PROMPTS, reward: str = REWARD, output: Path = OUTPUT, m
                               num_generations=num_generations, prompts_per_step=prompts_per_step,
                               max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         history = train_grpo(rows, reward, output, model, settings, LoRAConfig(r=lora_r, alpha=lora_alpha), steps,
-                             device=device, report_to=report_to, log=log)
+                             device=device, report_to=report_to, log=log,
+                             gradient_checkpointing=gradient_checkpointing)
         from engine.trainers.base import process_state
 
         if process_state().is_main_process:
@@ -283,6 +312,7 @@ def rm(data: str = DATA, output: Path = OUTPUT, model: str = MODEL, max_steps: i
        lora_r: int = LORA_R, lora_alpha: int = LORA_ALPHA, seed: int = SEED, device: str = DEVICE,
        split: str = SPLIT, warmup_steps: int = WARMUP_STEPS, eval_data: str = EVAL_DATA,
        eval_split: float = EVAL_SPLIT, eval_steps: int = EVAL_STEPS, save_steps: int = SAVE_STEPS,
-       resume_from_checkpoint: str = RESUME, report_to: str = REPORT_TO, config: Path = CONFIG) -> None:
+       resume_from_checkpoint: str = RESUME, report_to: str = REPORT_TO,
+        gradient_checkpointing: bool = GRADIENT_CHECKPOINTING, config: Path = CONFIG) -> None:
     """A reward model (score head + LoRA on the base) from {prompt, chosen, rejected} rows; use it as --reward rm:OUTPUT."""
     run("rm", locals())

@@ -24,7 +24,7 @@ from tui_align.rounds import SCORED_METHODS, SLOT_LETTERS, Phase, Round
 from tui_align.screens.editor import EditorScreen
 from tui_align.screens.help import HelpScreen
 from tui_align.screens.leaderboard import LeaderboardScreen
-from tui_align.widgets.candidates import CandidatePane
+from tui_align.widgets.candidates import MARK_METHODS, CandidatePane
 from tui_align.widgets.conversation import ConversationPane
 from tui_align.widgets.metrics import MetricsPanel
 from tui_align.widgets.prompt import PromptInput
@@ -41,6 +41,11 @@ PLACEHOLDERS = {
 RANK_JUDGING = "Rank them: press 1-{n} on the best, then the next… · a-{last} picks one · t tie · x bad · e edit"
 ENGINE_DOWN = "The engine stopped: {note}"  # the loop's note says what ctrl+r does
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+
+
+def score_label(value: int, scale: str) -> str:
+    """How a stored score shows in a candidate's title: 4/5, or a thumb (KTO's desirable / undesirable)."""
+    return f"{value}/5" if scale == "1-5" else ("👍" if value else "👎")
 
 
 class ChatScreen(Screen):
@@ -126,6 +131,10 @@ class ChatScreen(Screen):
             slot = self.candidates.focused_slot()
             hint = (f"Scoring {SLOT_LETTERS[slot].upper()}: 1-5 or +/- · ←/→ moves · {len(r.scores)} of {r.n} "
                     "scored · e edit · r regenerate · s skip the rest")
+        elif phase is Phase.JUDGING and r is not None and self.config.method == "kto":
+            slot = self.candidates.focused_slot()
+            hint = (f"Marking {SLOT_LETTERS[slot].upper()}: + desirable, - undesirable · ←/→ moves · {len(r.scores)} "
+                    f"of {r.n} marked · e edit · r regenerate · s skip the rest")
         elif phase is Phase.JUDGING and r is not None and self.config.method == "grpo":
             slot = self.candidates.focused_slot()
             hint = (f"Scoring {SLOT_LETTERS[slot].upper()} (1-5) · ←/→ moves · {len(r.scores)} of {r.n} scored: "
@@ -231,13 +240,13 @@ class ChatScreen(Screen):
         if kind == "pick":
             self.loop.pick(r, slot)
             self.complete(slot, f"{letter} preferred over {r.n - 1} · stored")
-        elif kind in ("digit", "thumb") and self.config.method in SCORED_METHODS:
+        elif ((kind == "digit" and self.config.method in SCORED_METHODS)
+              or (kind == "thumb" and self.config.method in MARK_METHODS)):
             scale = "1-5" if kind == "digit" else "thumbs"
             if scale == "1-5" and not 1 <= value <= 5:
                 return
             complete = self.loop.rate(r, slot, value, scale)
-            label = f"{value}/5" if scale == "1-5" else ("👍" if value else "👎")
-            self.candidates.views[slot].mark(f"{label} stored", "rated")
+            self.candidates.views[slot].mark(f"{score_label(value, scale)} stored", "rated")
             if complete:
                 self.complete(r.best_scored(), "rated · stored")
             else:
@@ -305,8 +314,10 @@ class ChatScreen(Screen):
             for slot, view in enumerate(self.candidates.views):
                 view.reset()  # the verdict marks go too
                 view.finish(r.text_at(slot), r.results[r.shown_order[slot]])
-                if slot in r.scores:
-                    view.mark(f"{r.scores[slot]}/5 stored", "rated")
+                if slot in r.scores:  # a thumb is kept as 5 or 1 (Round.scores)
+                    score = r.scores[slot]
+                    view.mark(f"{score_label(score > 3, 'thumbs') if self.config.method == 'kto' else f'{score}/5'}"
+                              " stored", "rated")
             self.phase = Phase.JUDGING
         elif judgment.slot is not None:
             view = self.candidates.views[judgment.slot]
@@ -373,6 +384,9 @@ class ChatScreen(Screen):
         for i in range(self.config.candidates):
             letter = SLOT_LETTERS[i].upper()
             yield f"Pick {letter}", f"{letter} is better ({SLOT_LETTERS[i]})", lambda i=i: self.feedback("pick", i, i)
+        if self.config.method in MARK_METHODS:
+            yield "Desirable", "Mark the focused candidate good (+)", lambda: self.feedback("thumb", slot(), 1)
+            yield "Undesirable", "Mark the focused candidate bad (-)", lambda: self.feedback("thumb", slot(), 0)
         yield "Tie", "Both are as good (t)", lambda: self.feedback("tie")
         yield "Both bad", "Neither is acceptable (x)", lambda: self.feedback("both_bad")
         yield "Skip round", "No feedback; stored as skipped (s)", lambda: self.feedback("skip")

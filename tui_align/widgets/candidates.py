@@ -13,6 +13,8 @@ from textual.message import Message
 from tui_align.rounds import SCORED_METHODS, SLOT_LETTERS
 from tui_align.widgets.candidate import CandidateView
 
+MARK_METHODS = ("ppo", "kto")  # sessions that judge each reply on its own (+/-): ppo scores, kto marks
+
 
 class CandidatePane(Container):
     BINDINGS = [
@@ -63,9 +65,11 @@ class CandidatePane(Container):
         kind = parameters[0]
         if kind == "pick" and parameters[1] >= self.n:
             return False
-        if kind in ("pick", "tie") and self.method in SCORED_METHODS:  # a score session: letters are not votes
+        if kind in ("pick", "tie") and (self.method in SCORED_METHODS or self.method in MARK_METHODS):
+            return False  # a score or mark session: letters are not votes
+        if kind == "thumb" and self.method not in MARK_METHODS:  # grpo's group is scored on 1-5 only
             return False
-        if kind == "thumb" and self.method != "ppo":  # grpo's group is scored on 1-5 only
+        if kind == "digit" and self.method == "kto":  # kto marks + / - only
             return False
         if kind == "digit" and self.method in SCORED_METHODS and parameters[1] > 5:
             return False

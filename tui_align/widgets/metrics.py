@@ -1,4 +1,5 @@
-"""Sparklines over updates (loss; reward margin and accuracy for DPO; mean score and KL for PPO) and counts."""
+"""Sparklines over updates (loss; reward margin and accuracy for DPO; mean score and KL for PPO; reward
+margin and KL for KTO) and counts."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ SERIES = {
     "dpo": [("loss", "loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy")],
     "sft": [("loss", "loss")],
     "ppo": [("loss", "loss"), ("score/mean", "mean score"), ("kl", "KL")],
+    "kto": [("loss", "loss"), ("rewards/margins", "reward margin"), ("kl", "KL")],
     "grpo": [("loss", "loss"), ("score", "mean score"), ("kl", "KL")],
 }
 

@@ -1,0 +1,418 @@
+"""Cost by model size, through the engine process, against the hardware's limits.
+
+For each size, a randomly initialised model of a real architecture's dimensions (written
+here from the published configs: speed does not depend on the weights' values) is saved
+with the default model's tokenizer and served by the real engine (`python -m engine serve`
+through tui_align.client.EngineClient, as the TUI uses it). Measured per size:
+  - decode ms/step for n = 1, 2, 4, 8 candidates, and time to first token (n = 1);
+  - a one-pair live DPO update, its reference log-probs precomputed by score_reference
+    (what the live loop does while the person reads), and an 8-pair update;
+  - the engine's peak memory (status: resident set; accelerator memory on a GPU).
+In the same run, the limits: memory-copy bandwidth (a torch tensor copy) and matmul
+throughput (torch.mm), both with the engine's thread count. Then
+  - decode bound = bytes read per step (every weight once, the LoRA adapter, the KV cache) / bandwidth;
+  - update bound = FLOPs (4 x matmul parameters x tokens: a forward and, the base frozen,
+    a backward of the same size for the input gradients) / matmul throughput;
+and each figure is reported as a fraction of its bound (1.0 = at the hardware's limit).
+
+Two changes make a random model decode like a trained one: the final norm's weight is
+scaled so the next-token distribution is peaked (a near-uniform one would make top-p
+sampling sort the whole vocabulary every step), and the stop tokens' embedding rows are
+zeroed so every candidate runs to --tokens (each step then has all n rows).
+
+    flock /tmp/bench.lock .venv/bin/python bench/scale.py --sizes 135m,360m --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the engine sets for itself
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from tui_align.client import EngineClient  # noqa: E402
+
+# The published dimensions (each model's config.json); vocabularies are the real sizes (the
+# LM head is a large share of the small models' cost), the tokenizer is SmolLM2's.
+SIZES = {
+    "tiny": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=49152, tie_word_embeddings=True)),
+    "135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                           num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0)),
+    "360m": ("llama", dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
+                           num_key_value_heads=5, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0)),
+    "0.5b": ("qwen2", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                           num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0)),
+    "1.5b": ("qwen2", dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                           num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0)),
+    "1.7b": ("llama", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+                           num_key_value_heads=32, vocab_size=49152, tie_word_embeddings=True, rope_theta=130000.0)),
+    "8b": ("llama", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0)),
+}
+NAMES = {"tiny": "tiny (test model)", "135m": "SmolLM2-135M", "360m": "SmolLM2-360M", "0.5b": "Qwen2.5-0.5B",
+         "1.5b": "Qwen2.5-1.5B", "1.7b": "SmolLM2-1.7B", "8b": "Llama-3.1-8B"}
+CANDIDATES = (1, 2, 4, 8)
+PROMPT = [{"role": "user", "content": "Write a long, detailed story about a lighthouse keeper and a storm."}]
+QUESTIONS = ["What is the capital of France?", "Give me a tip for sleeping better.", "Why is the sky blue?",
+             "Name three fruits.", "How do I boil an egg?", "What is a prime number?", "Say something kind.",
+             "What is 12 times 12?"]
+CHOSEN = ("Paris is the capital of France. It lies on the Seine, in the north of the country, and is home "
+          "to about two million people; the wider metropolitan area holds around twelve million.")
+REJECTED = "I am not sure. It might be Lyon, or maybe Marseille; you should look it up somewhere else."
+LOGIT_SHARPNESS = 40.0  # final-norm weight: near-uniform random logits become a peaked distribution
+
+
+# --- building the models ----------------------------------------------------------------
+
+def build(size: str, folder: Path, dtype, tokenizer, device: str = "cpu") -> Path:
+    """Save a random model of `size` (and the tokenizer) to `folder`, initialised on `device` (a GPU: in seconds)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    arch, dims = SIZES[size]
+    config = AutoConfig.for_model(arch, max_position_embeddings=8192, bos_token_id=tokenizer.bos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                  rms_norm_eps=1e-6, **dims)
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # initialise in the target dtype: an 8B model in float32 would need 32 GB
+    try:
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    finally:
+        torch.set_default_dtype(previous)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(LOGIT_SHARPNESS)
+        stops = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+        for embedding in {model.get_input_embeddings(), model.get_output_embeddings()}:
+            embedding.weight[sorted(stops)] = 0
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()  # the engine process loads it next
+    return folder
+
+
+def matmul_parameters(config) -> tuple[int, int]:
+    """(parameters of the decoder's matrices, of the LM head): what one token multiplies."""
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    kv = config.num_key_value_heads * (h // config.num_attention_heads)
+    per_layer = h * h * 2 + h * kv * 2 + 3 * h * i  # q, o; k, v; gate, up, down
+    return layers * per_layer, config.vocab_size * h
+
+
+# --- the limits -------------------------------------------------------------------------
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def copy_bandwidth(device: str, megabytes: int, repeats: int = 5) -> float:
+    """Bytes per second moved by a tensor copy (read + write), the best of `repeats`."""
+    import torch
+
+    src = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        started = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * src.numel() * src.element_size() / best
+
+
+def matmul_throughput(device: str, dtype, n: int, repeats: int = 5) -> float:
+    """FLOP/s of an n x n matrix product in `dtype`, the best of `repeats`."""
+    import torch
+
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        started = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best
+
+
+def limits(device: str, dtype, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    gpu = device.startswith("cuda")
+    return {"threads": threads, "bandwidth": copy_bandwidth(device, 2048 if gpu else 512),
+            "matmul": matmul_throughput(device, dtype, 8192 if gpu else 1024)}
+
+
+# --- measuring through the engine -------------------------------------------------------
+
+async def generate(client: EngineClient, n: int, tokens: int, seed: int) -> dict:
+    async for event in client.generate(PROMPT, n=n, max_new_tokens=tokens, seed=seed):
+        if event["type"] == "done":
+            return event
+
+
+def step_seconds(done: dict) -> float:
+    """Seconds per decoding step after the first token, from the longest candidate's timings."""
+    cand = max(done["candidates"], key=lambda c: c["tokens"])
+    last = cand["tokens"] / cand["tokens_per_s"]  # generation start to its last token
+    return (last - cand["ttft_s"]) / max(1, cand["tokens"] - 1)
+
+
+def pairs(count: int, offset: int) -> list[dict]:
+    return [{"prompt": [{"role": "user", "content": QUESTIONS[(offset + i) % len(QUESTIONS)]}],
+             "chosen": CHOSEN, "rejected": REJECTED} for i in range(count)]
+
+
+async def measure(folder: Path, args) -> dict:
+    client = EngineClient(model=str(folder), device=args.device, dtype=args.dtype_name)
+    try:
+        await client.start()
+        info = dict(client.info)
+        await generate(client, 2, 8, 0)  # warm-up: first calls allocate and pick kernels
+        decode = {n: [] for n in CANDIDATES}
+        ttft = []
+        for repeat in range(args.repeats):  # the sizes alternate: drift in the machine's load hits each
+            for n in CANDIDATES:
+                done = await generate(client, n, args.tokens, 1 + repeat)
+                decode[n].append(step_seconds(done))
+                if n == 1:
+                    ttft.append(done["candidates"][0]["ttft_s"])
+        one, eight = [], []
+        scored = await client.score_reference(pairs(1, 0))  # warm-up update, not timed
+        await client.update("dpo", scored)
+        for repeat in range(args.repeats):
+            scored = await client.score_reference(pairs(1, repeat + 1))  # while the person reads: not timed
+            started = time.perf_counter()
+            await client.update("dpo", scored)
+            one.append(time.perf_counter() - started)
+        window = await client.score_reference(pairs(8, 0))
+        for _ in range(max(1, args.repeats // 2)):
+            started = time.perf_counter()
+            await client.update("dpo", window)
+            eight.append(time.perf_counter() - started)
+        status = await client.status()
+    finally:
+        await client.close()
+    return {"info": info, "decode_s": {n: statistics.median(v) for n, v in decode.items()},
+            "ttft_s": statistics.median(ttft), "one_pair_s": statistics.median(one),
+            "eight_pairs_s": statistics.median(eight), "peak_rss_bytes": status.get("peak_rss_bytes"),
+            "peak_accelerator_bytes": status.get("peak_accelerator_bytes")}
+
+
+def update_tokens(tokenizer, rows: list[dict]) -> tuple[int, int]:
+    """(all tokens, completion tokens) of the policy's forward on these pairs, as the DPO trainer packs them."""
+    from engine.data import tokenize_pair
+    from engine.live import conversational
+
+    total = completion = 0
+    for row in map(conversational, rows):
+        prompt_ids, completions = tokenize_pair(tokenizer, row["prompt"], [row["chosen"], row["rejected"]], 512)
+        total += 2 * len(prompt_ids) + sum(map(len, completions))
+        completion += sum(map(len, completions))
+    return total, completion
+
+
+def bounds(size: str, result: dict, limit: dict, dtype, tokenizer, tokens: int) -> dict:
+    """The hardware's lower bounds on each figure, from the model's shape and the limits."""
+    config = _config(size)
+    decoder, head = matmul_parameters(config)
+    element = dtype.itemsize
+    kv_width = 2 * config.num_hidden_layers * config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
+    prompt_tokens = len(tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True))
+    lora = result["lora_bytes"]
+    decode = {}
+    for n in CANDIDATES:  # every weight is read once per step, whatever n; each row reads its own cache
+        cache = n * kv_width * (prompt_tokens + tokens / 2) * element
+        decode[n] = ((decoder + head) * element + lora + cache) / limit["bandwidth"]
+    updates = {}
+    for name, count in (("one_pair_s", 1), ("eight_pairs_s", 8)):
+        total, completion = update_tokens(tokenizer, pairs(count, 0))
+        updates[name] = (4 * decoder * total + 4 * head * completion) / limit["matmul"]
+    return {"decode_s": decode, **updates}
+
+
+# --- output -----------------------------------------------------------------------------
+
+def table(rows: list[dict]) -> str:
+    lines = ["| size | parameters | dtype | copy GB/s, matmul TFLOP/s | decode ms/step n=1 / 2 / 4 / 8 | n=8 / n=1 "
+             "| decode n=1 vs bound | ttft ms | 1-pair update s (vs bound) | 8-pair update s (vs bound) | peak memory GB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        d, b = r["decode_s"], r["bound"]
+        memory = r["peak_accelerator_bytes"] if r["peak_accelerator_bytes"] else r["peak_rss_bytes"]
+        lines.append(
+            f"| {NAMES[r['size']]} | {r['info']['parameters'] / 1e6:.0f}M | {r['info']['dtype']} "
+            f"| {r['limits']['bandwidth'] / 1e9:.1f}, {r['limits']['matmul'] / 1e12:.3f} "
+            f"| {' / '.join(f'{1000 * d[n]:.1f}' for n in CANDIDATES)} | {d[8] / d[1]:.2f}x "
+            f"| {b['decode_s'][1] / d[1]:.0%} | {1000 * r['ttft_s']:.0f} "
+            f"| {r['one_pair_s']:.3f} ({b['one_pair_s'] / r['one_pair_s']:.0%}) "
+            f"| {r['eight_pairs_s']:.3f} ({b['eight_pairs_s'] / r['eight_pairs_s']:.0%}) "
+            f"| {memory / 1e9:.2f}{' (GPU)' if r['peak_accelerator_bytes'] else ' (RSS)'} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> str:
+    try:
+        import matplotlib
+    except ImportError:
+        return "no plot: matplotlib is not installed (pip install 'tui-align[plot]')"
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    params = [r["info"]["parameters"] for r in rows]
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    series = [("decode ms/step, n=1", lambda r: 1000 * r["decode_s"][1], "o-"),
+              ("decode ms/step, n=8", lambda r: 1000 * r["decode_s"][8], "s-"),
+              ("decode bound (bandwidth)", lambda r: 1000 * r["bound"]["decode_s"][1], "o:"),
+              ("1-pair update ms", lambda r: 1000 * r["one_pair_s"], "^-"),
+              ("8-pair update ms", lambda r: 1000 * r["eight_pairs_s"], "v-"),
+              ("1-pair update bound (matmul)", lambda r: 1000 * r["bound"]["one_pair_s"], "^:")]
+    for label, value, style in series:
+        axis.plot(params, [value(r) for r in rows], style, label=label)
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("parameters")
+    axis.set_ylabel("milliseconds")
+    device = rows[0]["info"]["device"]
+    axis.set_title(f"Cost by model size ({device}, {rows[0]['info']['dtype']})")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return f"plot: {path}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="135m,360m,0.5b,1.5b,1.7b",
+                        help=f"comma-separated, from {', '.join(SIZES)}")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the engine runs")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="auto: bfloat16 on a GPU or a CPU with native bf16, else float32")
+    parser.add_argument("--tokens", type=int, default=32, help="new tokens per candidate")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each figure (medians are reported)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the default model's)")
+    parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("scale.png"), help="PNG to write")
+    parser.add_argument("--markdown", type=Path, default=None, help="also append the table to this file")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the built models in this folder")
+    parser.add_argument("--from-json", type=Path, nargs="+", default=None,
+                        help="measure nothing: print the table and draw the plot of runs saved with --json")
+    args = parser.parse_args()
+    if args.from_json:
+        rows = sorted((row for path in args.from_json for row in json.loads(path.read_text())),
+                      key=lambda r: r["info"]["parameters"])
+        for row in rows:  # JSON keys are strings
+            for key in ("decode_s",):
+                row[key] = {int(n): v for n, v in row[key].items()}
+                row["bound"][key] = {int(n): v for n, v in row["bound"][key].items()}
+        print(table(rows) + "\n\n" + goals(rows))
+        print(plot(rows, args.plot))
+        return
+    sizes = [s.strip().lower() for s in args.sizes.split(",") if s.strip()]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown or not sizes:
+        parser.error(f"--sizes {args.sizes}: unknown {', '.join(unknown) or 'nothing'}; choose from {', '.join(SIZES)}")
+
+    import torch
+
+    from engine.models import cpu_has_bf16, load_tokenizer, pick_device, pick_dtype
+    from engine.resources import engine_threads
+
+    args.device = pick_device(args.device)
+    if args.dtype == "auto":
+        dtype = pick_dtype("auto", args.device, stored=torch.bfloat16)
+        print(f"dtype auto: {dtype} (device {args.device}, native CPU bf16: {cpu_has_bf16()})")
+    else:
+        dtype = pick_dtype(args.dtype, args.device)
+    args.dtype_name = str(dtype).removeprefix("torch.")
+    tokenizer = load_tokenizer(args.tokenizer)
+    root = Path(tempfile.mkdtemp(prefix="tui-align-scale-")) if args.keep is None else args.keep
+    rows = []
+    try:
+        for size in sizes:
+            folder = root / size
+            if not (folder / "config.json").exists():
+                started = time.perf_counter()
+                build(size, folder, dtype, tokenizer, args.device)
+                print(f"{size}: built in {time.perf_counter() - started:.0f} s", flush=True)
+            # the limits again for every size, just before it: on a shared machine they drift
+            limit = limits(args.device, dtype, engine_threads())
+            print(f"limits ({args.device}, {limit['threads']} thread(s)): copy bandwidth "
+                  f"{limit['bandwidth'] / 1e9:.1f} GB/s, matmul {limit['matmul'] / 1e12:.3f} TFLOP/s ({args.dtype_name})",
+                  flush=True)
+            result = {"size": size, **asyncio.run(measure(folder, args)), "limits": limit}
+            result["lora_bytes"] = 4 * lora_parameters(size)  # the adapter is float32
+            result["bound"] = bounds(size, result, limit, dtype, tokenizer, args.tokens)
+            rows.append(result)
+            print(table([result]).splitlines()[-1], flush=True)
+            if args.keep is None:
+                shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+    header = (f"bench/scale.py on {args.device} ({rows[0]['info']['dtype']}), {args.tokens} new tokens per candidate, "
+              f"medians of {args.repeats}; limits measured before each size with {limit['threads']} thread(s)")
+    text = header + "\n\n" + table(rows) + "\n\n" + goals(rows)
+    print()
+    print(text)
+    print(plot(rows, args.plot))
+    if args.markdown:
+        with args.markdown.open("a") as out:
+            out.write(text + "\n\n")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1, default=str))
+
+
+def _config(size: str):
+    from transformers import AutoConfig
+
+    arch, dims = SIZES[size]
+    return AutoConfig.for_model(arch, **dims)
+
+
+def lora_parameters(size: str, r: int = 16) -> int:
+    """Parameters of the live adapter (r on every linear layer but the head): A is r x in, B is out x r."""
+    config = _config(size)
+    h, i = config.hidden_size, config.intermediate_size
+    kv = config.num_key_value_heads * (h // config.num_attention_heads)
+    per_layer = sum(r * (a + b) for a, b in ((h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)))
+    return config.num_hidden_layers * per_layer
+
+
+def goals(rows: list[dict]) -> str:
+    lines = []
+    for r in rows:
+        d = r["decode_s"]
+        lines.append(f"- {NAMES[r['size']]}: decoding n=1 at {r['bound']['decode_s'][1] / d[1]:.0%} of the bandwidth "
+                     f"bound (goal >= 60%); n=8 {d[8] / d[1]:.2f}x n=1 per step (goal <= 1.3x); one-pair update "
+                     f"{1000 * r['one_pair_s']:.0f} ms")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -120,6 +120,9 @@ def load_examples(path: str | Path, kind: str, split: str | None = None,
 
 
 def validate(row: dict, kind: str) -> None:
+    if kind == "group":
+        validate_group(row)
+        return
     if kind == "sft" and "messages" in row:
         messages = row["messages"]
         check_messages(messages, "messages")
@@ -142,6 +145,35 @@ def validate(row: dict, kind: str) -> None:
             raise DataError(f"{key} must be a string (or, in every field, a list of messages), got {type(value).__name__}")
         elif key != "prompt" and not value:
             raise DataError(f"{key} is empty")
+
+
+def validate_group(row: dict, scale: tuple[float, float] | None = None) -> None:
+    """A GRPO row {prompt, completions: [N >= 2 replies], scores: [N numbers]}; `scale`: (low, high) the
+    scores must lie in (the person's 1-5), else any finite number (a reward function's)."""
+    import math
+
+    missing = [key for key in ("prompt", "completions", "scores") if key not in row]
+    if missing:
+        raise DataError(f"missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)} for grpo data")
+    prompt, completions, scores = row["prompt"], row["completions"], row["scores"]
+    if isinstance(prompt, list):
+        check_messages(prompt, "prompt")
+    elif not isinstance(prompt, str):
+        raise DataError(f"prompt must be a string or a list of messages, got {type(prompt).__name__}")
+    if not isinstance(completions, list) or len(completions) < 2:
+        raise DataError("completions must be a list of at least 2 replies (a group)")
+    for number, completion in enumerate(completions, 1):
+        if isinstance(completion, list):
+            check_messages(completion, f"completion {number}")
+        elif not isinstance(completion, str) or not completion:
+            raise DataError(f"completion {number} must be a non-empty string or a list of messages")
+    if not isinstance(scores, list) or len(scores) != len(completions):
+        raise DataError(f"scores must be a list of {len(completions)} numbers, one per completion")
+    for number, score in enumerate(scores, 1):
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise DataError(f"score {number} must be a finite number, got {score!r}")
+        if scale is not None and not scale[0] <= score <= scale[1]:
+            raise DataError(f"score {number} is {score!r}: outside the {scale[0]:g}-{scale[1]:g} scale")
 
 
 def split_messages(row: dict) -> dict:

@@ -22,16 +22,16 @@ from peft import get_peft_model_state_dict
 
 from engine import versions as vs
 from engine.chat import chat_ids, check_messages
-from engine.data import DataError, validate
+from engine.data import DataError, validate, validate_group
 from engine.logprobs import causal_lm
 from engine.models import (LoRAConfig, _first_line, add_lora, context_length, enable_gradient_checkpointing, load_model,
                            model_name, parameter_count)
 from engine.options import EngineOptions
-from engine.protocol import (LIVE_TRAINING, METHOD_KINDS, METHODS, PROTOCOL_VERSION, Cancelled, NonFiniteLoss,
+from engine.protocol import (LIVE_TRAINING, METHOD_KINDS, METHODS, PROTOCOL_VERSION, Cancelled, GRPOConfig, NonFiniteLoss,
                              NotAvailable, UserError, loss_terms)
 from engine.resources import engine_threads
 from engine.tracking import open_tracker
-from engine.trainers import DPOTrainer, KTOTrainer, SFTTrainer, TrainConfig
+from engine.trainers import DPOTrainer, GRPOTrainer, KTOTrainer, SFTTrainer, TrainConfig
 
 # Scoring and training on a CPU use eager attention: torch's fused CPU kernel is slow on short masked
 # packed rows (one-pair DPO step 0.57 -> 0.43 s); decoding keeps the model's own, ~5% faster there.
@@ -143,6 +143,10 @@ class LiveEngine:
             try:
                 if not isinstance(row, dict):
                     raise DataError("must be a JSON object")
+                if method == "grpo":
+                    validate_group(row)
+                    rows.append(row)
+                    continue
                 row = conversational(row)
                 validate(row, METHOD_KINDS[method])
                 if method == "ppo":
@@ -356,6 +360,8 @@ class LiveEngine:
             elif method in ("sft", "kto"):
                 trainer = {"sft": SFTTrainer, "kto": KTOTrainer}[method]
                 self.trainers[method] = trainer(self.policy, self.tokenizer, TrainConfig.from_dict(self.live_defaults(method)))
+            elif method == "grpo":
+                self.trainers[method] = GRPOTrainer(self.policy, self.tokenizer, GRPOConfig.from_dict(self.live_defaults("grpo")))
             else:
                 try:
                     from engine.trainers.ppo import PPOTrainer
@@ -405,7 +411,7 @@ class LiveEngine:
             except ImportError:
                 raise NotAvailable("ppo not available yet") from None
             return PPOConfig
-        return TrainConfig
+        return GRPOConfig if method == "grpo" else TrainConfig
 
     def _snapshot(self, trainer) -> tuple:
         """The trained tensors (adapter, value head) and the optimizer state, to undo an update."""

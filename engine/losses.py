@@ -223,3 +223,64 @@ def pairwise_reward_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Ten
     if margin is not None:
         difference = difference - margin
     return -F.logsigmoid(difference).mean()
+
+
+# --- GRPO --------------------------------------------------------------------------------
+# Group relative policy optimisation (Shao et al. 2024) as TRL 1.16's GRPOTrainer computes
+# it: no value head, each completion's advantage is its reward relative to the other
+# completions of the same prompt; the policy loss is PPO's clipped ratio per token plus
+# beta times the k3 KL estimate to the reference.
+
+GRPO_LOSS_TYPES = ("dapo", "grpo")  # TRL's names for how per-token losses are averaged
+
+
+def group_advantages(scores: torch.Tensor, scale: bool = True) -> torch.Tensor:
+    """Advantages of scores [groups, N]: score - group mean, over the group's std (+ 1e-4) with `scale`.
+
+    The std has Bessel's correction and the 1e-4 is TRL's, so a group of equal scores gets 0.
+    """
+    scores = scores.float()
+    advantages = scores - scores.mean(-1, keepdim=True)
+    if scale:
+        advantages = advantages / (scores.std(-1, keepdim=True) + 1e-4)
+    return advantages
+
+
+def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None,
+              advantages: torch.Tensor, mask: torch.Tensor, beta: float = 0.0, epsilon: float = 0.2,
+              epsilon_high: float | None = None, loss_type: str = "dapo",
+              num_tokens: torch.Tensor | float | None = None,
+              use_bias_correction_kl: bool = True) -> tuple[torch.Tensor, dict]:
+    """GRPO's policy loss from per-token log-probs [B, T] and one advantage per completion [B].
+
+    per token: -min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A) + beta * k3 KL,
+    ratio = exp(logps - old_logps) (old_logps: the sampling policy's; logps.detach() on the
+    first pass, where the ratio is 1 and only its gradient counts). With
+    `use_bias_correction_kl` (TRL 1.16's default) the KL term is multiplied by the ratio too,
+    which makes its gradient the unbiased reverse-KL gradient (DeepSeek-V3.2). Aggregation (TRL's
+    loss_type): `dapo` (TRL 1.16's default) sums over every completion token and divides by
+    `num_tokens`, the tokens of the whole batch (over all processes, divided by their number;
+    default: this batch's); `grpo` averages each completion over its own tokens, then the
+    completions. Returns (loss, metrics: the mean KL and the fraction of tokens clipped).
+    """
+    if loss_type not in GRPO_LOSS_TYPES:
+        raise ValueError(f"unknown GRPO loss_type {loss_type!r}: choose one of {', '.join(GRPO_LOSS_TYPES)}")
+    mask = mask.to(logps.dtype)
+    epsilon_high = epsilon if epsilon_high is None else epsilon_high
+    advantages = advantages.to(logps.dtype)[:, None]
+    ratio = torch.exp(logps - old_logps)
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
+    per_token = -torch.min(ratio * advantages, clipped * advantages)
+    kl = None
+    if beta != 0.0:
+        kl = kl_penalty(logps, ref_logps, "k3")
+        per_token = per_token + beta * (kl * ratio if use_bias_correction_kl else kl)
+    if loss_type == "dapo":
+        total = mask.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=logps.dtype, device=logps.device)
+        loss = (per_token * mask).sum() / total.clamp(min=1.0)
+    else:
+        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    was_clipped = ((ratio < 1 - epsilon) & (advantages < 0)) | ((ratio > 1 + epsilon_high) & (advantages > 0))
+    metrics = {"kl": masked_mean(kl, mask).detach() if kl is not None else torch.zeros(()),
+               "clip_ratio": masked_mean(was_clipped.to(logps.dtype), mask).detach()}
+    return loss, metrics

@@ -15,8 +15,9 @@ from typing import Any
 
 PROTOCOL_VERSION = 1
 MAX_DEPTH = 32  # arrays and objects nested in one message; an update's examples nest 5
-METHODS = ("dpo", "sft", "ppo", "kto")  # what an `update` trains: the signal each kind of feedback gives
-METHOD_KINDS = {"dpo": "preference", "sft": "sft", "ppo": "sft", "kto": "kto"}  # engine.data's rows of each (ppo adds a score)
+METHODS = ("dpo", "sft", "ppo", "kto", "grpo")  # what an `update` trains: the signal each kind of feedback gives
+METHOD_KINDS = {"dpo": "preference", "sft": "sft", "ppo": "sft", "kto": "kto",
+                "grpo": "group"}  # engine.data's rows of each (ppo adds a score; grpo's are rated groups)
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")  # where training metrics go (engine/tracking.py)
 
 
@@ -158,6 +159,30 @@ class TrainConfig(DictConfig):
                                                        label_smoothing=self.label_smoothing)
 
 
+@dataclass
+class GRPOConfig(DictConfig):
+    """GRPO (`tui-align train grpo`, and the live `grpo` update); each field is one option of `train grpo`."""
+
+    lr: float = 1e-4
+    # Weight of the k3 KL to the reference (the adapter disabled). TRL 1.16 defaults to 0 (no
+    # reference); we keep DeepSeekMath's 0.04: a live update on a few scored groups drifts without it.
+    beta: float = 0.04
+    epsilon: float = 0.2  # the probability ratio is clipped to [1 - epsilon, 1 + epsilon_high]
+    epsilon_high: float | None = None  # None: epsilon
+    use_bias_correction_kl: bool = True  # the KL term times the ratio (TRL 1.16's default): an unbiased KL gradient
+    loss_type: str = "dapo"  # how per-token losses are averaged: dapo (TRL 1.16's default) or grpo
+    scale_rewards: bool = True  # divide by the group's std (TRL's scale_rewards="group"); False: only centre
+    num_generations: int = 4  # completions sampled per prompt: one group (headless)
+    prompts_per_step: int = 2  # prompts (groups) per optimizer step, over all processes (headless)
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # sampling only: the objective scores tokens at temperature 1
+    top_p: float = 1.0
+    max_length: int | None = 1024
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    seed: int = 0
+
+
 @dataclass(frozen=True)
 class LiveTraining:
     """What one live update does unless the session overrides it (DESIGN.md, "The live loop").
@@ -177,7 +202,7 @@ class LiveTraining:
     def for_method(self, method: str) -> dict:
         """The trainer-config fields each method's live update starts from (`steps` apart)."""
         keys = {"dpo": ("lr", "beta", "loss_type", "loss_weights", "max_length"), "sft": ("lr", "max_length"),
-                "ppo": ("max_length",), "kto": ("lr", "beta", "max_length")}[method]
+                "ppo": ("max_length",), "kto": ("lr", "beta", "max_length"), "grpo": ("lr", "max_length")}[method]
         return {key: list(value) if isinstance(value, tuple) else value
                 for key, value in ((key, getattr(self, key)) for key in keys)}
 

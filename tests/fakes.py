@@ -88,6 +88,8 @@ class FakeEngine:
 
     async def update(self, method, examples, hyperparameters=None, on_progress=None):
         self._check("update")
+        if method == "grpo" and not all(len(e["completions"]) == len(e["scores"]) >= 2 for e in examples):
+            raise EngineError("bad_request", "a grpo example is a group: at least 2 completions, one score each")
         unlabelled = [i for i, e in enumerate(examples, 1) if method == "kto" and not isinstance(e.get("label"), bool)]
         if unlabelled:  # as the engine refuses it (engine.data.validate)
             raise EngineError("bad_request", f"example {unlabelled[0]}: missing key label for kto data")

@@ -216,3 +216,35 @@ def test_help_explains_every_flag(command):
         flags += ["--beta", "--desirable-weight", "--undesirable-weight"]
     for flag in flags:
         assert flag in result.output, flag
+
+
+@pytest.mark.parametrize("extra", [[], ["--gradient-checkpointing"]])
+def test_train_grpo_trains_and_writes_the_adapter(tmp_path, tiny_model_dir, extra):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Say yes.\nName a colour.\n")
+    output = tmp_path / "grpo"
+    result = invoke("train", "grpo", "--prompts", prompts, "--reward", "length", "--num-generations", 2, "--steps", 2,
+                    "--max-new-tokens", 4, "--model", tiny_model_dir, "--output", output, *extra)
+    assert result.exit_code == 0, result.output
+    assert "trained grpo for 2 steps on 2 prompts x 2 completions" in result.output
+    history = [json.loads(line) for line in (output / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2] and all(h["completion_length"] <= 4 for h in history)
+    assert json.loads((output / "metadata.json").read_text())["method"] == "grpo"
+    assert (output / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--num-generations", "1"], "--num-generations 1: a group needs at least 2"),
+    (["--reward", "nope"], "--reward nope: choose length"),
+    (["--reward", "no_such_module_x:f"], "no module named 'no_such_module_x'"),
+    (["--loss-type", "bnpo"], "--loss-type bnpo: choose one of dapo, grpo"),
+    (["--steps", "0"], "--steps must be at least 1"),
+])
+def test_train_grpo_bad_flags(tmp_path, flags, fragment):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Say yes.\n")
+    args = ["train", "grpo", "--prompts", prompts, "--reward", "length", "--output", tmp_path / "out", "--model", "./no-model"]
+    # later flags win: each case overrides one of the good ones
+    result = invoke(*args, *flags)
+    assert_user_error(result, fragment)
+    assert not (tmp_path / "out").exists()

@@ -1,7 +1,8 @@
 """Headless training under two launched CPU processes (gloo): gradients are averaged, so both
 ranks end with the same weights; for `fit` (DPO, reward model) they equal one process training
 on both shards, and checkpoints are written by the main process only; PPO's ranks roll out
-different replies and still agree."""
+different replies and still agree; GRPO's ranks each generate their share of the groups and
+equal one process generating all of them."""
 
 from __future__ import annotations
 
@@ -62,6 +63,15 @@ SCRIPT = textwrap.dedent('''
                   ppo_epochs=1, max_new_tokens=4), lora, steps=1, device="cpu", progress=False)
         train("rm", rows, f"{out}/rm-out", model_dir, TrainConfig(max_steps=1, batch_size=1), lora,
               RunOptions(device="cpu"))
+
+    # `train grpo`: 2 groups of 3 per step; one process generates both, two generate one each
+    # (same prompts, same seeds: train_grpo seeds itself)
+    from engine.headless_grpo import train_grpo
+    from engine.protocol import GRPOConfig
+
+    train_grpo(["Say yes.", "Name a colour.", "Count to three."], "length", f"{out}/grpo-{state.num_processes}",
+               model_dir, GRPOConfig(lr=1e-2, num_generations=3, prompts_per_step=2, max_new_tokens=6),
+               LoRAConfig(r=4, alpha=8), steps=1, device="cpu", progress=False)
     torch.save(saved, f"{out}/rank{state.process_index}-of-{state.num_processes}.pt")
 ''')
 
@@ -136,6 +146,22 @@ def test_headless_train_runs_launched_and_writes_once(launched, method):
     assert not folder.with_name(folder.name + ".partial").exists()
     if method == "ppo":
         assert (folder / "value_head.safetensors").exists()
+
+
+def test_grpo_two_processes_equal_one(launched):
+    """`train grpo`'s function under two gloo processes: each generates half the step's groups, the dapo
+    normaliser counts both processes' tokens, so the adapter equals that of one process taking every group."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = launched["folder"]
+    two, one = (load_file(folder / f"grpo-{n}" / "adapter_model.safetensors") for n in (2, 1))
+    assert two.keys() == one.keys() and not (folder / "grpo-2.partial").exists()
+    moved = False
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=1e-4)
+        moved |= bool((one[key] != 0).any()) and "lora_B" in key
+    assert moved, "the step changed no LoRA B weight"
 
 
 KTO_SCRIPT = textwrap.dedent('''

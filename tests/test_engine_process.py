@@ -396,7 +396,7 @@ def test_cli_serve_help_is_the_engine_parser():
     out = subprocess.run([str(Path(sys.executable).parent / "tui-align"), "engine", "serve", "--help"],
                          capture_output=True, text=True, env=ENV)
     assert out.returncode == 0 and out.stdout.startswith("usage: tui-align engine serve ")
-    for option in ("--model", "--method {dpo,sft,ppo,kto}", "--socket", "--listen", "--token-file", "--device", "--dtype",
+    for option in ("--model", "--method {dpo,sft,ppo,kto,grpo}", "--socket", "--listen", "--token-file", "--device", "--dtype",
                    "--session-dir", "--version", "--watch-stdin", "--threads", "--lora-r", "--lora-alpha",
                    "--loss-type", "--loss-weights", "--label-smoothing"):
         assert option in out.stdout

@@ -187,6 +187,35 @@ async def test_kto_marks_each_reply_and_updates_at_the_persons_pace(store):
     assert [e["label"] for _, e in store.update_window("kto", 8)] == [False, True, False, True]
 
 
+async def test_grpo_trains_once_the_group_is_scored_and_sends_whole_groups(store):
+    loop, engine, _ = make_loop(store, method="grpo", candidates=3, update_every=2)
+    await loop.start()
+    r = await judged_round(loop, store)
+    assert not engine.scored  # the reference is the engine's business in grpo (adapter disabled)
+    assert not loop.rate(r, 0, 5) and not loop.rate(r, 1, 2)
+    assert loop.state.pending == 2 and not loop.updating  # two rows wait, but the group is not complete
+    assert loop.rate(r, 2, 1)
+    await settle(loop)
+    (update,) = engine.updates
+    assert update["method"] == "grpo"
+    (group,) = update["examples"]
+    texts = {r.response_at(s): r.text_at(s) for s in range(3)}
+    assert group["prompt"] == r.prompt and sorted(group["scores"]) == [1, 2, 5]
+    assert {c[0]["content"]: s for c, s in zip(group["completions"], group["scores"])} == {
+        texts[r.response_at(0)]: 5, texts[r.response_at(1)]: 2, texts[r.response_at(2)]: 1}
+    # A re-score after the update: the next window brings the whole group back, with the new score.
+    second = await judged_round(loop, store, "Again")
+    loop.rate(second, 0, 3)
+    loop.rate(second, 1, 3)
+    loop.rate(r, 1, 4)
+    assert loop.rate(second, 2, 4)
+    await settle(loop)
+    groups = engine.updates[-1]["examples"]
+    assert sorted(map(sorted, (g["scores"] for g in groups))) == [[1, 4, 5], [3, 3, 4]]
+    with pytest.raises(Exception, match="outside the 1-5 scale"):
+        loop.rate(second, 0, 6)
+
+
 async def test_taking_back_a_judgment_before_and_after_an_update(store):
     loop, engine, _ = make_loop(store, update_every=2)
     await loop.start()

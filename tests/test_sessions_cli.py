@@ -52,7 +52,8 @@ def test_list_and_show(tmp_path):
 @pytest.mark.parametrize("fmt", ["jsonl", "hf"])
 def test_export_import_round_trip_is_lossless(tmp_path, fmt):
     build_session(tmp_path)
-    expected = {"preference": 4, "sft": 2, "kto": 3}  # sft: the edit and the pick of t1; kto: the 5 and two thumbs
+    expected = {"preference": 4, "sft": 2, "kto": 3, "grpo": 1}  # sft: the edit and the pick of t1; kto: the 5 and
+    # two thumbs; grpo: t2's 1-5 scores
     for kind, count in expected.items():
         out, again = tmp_path / f"{kind}.out", tmp_path / f"{kind}.again"
         result = cli("sessions", "export", "s", "--kind", kind, "--format", fmt, "--out", str(out), root=tmp_path)
@@ -100,6 +101,14 @@ def test_exports_feed_real_trl_trainers(tmp_path, tiny_model_dir):
         trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
         assert len(trainer.train_dataset) == len(dataset) and tokenized in trainer.train_dataset.column_names
         assert all(len(ids) > 0 for ids in trainer.train_dataset[tokenized])
+    # grpo: TRL's prompt-only format, the scored replies as extra columns; GRPOTrainer templates the prompt so
+    out = tmp_path / "grpo.jsonl"
+    assert cli("sessions", "export", "s", "--kind", "grpo", "--out", str(out), root=tmp_path).exit_code == 0
+    (row,) = load_dataset("json", data_files=str(out), split="train")
+    assert trl.data_utils.is_conversational(row) and row["scores"] == [5, 3]
+    assert [c[0]["content"] for c in row["completions"]] == ["6.", "Six, I believe, or so."]
+    text = trl.data_utils.maybe_apply_chat_template({"prompt": row["prompt"]}, tokenizer)["prompt"]
+    assert text.rstrip().endswith("assistant") and "And 3+3?" in text
 
 
 def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
@@ -111,6 +120,9 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
     (tmp_path / "unlabelled.jsonl").write_text('{"prompt": "hi", "completion": "a", "label": true}\n'
                                                '{"prompt": "hi", "completion": "b"}\n')
     (tmp_path / "exists.jsonl").write_text("")
+    group = {"prompt": "hi", "completions": ["a", "b"], "scores": [5, 7]}
+    (tmp_path / "scores.jsonl").write_text(json.dumps(group) + "\n")
+    (tmp_path / "alone.jsonl").write_text(json.dumps({**group, "completions": ["a"], "scores": [5]}) + "\n")
     cases = [
         (("sessions", "show", "nope"), "no session 'nope'"),
         (("sessions", "show", "corrupt"), "not a readable SQLite database"),
@@ -123,6 +135,8 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
         (("sessions", "import", str(tmp_path / "unlabelled.jsonl"), "--name", "n"), "row 2: missing key label"),
         (("sessions", "import", str(tmp_path / "missing.jsonl"), "--name", "n"), "no such file"),
         (("sessions", "import", str(tmp_path / "bad.jsonl"), "--name", "s"), "already exists"),
+        (("sessions", "import", str(tmp_path / "scores.jsonl"), "--name", "n"), "row 1: score 2 is 7: outside the 1-5"),
+        (("sessions", "import", str(tmp_path / "alone.jsonl"), "--name", "n"), "row 1: completions must be a list of at least 2"),
     ]
     for args, message in cases:
         result = cli(*args, root=tmp_path)

@@ -49,8 +49,9 @@ def test_load_judge(tmp_path):
 
 def test_bad_flags_exit_2(tmp_path):
     for args, message in [(["--judge", "nonsense"], "--judge nonsense"), (["--judge", "shorter", "--rounds", "0"], "--rounds"),
-                          (["--judge", "shorter", "--method", "ppo"], "--method ppo: choose dpo or kto"),
-                          (["--judge", "shorter", "--prompts", str(tmp_path / "none.txt")], "no such file")]:
+                          (["--judge", "shorter", "--prompts", str(tmp_path / "none.txt")], "no such file"),
+                          (["--judge", "shorter", "--method", "ppo"], "--method ppo: choose dpo or kto or grpo"),
+                          (["--judge", "shorter", "--method", "grpo", "--rpo-alpha", "1"], "--rpo-alpha is a DPO option")]:
         result = runner.invoke(app, ["simulate", *args, "--sessions-dir", str(tmp_path)])
         assert result.exit_code == 2 and message in result.stderr, result.output
 
@@ -123,3 +124,34 @@ async def test_simulate_kto_marks_the_judges_pick_desirable_and_the_other_not(tm
         assert sorted(marks) == sorted([(replies[0], True), (replies[1], False)] * 3)  # the shorter one (the pick) +
         assert [u["method"] for u in loop.client.updates] == ["kto"] * 3 and store.pending_count("kto") == 0
         await loop.close()
+
+
+def test_group_scores_rank_a_group_by_round_robin():
+    from tui_align.judges import Reply, group_scores, longer
+
+    replies = [Reply("a b", "stop", 2), Reply("a b c d", "stop", 4), Reply("a", "stop", 1)]
+    assert group_scores(longer, "longer", "p", replies) == [3, 5, 1]
+    assert group_scores(lambda p, a, b: 0, "left", "p", replies) == [3, 3, 3]  # a side bias cancels out
+    assert group_scores(lambda p, a, b: None, "none", "p", replies[:2]) == [3, 3]
+
+
+async def test_simulate_grpo_scores_every_candidate_and_trains_on_groups(tmp_path):
+    """simulate's rounds through the LiveLoop (the fake engine in the engine's place): the judge's round
+    robin scores all N candidates, each score a judgment, and every complete group trains."""
+    from tests.fakes import FakeEngine
+    from tui_align.cli.simulate import Person, train
+    from tui_align.judges import load_judge
+    from tui_align.loop import LiveLoop, LoopConfig
+
+    config = LoopConfig(method="grpo", candidates=3, update_every=3, seed=0)
+    engine = FakeEngine(candidates=[{"text": t, "finish_reason": "stop", "tokens": len(t)} for t in ("a", "a b c", "a b")])
+    with SessionStore.open(tmp_path, "g", method="grpo") as store:
+        loop = LiveLoop(store, engine, config)
+        await loop.start()
+        counts, _ = await train(config, 2, loop, Person(load_judge("shorter"), "shorter"), ["Say hi.", "Name one."], [])
+        assert counts["judgments"] == 6 and store.pending_count("grpo") == 0
+    assert [u["method"] for u in engine.updates] == ["grpo", "grpo"]
+    assert [len(u["examples"]) for u in engine.updates] == [1, 2]  # the window tops up with the trained group
+    for group in engine.updates[-1]["examples"]:
+        by_text = {c[0]["content"]: s for c, s in zip(group["completions"], group["scores"])}
+        assert by_text == {"a": 5, "a b": 3, "a b c": 1}  # the shorter reply wins every game

@@ -124,3 +124,29 @@ async def test_kto_marks_are_stored_before_they_are_shown(tmp_path):
         await pilot.press("escape", "question_mark")
         assert "desirable / undesirable" in str(app.screen.query_one("Markdown")._markdown)
         await pilot.press("escape", "q")
+
+
+async def test_grpo_scores_each_candidate_and_each_score_is_stored_before_it_is_shown(tmp_path):
+    app = fake_app(tmp_path, method="grpo", candidates=3, update_every=1)
+    app.client.replies = ["One.", "Two words.", "Three words here."]
+    async with app.run_test(size=(140, 30)) as pilot:
+        chat, store, engine = app.chat, app.store, app.client
+        await ask(pilot)
+        r = chat.round
+        assert chat.prompt.placeholder.startswith("Scoring A (1-5)") and "0 of 3 scored" in chat.prompt.placeholder
+        await pilot.press("+", "a", "t", "9")  # thumbs, letters and digits past 5 are not GRPO scores
+        assert not store.db["ratings"].count and not store.db["preferences"].count
+        for key, slot in (("4", 0), ("2", 1)):
+            await pilot.press(key)
+            (row,) = store.db.execute("select score from examples where method = 'grpo' and response_id = ?",
+                                      [r.response_at(slot)]).fetchall()
+            assert row[0] == int(key)  # committed ...
+            assert f"{key}/5 stored" in chat.candidates.views[slot].border_title  # ... and then shown as stored
+        assert chat.prompt.placeholder.startswith("Scoring C") and "2 of 3 scored" in chat.prompt.placeholder
+        assert not engine.updates  # the group is not complete
+        await pilot.press("5")
+        await until(pilot, lambda: engine.updates and not app.loop.updating, "the grpo update")
+        (group,) = engine.updates[0]["examples"]
+        assert engine.updates[0]["method"] == "grpo" and sorted(group["scores"]) == [2, 4, 5]
+        assert chat.phase is Phase.PROMPT
+        await pilot.press("escape", "q")

@@ -19,6 +19,11 @@ whatever the session holds. The rules (SessionStore.record_*):
   (True) for thumbs up (`+`), 4-5 on the 1-5 scale and numeric scores > 0; undesirable for
   thumbs down (`-`), 1-2 and numeric <= 0; a 3 is neutral and makes no row. The label is
   kept in the example's `score` column (1 or 0).
+- grpo: every 1-5 score, as {prompt, completion, score, turn_id}; the scored replies of one turn
+  (its candidates, and those of its regenerations) are one group. `grpo_groups` turns them into
+  the rows a `grpo` update and `sessions export --kind grpo` take: {prompt, completions, scores}.
+  A live window always holds whole groups, and a turn with a single score is no group (nothing
+  to compare it with) until a sibling is scored.
 An example is consumed by the first update that finished with status `done` on it; failed
 or cancelled updates leave it pending. Withdrawn examples (a judgment taken back) are never
 trained on again.
@@ -92,6 +97,12 @@ class FeedbackQueries:
                     if row["id"] not in taken:
                         taken.add(row["id"])
                         rows.append(row)
+        if method == "grpo":  # whole groups: a window's turns bring every scored sibling (a few rows each)
+            turns = sorted({r["turn_id"] for r in rows})
+            taken = {r["id"] for r in rows}
+            if turns:
+                rows += [r for r in self.db.query(f"{where} and e.turn_id in ({','.join('?' * len(turns))})",
+                                                  [method, *turns]) if r["id"] not in taken]
         return self._build(method, sorted(rows, key=lambda r: r["id"]))
 
     def _build(self, method: str, rows: list[dict]) -> list[tuple[int, dict]]:
@@ -106,12 +117,25 @@ class FeedbackQueries:
                 example.update(chosen=_assistant(row["chosen"]), rejected=_assistant(row["rejected"]))
             else:
                 example["completion"] = _assistant(row["chosen"])
-            if method == "ppo":
+            if method in ("ppo", "grpo"):
                 example["score"] = row["score"]
+            if method == "grpo":
+                example["turn_id"] = turn
             elif method == "kto":
                 example["label"] = bool(row["score"])
             out.append((row["id"], example))
         return out
+
+
+def grpo_groups(examples: list[dict]) -> list[dict]:
+    """Per-reply grpo examples as GRPO rows {prompt, completions, scores}, one per turn with at least 2
+    scored replies, in the order of each turn's first example."""
+    groups: dict[int, dict] = {}
+    for example in examples:
+        group = groups.setdefault(example["turn_id"], {"prompt": example["prompt"], "completions": [], "scores": []})
+        group["completions"].append(example["completion"])
+        group["scores"].append(example["score"])
+    return [group for group in groups.values() if len(group["scores"]) >= 2]
 
 
 def _assistant(text: str) -> list[dict]:

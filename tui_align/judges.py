@@ -123,3 +123,22 @@ def best_of(judge, spec: str, prompt: str, replies: list[Reply]) -> int | None:
             best, decided = (best, challenger)[pick], True
     return best if decided else None
 
+
+def group_scores(judge, spec: str, prompt: str, replies: list[Reply]) -> list[int]:
+    """A pairwise judge's 1-5 scores of N replies (simulate's GRPO person): a round robin within the
+    group, each pair judged once in both orders (so a judge that favours a side cancels out), a win 1,
+    a tie or no pick 1/2; score = 1 + round(4 x wins / games). The best reply of a clear ranking gets 5,
+    the worst 1, and all-equal replies 3 each (no advantage)."""
+    n = len(replies)
+    wins = [0.0] * n
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                pick = checked_pick(judge, spec, prompt, replies[i], replies[j])
+                if pick is None:
+                    wins[i] += 0.25
+                    wins[j] += 0.25
+                else:
+                    wins[i if pick == 0 else j] += 0.5
+    games = n - 1
+    return [1 + round(4 * w / games) for w in wins]

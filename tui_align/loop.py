@@ -25,7 +25,7 @@ from tui_align import DEFAULT_SYSTEM_PROMPT
 from tui_align.arena import opponent as arena_opponent
 from tui_align.client import EngineClient, EngineDied, EngineError, last_error
 from tui_align.errors import WriteFailed
-from tui_align.feedback import PENDING_CAP
+from tui_align.feedback import PENDING_CAP, grpo_groups
 from tui_align.rounds import SLOT_LETTERS, Round
 
 
@@ -362,7 +362,8 @@ class LiveLoop:
         self.last.append(judgment)
         votes = self.state.votes + (judgment.round.versions is not None and judgment.kind == "preference")
         self._set(pending=self.store.pending_count(self.config.method), votes=votes)
-        self.maybe_update()
+        if complete or self.config.method != "grpo":  # a GRPO group trains once all its candidates are scored
+            self.maybe_update()
 
     def take_back(self) -> Judgment | None:
         """Withdraw this run's last judgment: never trained on from now (if an update already used it,
@@ -421,6 +422,10 @@ class LiveLoop:
         if not rows or not self.ready:
             return None
         ids, examples = [i for i, _ in rows], [e for _, e in rows]
+        if method == "grpo":
+            examples = grpo_groups(examples)
+            if not examples:  # no turn with two scores yet: nothing to compare
+                return None
         try:
             with self.store.storing("the update's start (no update was started)"):
                 update_id = self.store.start_update(method, ids)

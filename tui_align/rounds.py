@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass, field
 
 SLOT_LETTERS = "abcdefgh"
+SCORED_METHODS = ("ppo", "grpo")  # sessions whose rounds are judged by scoring each candidate 1-5
 
 
 class Phase(enum.Enum):
@@ -30,7 +31,7 @@ class Round:
     version: int = 0  # the adapter version that produced the candidates
     versions: list[int] | None = None  # an arena round: the version of each candidate (blind to the person)
     ranking: list[int] = field(default_factory=list)  # slots pressed so far, best first
-    scores: dict[int, int] = field(default_factory=dict)  # slot -> 1..5 (ppo)
+    scores: dict[int, int] = field(default_factory=dict)  # slot -> 1..5 (ppo, grpo)
     complete: bool = False  # judged and stored: the next key starts the next round
 
     @classmethod

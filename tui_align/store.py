@@ -352,6 +352,8 @@ class SessionStore(FeedbackQueries):
             label = desirable(score, scale)
             if label is not None:
                 self._add_example("kto", "rating", rating_id, response["turn_id"], response_id, score=int(label), now=now)
+            if scale == "1-5":  # one member of its turn's GRPO group, on the person's own scale
+                self._add_example("grpo", "rating", rating_id, response["turn_id"], response_id, score=score, now=now)
             siblings = self.db.execute(
                 """select r.response_id, r.score from ratings r join responses s on s.id = r.response_id
                    where s.turn_id = ? and r.scale = ? and r.response_id != ? and r.withdrawn = 0""",

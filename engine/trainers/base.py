@@ -27,6 +27,7 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = adamw(self.params, self.config)
         self.steps = 0
+        self.world_size = 1  # processes whose gradients `step` averages (a launched `fit` sets it)
 
     @property
     def device(self):
@@ -44,6 +45,7 @@ class Trainer:
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"loss is {loss.item()}: update discarded")
             loss.backward()
+            average_gradients(self.params, self.world_size)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
             if not torch.isfinite(grad_norm):
                 raise NonFiniteLoss(f"gradient norm is {grad_norm.item()}: update discarded")

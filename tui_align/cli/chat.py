@@ -22,8 +22,8 @@ def chat_train(
     session: str = typer.Option("default", "--session", help="Session name: created if new, resumed (history and "
                                 "the version live when it was left) if it exists."),
     method: str = typer.Option(None, "--method", help="dpo (pick the better reply), ppo (score replies 1-5), kto "
-                               "(mark each reply + or -) or sft (edits as demonstrations); default: the session's "
-                               "method, else dpo."),
+                               "(mark each reply + or -), grpo (score each of the N candidates 1-5: one group), or "
+                               "sft (edits as demonstrations); default: the session's method, else dpo."),
     candidates: int = typer.Option(LOOP.candidates, "--candidates", min=1, max=8, help="Candidate replies per round (1-8)."),
     update_every: int = typer.Option(LOOP.update_every, "--update-every", min=1,
                                      help="Train after this many new training rows (a pick of 2 makes one pair)."),
@@ -63,8 +63,8 @@ def chat_train(
     if method is not None and method not in METHODS:
         fail(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     new_session = not (resolve_sessions_dir(sessions_dir) / session / "session.db").exists()
-    if new_session and (method or "dpo") == "dpo" and candidates < 2:  # refused before anything is created
-        fail("--candidates: dpo needs at least 2 candidates to compare")
+    if new_session and (method or "dpo") in ("dpo", "grpo") and candidates < 2:  # refused before anything is created
+        fail(f"--candidates: {method or 'dpo'} needs at least 2 candidates to compare")
     with user_errors():
         if model and model != "default":  # a missing folder or file is refused before the session records it
             from engine.models import resolve as resolve_model  # torch-free
@@ -82,9 +82,9 @@ def chat_train(
                  "drop --model or use a new --session")
         store.set_model(model)  # no version was trained on the recorded one: nothing to fit
     method = meta["method"]
-    if method == "dpo" and candidates < 2:
+    if method in ("dpo", "grpo") and candidates < 2:
         store.close()
-        fail("--candidates: dpo needs at least 2 candidates to compare")
+        fail(f"--candidates: {method} needs at least 2 candidates to compare")
 
     from tui_align.app import ChatTrainApp, engine_client  # Textual only now: --help stays instant
 

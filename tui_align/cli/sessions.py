@@ -4,6 +4,10 @@ Exports use TRL's conversational dataset formats, so any TRL trainer reads them:
   preference  {prompt, chosen, rejected}   (DPOTrainer; pairs with outcome `chosen` only)
   sft         {messages}                   (SFTTrainer; demonstrations and picked replies)
   kto         {prompt, completion, label}  (KTOTrainer's unpaired format; `ratings` is another name)
+  grpo        {prompt, completions, scores} (GRPO groups: a turn's replies scored 1-5, at least 2)
+A grpo row is TRL's prompt-only format (what GRPOTrainer trains from: it samples its own
+completions) plus two extra columns, which GRPOTrainer hands to reward functions as keyword
+arguments: the person's scored replies, in the order they were scored, and their 1-5 scores.
 A rating's label is True for thumbs up, 4-5 on the 1-5 scale and numeric scores > 0;
 False for thumbs down, 1-2 and numeric <= 0; a 3 on the 1-5 scale is neutral and left out
 (tui_align/feedback.py). Import reads the same formats (and SFT {prompt, completion}, and plain strings) into a
@@ -24,7 +28,7 @@ from tui_align.cli.common import fail, user_errors
 
 sessions_app = typer.Typer(help="List, inspect, export and import saved sessions.", no_args_is_help=True)
 
-KINDS = ("preference", "sft", "kto")
+KINDS = ("preference", "sft", "kto", "grpo")
 ALIASES = {"ratings": "kto"}  # the name before `train kto` existed
 SESSIONS_DIR = typer.Option(None, "--sessions-dir", envvar="TUI_ALIGN_SESSIONS", show_envvar=True,
                             help="Folder holding the sessions (default: ./sessions).")
@@ -150,6 +154,10 @@ def export_rows(store, kind: str) -> list[dict]:
         return [{k: ex[k] for k in ("prompt", "chosen", "rejected")} for _, ex in store.feedback("dpo")]
     if kind == "sft":
         return [{"messages": ex["prompt"] + ex["completion"]} for _, ex in store.feedback("sft")]
+    if kind == "grpo":
+        from tui_align.feedback import grpo_groups
+
+        return grpo_groups([ex for _, ex in store.feedback("grpo")])
     return [ex for _, ex in store.feedback("kto")]
 
 
@@ -162,8 +170,8 @@ def _kind(kind: str | None) -> str | None:
 
 @sessions_app.command()
 def export(name: str = typer.Argument(..., help="Session name."),
-           kind: str = typer.Option("preference", "--kind", help="preference, sft or kto (the ratings, as "
-                                    "{prompt, completion, label}; `ratings` is another name for it)."),
+           kind: str = typer.Option("preference", "--kind", help="preference, sft, kto (the ratings, as "
+                                    "{prompt, completion, label}; `ratings` is another name for it) or grpo."),
            fmt: str = typer.Option("jsonl", "--format", help="jsonl (one JSON row a line) or hf (datasets.save_to_disk folder)."),
            out: Path = typer.Option(..., "--out", help="File (jsonl) or folder (hf) to write; must not exist yet."),
            sessions_dir: Path = SESSIONS_DIR) -> None:
@@ -205,6 +213,8 @@ def write_rows(rows: list[dict], out: Path, fmt: str) -> None:
 
 
 def detect_kind(row: dict) -> str:
+    if "completions" in row:
+        return "grpo"
     from engine.data import detect_kind as data_kind
 
     return data_kind(row)
@@ -218,7 +228,12 @@ def _validate(row: dict, kind: str) -> None:
     from engine.data import validate
     from engine.protocol import DataError
 
-    validate(row, kind)
+    if kind == "grpo":
+        from engine.data import validate_group
+
+        validate_group(row, scale=(1, 5))  # stored as the person's 1-5 ratings
+    else:
+        validate(row, kind)
     prompt = _messages(row["messages"][:-1] if "messages" in row else row["prompt"], "user")
     roles = [m["role"] for m in prompt if m["role"] != "system" or m is not prompt[0]]
     if not roles or roles[-1] != "user" or any(r != ("user", "assistant")[i % 2] for i, r in enumerate(roles)):
@@ -248,6 +263,11 @@ def import_row(store, row: dict, kind: str) -> None:
         store.record_demonstration(_add_prompt(store, prompt), text(completion))
         return
     turn = _add_prompt(store, _messages(row["prompt"], "user"))
+    if kind == "grpo":
+        responses = store.add_responses(turn, [{"text": text(c)} for c in row["completions"]], None, {}, source="import")
+        for response, score in zip(responses, row["scores"]):
+            store.record_rating(response, score, "1-5")
+        return
     if kind == "preference":
         chosen, rejected = store.add_responses(turn, [{"text": text(row["chosen"])}, {"text": text(row["rejected"])}],
                                                None, {}, source="import")
@@ -275,7 +295,7 @@ def sweep_stale_imports(root: Path) -> None:
 @sessions_app.command("import")
 def import_(file: Path = typer.Argument(..., help="JSONL file or datasets.save_to_disk folder to import."),
             name: str = typer.Option(..., "--name", help="Name of the new session."),
-            kind: str = typer.Option(None, "--kind", help="preference, sft or kto (default: detected from the rows)."),
+            kind: str = typer.Option(None, "--kind", help="preference, sft, kto or grpo (default: detected from the rows)."),
             model: str = typer.Option(None, "--model", help="Model to record for the session (default: the bundled one)."),
             sessions_dir: Path = SESSIONS_DIR) -> None:
     """Import a dataset in TRL's formats into a new session (written completely or not at all)."""

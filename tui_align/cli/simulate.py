@@ -14,6 +14,10 @@ With `--method kto` the same pairwise judge gives KTO's per-reply verdicts: the 
 picks is marked desirable (`+`), the other (with --candidates N, every one it beat)
 undesirable (`-`), each mark stored through the loop as a person's key would store it (and
 counted as a judgment); when it declines, the round is a tie and nothing trains KTO.
+
+With `--method grpo` the judge scores every candidate 1-5 (tui_align.judges.group_scores: a
+round robin within the group), each score stored through the loop as a person's key would
+store it (and counted as a judgment); the round's scored candidates are one GRPO group.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from tui_align.loop import LoopConfig
 from tui_align.rounds import SLOT_LETTERS
 
 LOOP = LoopConfig(seed=0)
-METHODS = ("dpo", "kto")  # the live methods a pairwise judge can drive
+METHODS = ("dpo", "kto", "grpo")  # the live methods a pairwise judge can drive
 EVAL_SAMPLES = 2  # replies per held-out prompt and version
 ARENA_CHECKED = 8  # voted versions whose held-out win rate is measured against the leaderboard
 
@@ -51,20 +55,21 @@ def _lines(text: str) -> list[str]:
 def simulate(
     judge: str = typer.Option(..., "--judge", help="shorter, longer, package.module:function or path/file.py:function; "
                                                    "called as judge(prompt, a, b) -> 0, 1 or None."),
-    method: str = typer.Option(LOOP.method, "--method", help="dpo (the judge's pick trains a pair) or kto (the "
-                               "picked reply is marked desirable, the other undesirable)."),
+    method: str = typer.Option(LOOP.method, "--method", help="dpo (the judge's pick trains a pair), kto (the "
+                               "picked reply is marked desirable, the other undesirable) or grpo (the judge's round robin "
+                               "within the group scores each candidate 1-5; see tui_align.judges.group_scores)."),
     rounds: int = typer.Option(40, "--rounds", help="Rounds to run (one prompt, the loop's candidates, one judgment each)."),
     session: str = typer.Option(None, "--session", help="Session to store the picks in (default: simulate-<time>); "
                                                         "an existing one resumes at its active version."),
     model: str = typer.Option(None, "--model", help="Model folder, GGUF file or hub id (default: bundled SmolLM2-135M-Instruct)."),
-    candidates: int = typer.Option(LOOP.candidates, "--candidates", help="Replies per round; the judge picks the best "
-                                   "of them, as a person pressing one letter does (pairwise, by knock-out)."),
+    candidates: int = typer.Option(LOOP.candidates, "--candidates", help="Replies per round; dpo: the judge picks the best "
+                                   "of them, as a person pressing one letter does (pairwise, by knock-out; kto too); grpo: the group, at least 2."),
     update_every: int = typer.Option(LOOP.update_every, "--update-every", help="Run an update after this many new training rows."),
     window: int = typer.Option(LOOP.window, "--window", help="Rows per update: the newest untrained ones, topped up with the most recently trained."),
     steps: int = typer.Option(None, "--steps", help="Optimizer steps per update (default: the engine's live default). "
                                                    "Stored as the session's training override, as are --lr, --beta and --rpo-alpha."),
     lr: float = typer.Option(None, "--lr", help="Learning rate of the live updates (default: the engine's live default)."),
-    beta: float = typer.Option(None, "--beta", help="DPO temperature of the live updates (default: the engine's)."),
+    beta: float = typer.Option(None, "--beta", help="DPO temperature of the live updates; grpo: the weight of its KL to the reference (default: the engine's)."),
     rpo_alpha: float = typer.Option(None, "--rpo-alpha", help="Weight of the chosen reply's NLL added to DPO (RPO; default: the engine's)."),
     max_new_tokens: int = typer.Option(LOOP.max_new_tokens, "--max-new-tokens", help="Longest reply, in tokens."),
     temperature: float = typer.Option(LOOP.temperature, "--temperature", help="Sampling temperature of the candidates."),
@@ -99,6 +104,8 @@ def simulate(
                 fail(f"{name} must be at least 1")
         if method not in METHODS:
             fail(f"--method {method}: choose {' or '.join(METHODS)}")
+        if method == "grpo" and rpo_alpha is not None:
+            fail("--rpo-alpha is a DPO option: grpo has no chosen reply")
         if arena_every < 0 or curve_every < 0:
             fail(f"{'--arena-every' if arena_every < 0 else '--curve-every'} must be 0 (off) or more")
         try:
@@ -224,7 +231,7 @@ async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: 
                 curve_every: int = 0) -> tuple[dict, list[tuple[int, float]]]:
     """The training rounds, through the loop. Returns the counts (judgments: every key a person would
     press to judge; picks; edits) and the learning curve [(judgments, win rate vs v0)]."""
-    from tui_align.judges import Reply, best_of, checked_edit
+    from tui_align.judges import Reply, best_of, checked_edit, group_scores
 
     order = prompts[:]
     random.Random(config.seed).shuffle(order)
@@ -238,31 +245,40 @@ async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: 
         round_ = await loop.generate(loop.begin(conversation, prompt))
         shown = [round_.results[i] for i in round_.shown_order]
         replies = [Reply(c["text"], c.get("finish_reason"), c.get("tokens")) for c in shown]
-        edit = None
-        if person.editor is not None:
-            edit = next(((slot, text) for slot, reply in enumerate(replies)
-                         if (text := checked_edit(person.editor, person.editor_spec, prompt, reply))), None)
-        pick = None if edit else best_of(person.judge, person.judge_spec, prompt, replies)
-        if edit:
-            loop.edit(round_, *edit)
-            counts["edits"] += 1
-        elif pick is None:
-            loop.outcome(round_, "tie")
-        elif config.method == "kto":  # the judge's best desirable, each one it beat undesirable
-            for slot in range(round_.n):
-                loop.rate(round_, slot, int(slot == pick), "thumbs")
-            counts["picks"] += 1
-            counts["judgments"] += round_.n - 1  # one key per reply
+        if config.method == "grpo":  # every candidate scored, each score a key the person would press
+            scores = group_scores(person.judge, person.judge_spec, prompt, replies)
+            for slot, score in enumerate(scores):
+                loop.rate(round_, slot, score)
+            counts["judgments"] += len(scores)
+            typer.echo(f"round {number:>3}/{rounds}  v{round_.version:<3} "
+                       + " | ".join(f"{_describe(c)} -> {s}" for c, s in zip(shown, scores))
+                       + f"{'  (update started)' if loop.updating else ''}")
         else:
-            loop.pick(round_, pick)
-            counts["picks"] += 1
-        counts["judgments"] += 1
-        letters = SLOT_LETTERS.upper()
-        verdict = f"edit {letters[edit[0]]}" if edit else f"pick {letters[pick]}" if pick is not None else "no pick"
-        typer.echo(f"round {number:>3}/{rounds}  v{round_.version:<3} "
-                   + " | ".join(f"{letters[i]} {_describe(c)}" for i, c in enumerate(shown))
-                   + f"  -> {verdict}{'  (arena)' if round_.versions else ''}"
-                   f"{'  (update started)' if loop.updating else ''}")
+            edit = None
+            if person.editor is not None:
+                edit = next(((slot, text) for slot, reply in enumerate(replies)
+                             if (text := checked_edit(person.editor, person.editor_spec, prompt, reply))), None)
+            pick = None if edit else best_of(person.judge, person.judge_spec, prompt, replies)
+            if edit:
+                loop.edit(round_, *edit)
+                counts["edits"] += 1
+            elif pick is None:
+                loop.outcome(round_, "tie")
+            elif config.method == "kto":  # the judge's best desirable, each one it beat undesirable
+                for slot in range(round_.n):
+                    loop.rate(round_, slot, int(slot == pick), "thumbs")
+                counts["picks"] += 1
+                counts["judgments"] += round_.n - 1  # one key per reply
+            else:
+                loop.pick(round_, pick)
+                counts["picks"] += 1
+            counts["judgments"] += 1
+            letters = SLOT_LETTERS.upper()
+            verdict = f"edit {letters[edit[0]]}" if edit else f"pick {letters[pick]}" if pick is not None else "no pick"
+            typer.echo(f"round {number:>3}/{rounds}  v{round_.version:<3} "
+                       + " | ".join(f"{letters[i]} {_describe(c)}" for i, c in enumerate(shown))
+                       + f"  -> {verdict}{'  (arena)' if round_.versions else ''}"
+                       f"{'  (update started)' if loop.updating else ''}")
         if curve_every and heldout and counts["judgments"] >= (len(curve) + 1) * curve_every and number < rounds:
             await loop.wait_for_update()
             base = base or await held_out(config, loop.client, heldout, 0)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from engine.protocol import LOSS_TERMS, METHOD_KINDS, REPORT_TO as TRACKERS, SFT_TERM, TrainConfig, loss_terms
+from engine.protocol import LOSS_TERMS, METHOD_KINDS, REPORT_TO as TRACKERS, SFT_TERM, GRPOConfig, TrainConfig, loss_terms
 from tui_align.cli.common import CONFIG, user_errors
 
 DEFAULTS = TrainConfig()  # each option's default, defined once there
@@ -170,7 +170,7 @@ def usage(method: str, output: Path, model: str | None, merged: bool) -> str:
 
     base = model or str(home() / "models" / CONVERTED_NAME)
     return (f"use it: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), {str(output)!r})"
-            + ("" if method == "ppo" else ", or train with --merge for a full model"))
+            + ("" if method in ("ppo", "grpo") else ", or train with --merge for a full model"))
 
 
 def summary(method: str, rows: int, output: Path, options: dict, metrics: dict, log_file: Path | None) -> str:
@@ -243,6 +243,67 @@ def ppo(prompts: Path = PROMPTS, reward: str = REWARD, output: Path = OUTPUT, mo
         typer.echo(f"trained ppo for {steps} steps on {len(rows)} prompts -> {output}  (score {first['score']:.4g} -> "
                    f"{last['score']:.4g}, kl {last['kl']:.4g}, length {first['response_length']:.3g} -> "
                    f"{last['response_length']:.3g} tokens, peak RSS {peak_mb:.0f} MB); {usage('ppo', output, model, False)}")
+
+
+GRPO = GRPOConfig()  # `train grpo`'s defaults, defined once there
+
+
+@train_app.command()
+def grpo(prompts: Path = PROMPTS, reward: str = REWARD, output: Path = OUTPUT, model: str = MODEL,
+         num_generations: int = typer.Option(GRPO.num_generations, "--num-generations", help="Completions sampled per prompt: one group, at least 2."),
+         steps: int = typer.Option(20, "--steps", help="Optimizer steps: each samples --prompts-per-step groups and updates on them."),
+         prompts_per_step: int = typer.Option(GRPO.prompts_per_step, "--prompts-per-step", help="Prompts (groups) per step, over all processes (a multiple of their number)."),
+         beta: float = typer.Option(GRPO.beta, "--beta", help="Weight of the k3 KL to the reference (TRL 1.16's default is 0)."),
+         epsilon: float = typer.Option(GRPO.epsilon, "--epsilon", help="Clip range of the probability ratio."),
+         loss_type: str = typer.Option(GRPO.loss_type, "--loss-type", help="Aggregation of per-token losses, as TRL's: dapo (all tokens of the step) or grpo (each completion's mean)."),
+         scale_rewards: bool = typer.Option(GRPO.scale_rewards, "--scale-rewards/--no-scale-rewards", help="Divide advantages by the group's std (TRL's scale_rewards=group); off: only centre them."),
+         max_new_tokens: int = typer.Option(GRPO.max_new_tokens, "--max-new-tokens", help="Longest completion sampled."),
+         temperature: float = typer.Option(GRPO.temperature, "--temperature", help="Sampling temperature of the completions (> 0)."),
+         lr: float = typer.Option(GRPO.lr, "--lr", help="AdamW learning rate of the LoRA weights."),
+         seed: int = SEED, lora_r: int = LORA_R, lora_alpha: int = LORA_ALPHA, device: str = DEVICE,
+         report_to: str = REPORT_TO, gradient_checkpointing: bool = GRADIENT_CHECKPOINTING,
+         config: Path = CONFIG) -> None:
+    """GRPO on prompts: N completions each, scored by a reward function or reward model, group-relative advantages."""
+    from engine.headless_log import quiet_libraries  # standard library only
+
+    with user_errors(), quiet_libraries() as log:
+        from engine.headless import check_output
+        from engine.headless_ppo import load_prompts
+        from engine.losses import GRPO_LOSS_TYPES
+        from engine.protocol import UserError
+
+        check_output(output)
+        if num_generations < 2:
+            raise UserError(f"--num-generations {num_generations}: a group needs at least 2 completions to compare")
+        for flag, value in (("steps", steps), ("prompts-per-step", prompts_per_step), ("max-new-tokens", max_new_tokens)):
+            if value < 1:
+                raise UserError(f"--{flag} must be at least 1")
+        if loss_type not in GRPO_LOSS_TYPES:
+            raise UserError(f"--loss-type {loss_type}: choose one of {', '.join(GRPO_LOSS_TYPES)}")
+        if beta < 0 or not epsilon > 0 or not temperature > 0 or not lr > 0:
+            raise UserError("--beta must be >= 0, and --epsilon, --temperature and --lr > 0")
+        from engine.tracking import check_report_to
+
+        check_report_to(report_to)
+        rows = load_prompts(prompts)
+
+        from engine.headless_grpo import train_grpo
+        from engine.models import LoRAConfig
+
+        settings = GRPOConfig(lr=lr, beta=beta, epsilon=epsilon, loss_type=loss_type, scale_rewards=scale_rewards,
+                              num_generations=num_generations, prompts_per_step=prompts_per_step,
+                              max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        history = train_grpo(rows, reward, output, model, settings, LoRAConfig(r=lora_r, alpha=lora_alpha), steps,
+                             device=device, report_to=report_to, log=log,
+                             gradient_checkpointing=gradient_checkpointing)
+        from engine.trainers.base import process_state
+
+        if process_state().is_main_process:
+            first, last = history[0], history[-1]
+            typer.echo(f"trained grpo for {steps} steps on {len(rows)} prompts x {num_generations} completions -> "
+                       f"{output}  (score {first['score']:.4g} -> {last['score']:.4g}, kl {last['kl']:.4g}, length "
+                       f"{first['completion_length']:.3g} -> {last['completion_length']:.3g} tokens); "
+                       f"{usage('grpo', output, model, False)}")
 
 
 @train_app.command()

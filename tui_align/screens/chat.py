@@ -20,7 +20,7 @@ from textual.widgets import Footer
 from tui_align.client import EngineDied, EngineError
 from tui_align.errors import WriteFailed
 from tui_align.loop import LiveLoop, LoopState
-from tui_align.rounds import SLOT_LETTERS, Phase, Round
+from tui_align.rounds import SCORED_METHODS, SLOT_LETTERS, Phase, Round
 from tui_align.screens.editor import EditorScreen
 from tui_align.screens.help import HelpScreen
 from tui_align.screens.leaderboard import LeaderboardScreen
@@ -135,6 +135,10 @@ class ChatScreen(Screen):
             slot = self.candidates.focused_slot()
             hint = (f"Marking {SLOT_LETTERS[slot].upper()}: + desirable, - undesirable · ←/→ moves · {len(r.scores)} "
                     f"of {r.n} marked · e edit · r regenerate · s skip the rest")
+        elif phase is Phase.JUDGING and r is not None and self.config.method == "grpo":
+            slot = self.candidates.focused_slot()
+            hint = (f"Scoring {SLOT_LETTERS[slot].upper()} (1-5) · ←/→ moves · {len(r.scores)} of {r.n} scored: "
+                    "the group trains once all are · e edit · r regenerate · s skip the rest")
         elif phase is Phase.JUDGING and r is not None and r.n > 2:
             hint = RANK_JUDGING.format(n=r.n, last=SLOT_LETTERS[r.n - 1])
             if r.ranking:
@@ -236,7 +240,8 @@ class ChatScreen(Screen):
         if kind == "pick":
             self.loop.pick(r, slot)
             self.complete(slot, f"{letter} preferred over {r.n - 1} · stored")
-        elif (kind == "digit" and self.config.method == "ppo") or (kind == "thumb" and self.config.method in MARK_METHODS):
+        elif ((kind == "digit" and self.config.method in SCORED_METHODS)
+              or (kind == "thumb" and self.config.method in MARK_METHODS)):
             scale = "1-5" if kind == "digit" else "thumbs"
             if scale == "1-5" and not 1 <= value <= 5:
                 return

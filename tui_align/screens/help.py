@@ -34,6 +34,7 @@ they are trained a window at a time while you go on (`tui-align replay` trains o
 | 1..N | rank all of them, best first (more than two candidates) |
 | 1-5, + / - | score / thumbs for the focused one (PPO sessions; a second score replaces the first) |
 | + / - | mark the focused one desirable / undesirable (KTO sessions: each reply trains on its own; a second mark replaces the first) |
+| 1-5 | score the focused one (GRPO sessions: once all N are scored, the group trains; a second score replaces the first) |
 | t | tie |
 | x | both bad |
 | s | skip this round (stored as skipped) |

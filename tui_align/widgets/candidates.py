@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.containers import Container
 from textual.message import Message
 
-from tui_align.rounds import SLOT_LETTERS
+from tui_align.rounds import SCORED_METHODS, SLOT_LETTERS
 from tui_align.widgets.candidate import CandidateView
 
 MARK_METHODS = ("ppo", "kto")  # sessions that judge each reply on its own (+/-): ppo scores, kto marks
@@ -65,11 +65,15 @@ class CandidatePane(Container):
         kind = parameters[0]
         if kind == "pick" and parameters[1] >= self.n:
             return False
-        if kind in ("pick", "tie") and self.method in MARK_METHODS:  # a score or mark session: letters are not votes
+        if kind in ("pick", "tie") and (self.method in SCORED_METHODS or self.method in MARK_METHODS):
+            return False  # a score or mark session: letters are not votes
+        if kind == "thumb" and self.method not in MARK_METHODS:  # grpo's group is scored on 1-5 only
             return False
-        if kind == "thumb" and self.method not in MARK_METHODS:
+        if kind == "digit" and self.method == "kto":  # kto marks + / - only
             return False
-        if kind == "digit" and (self.method == "kto" or self.method != "ppo" and (self.n <= 2 or parameters[1] > self.n)):
+        if kind == "digit" and self.method in SCORED_METHODS and parameters[1] > 5:
+            return False
+        if kind == "digit" and self.method not in SCORED_METHODS and (self.n <= 2 or parameters[1] > self.n):
             return False
         return True if self.judging else None  # None: shown greyed out while streaming
 

@@ -12,6 +12,7 @@ SERIES = {
     "sft": [("loss", "loss")],
     "ppo": [("loss", "loss"), ("score/mean", "mean score"), ("kl", "KL")],
     "kto": [("loss", "loss"), ("rewards/margins", "reward margin"), ("kl", "KL")],
+    "grpo": [("loss", "loss"), ("score", "mean score"), ("kl", "KL")],
 }
 
 

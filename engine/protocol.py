@@ -188,7 +188,7 @@ class LiveTraining:
     """What one live update does unless the session overrides it (DESIGN.md, "The live loop").
 
     DPO on a handful of pairs drifts unless the chosen reply's NLL is added (the sft term,
-    weight 1.0: what RPO's rpo_alpha 1.0 was); one optimizer step per update, at a higher
+    weight 1.0: what RPO's rpo_alpha 1.0 was); few optimizer steps per update, at a higher
     learning rate than batch training.
     """
 
@@ -197,7 +197,11 @@ class LiveTraining:
     loss_type: tuple[str, ...] = ("sigmoid", SFT_TERM)
     loss_weights: tuple[float, ...] = (1.0, 1.0)
     steps: int = 1  # optimizer steps per update
+    dpo_steps: int = 2  # a dpo update's: one learnt too little from 16 judgments (bench/RESULTS.md, issue 12)
     max_length: int = 512
+
+    def steps_for(self, method: str) -> int:
+        return self.dpo_steps if method == "dpo" else self.steps
 
     def for_method(self, method: str) -> dict:
         """The trainer-config fields each method's live update starts from (`steps` apart)."""

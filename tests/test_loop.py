@@ -23,7 +23,7 @@ def store(tmp_path):
 def make_loop(store, engine=None, **config) -> tuple[LiveLoop, FakeEngine, list]:
     engine = engine or FakeEngine()
     states = []
-    loop = LiveLoop(store, engine, LoopConfig(**{"update_every": 100, "seed": 0, **config}), on_state=states.append)
+    loop = LiveLoop(store, engine, LoopConfig(**{"candidates": 2, "window": 8, "update_every": 100, "seed": 0, **config}), on_state=states.append)
     return loop, engine, states
 
 

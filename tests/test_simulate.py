@@ -61,7 +61,7 @@ def test_simulate_stores_picks_and_advances_the_version(tmp_path, tiny_model_dir
     (tmp_path / "judge.py").write_text("def pick(prompt, a, b):\n    return 0 if len(a) <= len(b) else 1\n")
     (tmp_path / "prompts.txt").write_text("Say hi.\nName a fruit.\n")
     result = runner.invoke(app, [
-        "simulate", "--judge", f"{tmp_path / 'judge.py'}:pick", "--rounds", "4", "--update-every", "2",
+        "simulate", "--judge", f"{tmp_path / 'judge.py'}:pick", "--rounds", "4", "--candidates", "2", "--update-every", "2", "--window", "8",
         "--session", "sim", "--model", str(tiny_model_dir), "--max-new-tokens", "6", "--eval-prompts", "2",
         "--prompts", str(tmp_path / "prompts.txt"), "--sessions-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -90,7 +90,7 @@ def test_simulate_with_an_editor_stores_demonstrations_and_a_learning_curve(tmp_
         "    return reply + ' What do you think?' if len(calls) % 3 == 1 else None\n")
     result = runner.invoke(app, [
         "simulate", "--judge", f"{tmp_path / 'judge.py'}:pick", "--editor", f"{tmp_path / 'editor.py'}:ask",
-        "--rounds", "4", "--update-every", "2", "--session", "ed", "--model", str(tiny_model_dir),
+        "--rounds", "4", "--candidates", "2", "--update-every", "2", "--window", "8", "--session", "ed", "--model", str(tiny_model_dir),
         "--max-new-tokens", "6", "--eval-prompts", "2", "--curve-every", "2", "--arena-every", "0",
         "--seed", "3", "--sessions-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -112,7 +112,7 @@ async def test_simulate_kto_marks_the_judges_pick_desirable_and_the_other_not(tm
     from tui_align.cli.simulate import LOOP, Person, train
     from tui_align.loop import LiveLoop
 
-    config = replace(LOOP, method="kto", update_every=2)
+    config = replace(LOOP, method="kto", candidates=2, update_every=2)
     replies = [" ".join(["word"] * n) for n in (3, 5)]
     with SessionStore.open(tmp_path, "kto", method="kto") as store:
         loop = LiveLoop(store, FakeEngine(replies), config)

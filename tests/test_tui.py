@@ -28,7 +28,7 @@ async def wait_until(pilot, condition, timeout: float = 90.0, what: str = "") ->
 def make_app(tmp_path, tiny_model_dir, store=None, **overrides) -> ChatTrainApp:
     method = overrides.get("method", "dpo")
     store = store or SessionStore.open(tmp_path / "sessions", "t", model=str(tiny_model_dir), method=method)
-    options = dict(max_new_tokens=12, update_every=100, seed=0)
+    options = dict(candidates=2, window=8, max_new_tokens=12, update_every=100, seed=0)
     return ChatTrainApp(store, LoopConfig(**{**options, **overrides}), engine_client(store, str(tiny_model_dir), method, "cpu"))
 
 

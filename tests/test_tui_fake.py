@@ -14,7 +14,7 @@ from tui_align.store import SessionStore
 
 def fake_app(tmp_path, method="dpo", **config) -> ChatTrainApp:
     store = SessionStore.open(tmp_path / "sessions", "fake", method=method)
-    return ChatTrainApp(store, LoopConfig(**{"method": method, "seed": 0, "update_every": 100, **config}), FakeEngine())
+    return ChatTrainApp(store, LoopConfig(**{"method": method, "candidates": 2, "window": 8, "seed": 0, "update_every": 100, **config}), FakeEngine())
 
 
 async def until(pilot, condition, what: str) -> None:
@@ -86,7 +86,7 @@ async def test_a_backlog_is_shown_and_the_status_bar_follows_the_loop(tmp_path):
         store.record_preference(turn, x, [y])
     engine = FakeEngine()
     engine.update_gate = asyncio.Event()
-    app = ChatTrainApp(store, LoopConfig(seed=0), engine)
+    app = ChatTrainApp(store, LoopConfig(seed=0, candidates=2, update_every=2, window=8), engine)
     async with app.run_test(size=(160, 30)) as pilot:
         await until(pilot, lambda: app.loop.updating, "the first backlog update")
         bar = app.chat.status_bar

@@ -95,7 +95,7 @@ async def test_the_tui_offers_the_newest_intact_version_and_ctrl_r_starts_there(
     store = damaged_session(tmp_path)
     engine = FakeEngine()
     engine.parents = {1: 0, 2: 1}
-    app = ChatTrainApp(store, LoopConfig(seed=0, update_every=100), engine)
+    app = ChatTrainApp(store, LoopConfig(seed=0, candidates=2, update_every=100), engine)
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: app.loop_state.engine == "error", "the refusal")
         assert engine.starts == 0  # the engine was not even spawned on it
@@ -141,7 +141,7 @@ def not_stored(app) -> list[str]:
 
 async def test_failed_writes_are_said_in_one_line_shown_as_nothing_and_the_app_goes_on(tmp_path):
     store = SessionStore.open(tmp_path / "sessions", "full")
-    app = ChatTrainApp(store, LoopConfig(seed=0, update_every=100), FakeEngine())
+    app = ChatTrainApp(store, LoopConfig(seed=0, candidates=2, update_every=100), FakeEngine())
     async with app.run_test(size=(100, 30)) as pilot:
         chat = app.chat
         await ask(pilot)
@@ -178,7 +178,7 @@ async def test_failed_writes_are_said_in_one_line_shown_as_nothing_and_the_app_g
 async def test_an_update_whose_version_cannot_be_recorded_is_said_and_the_loop_goes_on(tmp_path):
     with SessionStore.open(tmp_path / "sessions", "full") as store:
         notices = []
-        loop = LiveLoop(store, FakeEngine(), LoopConfig(seed=0, update_every=100),
+        loop = LiveLoop(store, FakeEngine(), LoopConfig(seed=0, candidates=2, update_every=100),
                         on_notice=lambda text, severity: notices.append((severity, text)))
         assert await loop.start()
         round_ = await loop.generate(loop.begin(store.new_conversation(), "Hi"))
@@ -243,7 +243,7 @@ def add_pairs(store: SessionStore, pairs: int) -> None:
 async def test_train_now_and_undo_work_as_soon_as_the_status_bar_says_idle_after_every_start(tmp_path):
     store = session_with_pending(tmp_path)
     engine = FakeEngine()
-    app = ChatTrainApp(store, LoopConfig(seed=0, update_every=100), engine)
+    app = ChatTrainApp(store, LoopConfig(seed=0, candidates=2, update_every=100), engine)
     async with app.run_test(size=(140, 30)) as pilot:
         for start in range(2):  # the first start, then a restart after a death
             await until(pilot, lambda: app.loop_state.engine == "ready", "the engine")
@@ -270,7 +270,7 @@ async def test_the_death_notice_shows_the_error_not_a_warning_source_line(tmp_pa
     with SessionStore.open(tmp_path / "sessions", "s") as store:
         notices = []
         engine = FakeEngine()
-        loop = LiveLoop(store, engine, LoopConfig(seed=0), on_notice=lambda text, severity: notices.append(text))
+        loop = LiveLoop(store, engine, LoopConfig(seed=0, candidates=2, update_every=2, window=8), on_notice=lambda text, severity: notices.append(text))
         assert await loop.start()
         engine.die(1, "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
                       "RuntimeError: CUDA error: an illegal memory access\n" + WARNING_TAIL)
@@ -305,7 +305,7 @@ def test_a_killed_imports_staging_folder_is_swept_at_the_next_import(tmp_path):
 def test_a_start_that_cannot_store_exits_non_zero_with_one_line(tmp_path, capfd):
     store = SessionStore.open(tmp_path / "sessions", "full")  # new: the screen's first write is its conversation
     fail_writes(store)
-    app = ChatTrainApp(store, LoopConfig(seed=0), FakeEngine())
+    app = ChatTrainApp(store, LoopConfig(seed=0, candidates=2, update_every=2, window=8), FakeEngine())
     app.run(headless=True)
     out = capfd.readouterr()
     lines = [line for line in (out.out + out.err).splitlines() if line.strip()]

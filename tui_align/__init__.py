@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-# Replies that finish teach; cut-off fragments teach only length (DESIGN.md, "The live
-# loop"). Asking for short answers makes the default model finish most of its replies.
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer in one short sentence."
+# No length in it: "Answer in one short sentence" made brief replies easy to teach and fuller
+# ones impossible (bench/RESULTS.md, issue 12); the picks teach the model to finish instead.
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."

@@ -36,11 +36,11 @@ class LoopConfig:
     overridden per session (SessionStore.overrides)."""
 
     method: str = "dpo"
-    candidates: int = 2  # replies per round, sampled as one batch
-    update_every: int = 2  # new training rows that start an update
-    window: int = 8  # rows per update: the newest pending ones, topped up with the most recently trained
+    candidates: int = 4  # replies per round, sampled as one batch; a pick of the best stores 3 pairs
+    update_every: int = 6  # new training rows that start an update: two picks of the best of 4
+    window: int = 12  # rows per update: the newest pending ones, topped up with the most recently trained
     replay: int = 0  # more rows per update, sampled from all older trained ones
-    max_new_tokens: int = 64  # short enough that most replies finish: cut-off pairs teach only length
+    max_new_tokens: int = 96  # room to finish a fuller reply (cut-off pairs teach only length)
     temperature: float = 0.8
     top_p: float = 0.95
     system: str | None = DEFAULT_SYSTEM_PROMPT  # of new conversations; None: no system prompt
@@ -61,8 +61,8 @@ class LoopState:
     updating: bool = False
     version: int = 0
     pending: int = 0  # training rows waiting for an update
-    update_every: int = 2
-    window: int = 8
+    update_every: int = LoopConfig.update_every
+    window: int = LoopConfig.window
     note: str = ""
     model: str = ""
     device: str = ""

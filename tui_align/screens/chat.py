@@ -188,7 +188,7 @@ class ChatScreen(Screen):
 
     def begin_round(self, round_: Round) -> None:
         self.round = round_
-        self.candidates.reset()
+        self.candidates.reset(round_.n)
         self.phase = Phase.GENERATING
         self.generate(round_)
 

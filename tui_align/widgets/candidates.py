@@ -53,7 +53,8 @@ class CandidatePane(Container):
 
     @property
     def views(self) -> list[CandidateView]:
-        return list(self.query(CandidateView))
+        """The views of this round's candidates (an arena round shows 2 of the pane's N)."""
+        return list(self.query(CandidateView))[:self.n]
 
     def focused_slot(self) -> int:
         focused = self.screen.focused
@@ -88,9 +89,12 @@ class CandidatePane(Container):
         views = self.views
         views[(self.focused_slot() + step) % len(views)].focus()
 
-    def reset(self) -> None:
-        for view in self.views:
+    def reset(self, n: int | None = None) -> None:
+        """Empty every view for a new round of `n` candidates (default: as many as before)."""
+        self.n = n or self.n
+        for view in self.query(CandidateView):
             view.reset()
+            view.display = view.slot < self.n
 
     def focus_first(self) -> None:
         self.views[0].focus()

@@ -6,7 +6,8 @@
 Each run is one `simulate` process on the default model, through the LiveLoop with chat-train's
 defaults (a judge with an `edit` function also plays the editor), `--rounds` judgments, then the
 blind win rate of the final version vs v0 on the built-in held-out prompts, and the held-out
-replies' finished fraction and degeneration measures for v0 and the final version. The table
+replies' finished fraction and degeneration measures for v0 and the final version, the judging
+time (the person's: the rounds and the updates they wait for) and the process's wall time. The table
 (markdown) goes to stdout and to --out, row by row as the runs finish.
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 JUDGES = ROOT / "bench" / "judges"
 RESULT = re.compile(r"win rate of v(\d+) vs v0 on (\d+) held-out comparisons .*?: ([\d.]+)% \((\d+) wins, (\d+) ties, "
-                    r"(\d+) losses\); (\d+) judgments \((\d+) picks, (\d+) edits\); wall time (\d+) s")
+                    r"(\d+) losses\); (\d+) judgments \((\d+) picks, (\d+) edits\); judging time (\d+) s, wall time (\d+) s")
 QUALITY = re.compile(r"held-out replies of v(\d+): (\d+)% finished .*?, repeated trigrams ([\d.]+)%, distinct words (\d+)%")
 
 
@@ -44,20 +45,20 @@ def run(name: str, seed: int, rounds: int, sessions: Path, extra: list[str]) -> 
     if done.returncode or not found:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"judge": name, "seed": seed, "error": tail[0], "seconds": time.perf_counter() - started}
-    version, comparisons, rate, wins, ties, losses, judgments, picks, edits, wall = found.groups()
+    version, comparisons, rate, wins, ties, losses, judgments, picks, edits, judging, wall = found.groups()
     quality = {int(v): (int(f), float(r), int(d)) for v, f, r, d in QUALITY.findall(done.stdout)}
     return {"judge": name, "seed": seed, "version": int(version), "win_rate": float(rate), "wins": int(wins),
             "ties": int(ties), "losses": int(losses), "judgments": int(judgments), "picks": int(picks),
-            "edits": int(edits), "wall": int(wall), "final": quality.get(int(version)), "v0": quality.get(0)}
+            "edits": int(edits), "judging": int(judging), "wall": int(wall), "final": quality.get(int(version)), "v0": quality.get(0)}
 
 
 def row(r: dict) -> str:
     if "error" in r:
-        return f"| {r['judge']} | {r['seed']} | failed: {r['error']} | | | | |"
+        return f"| {r['judge']} | {r['seed']} | failed: {r['error']} | | | | | |"
     q = lambda t: f"{t[0]}% / {t[1]:.1f}% / {t[2]}%" if t else "-"  # noqa: E731
     return (f"| {r['judge']} | {r['seed']} | **{r['win_rate']:.1f}%** ({r['wins']}/{r['ties']}/{r['losses']}) | "
             f"{r['judgments']} ({r['picks']} picks, {r['edits']} edits) | v{r['version']} | {q(r['final'])} | "
-            f"{q(r['v0'])} | {r['wall']} s |")
+            f"{q(r['v0'])} | {r['judging']} s | {r['wall']} s |")
 
 
 def main() -> None:
@@ -70,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     sessions = Path(tempfile.mkdtemp(prefix="bench-judges-"))
     lines = ["| judge | seed | win rate vs v0 (wins/ties/losses of 32) | judgments | final | final: finished / "
-             "repeated 3-grams / distinct words | v0: the same | wall |", "|---|---|---|---|---|---|---|---|"]
+             "repeated 3-grams / distinct words | v0: the same | judging | wall |", "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for name in args.judges.split(","):
         for seed in map(int, args.seeds.split(",")):

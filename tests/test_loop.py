@@ -114,7 +114,7 @@ async def test_regenerate_is_a_new_round_on_the_same_turn(store):
     assert len(store.responses(first.turn_id)) == 4 and engine.generated[0]["seed"] != engine.generated[1]["seed"]
 
 
-async def test_an_edit_is_a_demonstration_and_a_pair_over_the_original(store):
+async def test_an_edit_is_a_demonstration_preferred_over_every_reply_shown(store):
     loop, _, _ = make_loop(store, method="sft")
     await loop.start()
     r = await judged_round(loop, store)
@@ -122,7 +122,10 @@ async def test_an_edit_is_a_demonstration_and_a_pair_over_the_original(store):
     (demo,) = store.db["demonstrations"].rows
     assert demo["edited_from"] == r.response_at(0)
     assert [e["completion"][0]["content"] for _, e in store.update_window("sft", 8)] == ["Better."]
-    assert [e["chosen"][0]["content"] for _, e in store.update_window("dpo", 8)] == ["Better."]
+    pairs = [e for _, e in store.update_window("dpo", 8)]
+    assert [e["chosen"][0]["content"] for e in pairs] == ["Better.", "Better."]
+    originals = [store.db["responses"].get(r.response_at(slot))["text"] for slot in (0, 1)]
+    assert [e["rejected"][0]["content"] for e in pairs] == originals  # the edited one first
     assert loop.state.pending == 1
 
 

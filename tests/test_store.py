@@ -47,14 +47,15 @@ def test_tree_history_and_training_rows(store):
     store.record_preference(t2, None, [c, d], outcome="tie")
     store.record_rating(c, 2)
     store.record_rating(d, 5)  # different scores on one turn: a pair, d over c
-    store.record_demonstration(t2, "Edited.", edited_from=c)  # a demo and a pair
+    store.record_demonstration(t2, "Edited.", edited_from=c)  # a demo, and a pair over each model reply
     assert store.history(conv) == [
         {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Short."}, {"role": "user", "content": "More"},
         {"role": "assistant", "content": "Edited."}]
-    assert store.counts() == {"prompts": 2, "pairs": 3, "ratings": 2, "demos": 1, "updates": 0}
+    assert store.counts() == {"prompts": 2, "pairs": 4, "ratings": 2, "demos": 1, "updates": 0}
     examples, ids = pending_feedback(store, "dpo")
-    assert [e["chosen"][0]["content"] for e in examples] == ["Short.", "A much longer reply", "Edited."]
+    assert [e["chosen"][0]["content"] for e in examples] == ["Short.", "A much longer reply", "Edited.", "Edited."]
+    assert [e["rejected"][0]["content"] for e in examples[2:]] == [CANDIDATES[0]["text"], CANDIDATES[1]["text"]]
     assert examples[1]["prompt"][-1] == {"role": "user", "content": "More"} and len(examples[1]["prompt"]) == 4
     sft, _ = pending_feedback(store, "sft")  # the pick of t1 is a demonstration too (best-of-n)
     assert sft == [{"prompt": examples[0]["prompt"], "completion": [{"role": "assistant", "content": "Short."}]},
@@ -65,13 +66,13 @@ def test_tree_history_and_training_rows(store):
 
     failed = store.start_update("dpo", ids[:2])
     store.finish_update(failed, "failed", error="boom")
-    assert store.pending_count("dpo") == 3  # a failed update consumes nothing
+    assert store.pending_count("dpo") == 4  # a failed update consumes nothing
     done = store.start_update("dpo", ids[:2])
     store.finish_update(done, "done", version=1, metrics={"loss": 0.6})
     store.record_version(1, store.versions_dir / "v0001", {"loss": 0.6})
     assert pending_feedback(store, "dpo")[1] == ids[2:]
     assert store.latest_version() == 1 and store.metrics_history()[0]["loss"] == 0.6
-    assert [i for i, _ in store.update_window("dpo", 2)] == ids[1:]  # the newest pending, topped up
+    assert [i for i, _ in store.update_window("dpo", 3)] == ids[1:]  # the newest pending, topped up
     assert store.latest_conversation() == conv
     store.log("warning", "engine restarted")
     assert store.meta["hyperparameters"] == {"lr": 1e-4} and store.meta["schema_version"] == SCHEMA_VERSION

@@ -76,7 +76,7 @@ async def test_round_pick_edit_update_rollback(tmp_path, tiny_model_dir, monkeyp
         assert store.history(chat.conversation_id)[-1]["content"] == store.db["responses"].get(shown_a)["text"]
         assert app.chat.status_bar.state.pending == 1
 
-        # A vote key in the prompt is text again; `e` edits: a demonstration and a pair over the original.
+        # A vote key in the prompt is text again; `e` edits: a demonstration, preferred over every reply shown.
         await send(pilot, chat, "Tell me more")
         original = chat.round.response_at(1)
         await pilot.press("right", "e")
@@ -87,7 +87,8 @@ async def test_round_pick_edit_update_rollback(tmp_path, tiny_model_dir, monkeyp
         await wait_until(pilot, lambda: chat.phase is Phase.PROMPT, what="the edit to be stored")
         (demo,) = store.db["demonstrations"].rows
         assert demo["edited_from"] == original and demo["text"].endswith("Done.")
-        assert preferences(store)[-1]["rejected_id"] == original and preferences(store)[-1]["origin"] == "edit"
+        edits = [p for p in preferences(store) if p["origin"] == "edit"]  # over each reply shown, the edited one first
+        assert edits[0]["rejected_id"] == original and len(edits) == app.loop.config.candidates
 
         # `u` trains now: a new version, recorded in the store; ctrl+z rolls it back.
         chat.conversation.focus()

@@ -4,9 +4,10 @@ Every judgment makes its training rows when it is committed (the `examples` tabl
 finding what is pending, or the window of a live update, is an indexed query with a LIMIT,
 whatever the session holds. The rules (SessionStore.record_*):
 - dpo: every preference pair whose outcome is `chosen`. Pairs come from picks (the chosen
-  reply over each rejected one), from edits (the edited reply over the original) and from
-  ratings: two responses to the same prompt turn, rated on the same scale with different
-  scores, yield a pair (higher over lower) when the second rating is recorded. Ties,
+  reply over each rejected one), from edits (the edited reply over the original and over each
+  other model reply of the turn) and from ratings: two responses to the same prompt turn,
+  rated on the same scale with different scores, yield a pair (higher over lower) when the
+  second rating is recorded. Ties,
   both-bad and skipped judgments are kept but excluded from DPO.
 - sft: every demonstration (a reply the person wrote or edited), as {prompt, completion},
   and the first pick of each turn while its reply continues the conversation (a later pick

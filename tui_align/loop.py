@@ -352,7 +352,7 @@ class LiveLoop:
         return complete
 
     def edit(self, round_: Round, slot: int, text: str) -> None:
-        """The person's correction of the reply in `slot`: a demonstration, and a pair over the original."""
+        """The person's correction of the reply in `slot`: a demonstration, preferred over every reply the model gave."""
         with self.store.storing("the edit"):
             demo = self.store.record_demonstration(round_.turn_id, text, edited_from=round_.response_at(slot))
         self._judged(Judgment(round_, "demonstration", [demo]), complete=True)

@@ -368,9 +368,14 @@ class SessionStore(FeedbackQueries):
         """A reply the person wrote (or edited from response `edited_from`); returns its id.
 
         It is stored as a response that continues the conversation, as an SFT example, and,
-        when edited, as a preference pair: the edit over the original.
+        when edited, as preference pairs: the edit over the original and over each other reply
+        the model gave this turn (the person's own reply is the best they were shown; one
+        correction then teaches as much as a pick of the best of N, not a single pair).
         """
         with self.db.atomic():
+            others = [pk for (pk,) in self.db.execute(
+                "select id from responses where turn_id = ? and source = 'model' and id != ? order by shown_position, id",
+                [turn_id, edited_from]).fetchall()] if edited_from is not None else []
             (response_id,) = self.add_responses(turn_id, [{"text": text}], None, {}, source="demonstration")
             demo_id = self.db["demonstrations"].insert({
                 "turn_id": turn_id, "response_id": response_id, "edited_from": edited_from, "text": text,
@@ -378,7 +383,7 @@ class SessionStore(FeedbackQueries):
             }).last_pk
             self._add_example("sft", "demonstration", demo_id, turn_id, response_id)
             if edited_from is not None:
-                self.record_preference(turn_id, response_id, [edited_from], origin="edit")
+                self.record_preference(turn_id, response_id, [edited_from, *others], origin="edit")
             self.choose(turn_id, response_id)
         return demo_id
 
@@ -410,7 +415,7 @@ class SessionStore(FeedbackQueries):
             self._withdraw("preference", [pk for (pk,) in pairs])
 
     def withdraw_demonstration(self, demo_id: int) -> None:
-        """An edit or a written reply, with its pair over the original; its turn continues with no reply."""
+        """An edit or a written reply, with its pairs over the model's replies; its turn continues with no reply."""
         with self.db.atomic():
             demo = self.db["demonstrations"].get(demo_id)
             self._withdraw("demonstration", [demo_id])

@@ -5,7 +5,9 @@ a prompt, the loop's candidates, the judge's blind pick stored through the loop 
 a person's key would store it, and the loop's own updates. The simulated person is patient:
 before typing the next prompt it waits for a running update, as a person who reads for as
 long as an update takes. At the end the judge compares the final version with version 0 on
-held-out prompts, blind and in random order (measurement, not policy).
+held-out prompts, blind and in random order (measurement, not policy). The judging time is the
+person's: from the first prompt until the last judgment's update is live, without the engine's
+start or any held-out measurement.
 
 The judge sees each reply's finish reason: a pair of two cut-off fragments teaches nothing
 but length (DESIGN.md, "The live loop").
@@ -214,7 +216,7 @@ async def run(config: LoopConfig, rounds: int, store, person: Person, train_prom
     line = (f"win rate of v{result['version']} vs v0 on {result['comparisons']} held-out comparisons "
             f"({person.judge_spec} judge, blind): {result['win_rate']:.1%} ({result['wins']} wins, {result['ties']} ties, "
             f"{result['losses']} losses); {result['judgments']} judgments ({result['picks']} picks, {result['edits']} "
-            f"edits); wall time {result['wall_s']:.0f} s")
+            f"edits); judging time {result['judging_s']:.0f} s, wall time {result['wall_s']:.0f} s")
     store.log("info", f"simulate: {line}")
     typer.echo(line)
     return result
@@ -230,12 +232,14 @@ async def generate(client, messages: list[dict], config: LoopConfig, n: int, see
 async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: list[str], heldout: list[str],
                 curve_every: int = 0) -> tuple[dict, list[tuple[int, float]]]:
     """The training rounds, through the loop. Returns the counts (judgments: every key a person would
-    press to judge; picks; edits) and the learning curve [(judgments, win rate vs v0)]."""
+    press to judge; picks; edits; judging_s, the seconds they took without the curve's measurements)
+    and the learning curve [(judgments, win rate vs v0)]."""
     from tui_align.judges import Reply, best_of, checked_edit, group_scores
 
     order = prompts[:]
     random.Random(config.seed).shuffle(order)
     counts = {"judgments": 0, "picks": 0, "edits": 0}
+    started, measured = time.perf_counter(), 0.0
     curve: list[tuple[int, float]] = []
     base = None  # v0's held-out replies, once a curve point needs them
     for number in range(1, rounds + 1):
@@ -281,12 +285,15 @@ async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: 
                        f"{'  (update started)' if loop.updating else ''}")
         if curve_every and heldout and counts["judgments"] >= (len(curve) + 1) * curve_every and number < rounds:
             await loop.wait_for_update()
+            measuring = time.perf_counter()
             base = base or await held_out(config, loop.client, heldout, 0)
             live = await held_out(config, loop.client, heldout, loop.client.version)
             rate = compare(config, person, heldout, live, base)["win_rate"]
             curve.append((counts["judgments"], rate))
             typer.echo(f"  after {counts['judgments']} judgments: v{loop.client.version} wins {rate:.0%} vs v0 (held out)")
+            measured += time.perf_counter() - measuring
     await loop.wait_for_update()
+    counts["judging_s"] = time.perf_counter() - started - measured
     return counts, curve
 
 

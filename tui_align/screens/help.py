@@ -38,7 +38,7 @@ they are trained a window at a time while you go on (`tui-align replay` trains o
 | t | tie |
 | x | both bad |
 | s | skip this round (stored as skipped) |
-| e | edit the focused one: stored as a demonstration and preferred over the original |
+| e | edit the focused one: stored as a demonstration and preferred over every reply shown |
 | r | regenerate |
 | ← → / tab | move between candidates |
 

@@ -155,3 +155,31 @@ async def test_simulate_grpo_scores_every_candidate_and_trains_on_groups(tmp_pat
     for group in engine.updates[-1]["examples"]:
         by_text = {c[0]["content"]: s for c, s in zip(group["completions"], group["scores"])}
         assert by_text == {"a": 5, "a b": 3, "a b c": 1}  # the shorter reply wins every game
+
+
+async def test_a_paced_person_judges_on_while_an_update_runs(tmp_path):
+    """--pace: the rounds go on while an update trains; the last one's update is live at the end."""
+    import asyncio
+    from dataclasses import replace
+
+    from tests.fakes import FakeEngine
+    from tui_align.cli.simulate import LOOP, Person, train
+    from tui_align.loop import LiveLoop
+
+    config = replace(LOOP, candidates=2, update_every=1, window=1)
+    engine = FakeEngine(["a b c", "a"])
+    engine.update_gate = asyncio.Event()  # the first update trains until the gate opens
+    with SessionStore.open(tmp_path, "paced") as store:
+        loop = LiveLoop(store, engine, config)
+        assert await loop.start()
+        judging = asyncio.ensure_future(train(config, 3, loop, Person(shorter, "shorter"), ["Say hi."], [], pace=0.01))
+
+        async def three_rounds():  # a patient person would wait for the first update, forever
+            while len(engine.generated) < 3:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(three_rounds(), 10)
+        assert [g["version"] for g in engine.generated] == [0, 0, 0] and loop.updating and not judging.done()
+        engine.update_gate.set()
+        counts, _ = await judging
+    assert counts["judgments"] == 3 and engine.version == len(engine.updates) >= 2  # chained on what waited

@@ -4,7 +4,9 @@ The same LiveLoop `chat-train` runs, with the same defaults (tui_align/loop.py):
 a prompt, the loop's candidates, the judge's blind pick stored through the loop exactly as
 a person's key would store it, and the loop's own updates. The simulated person is patient:
 before typing the next prompt it waits for a running update, as a person who reads for as
-long as an update takes. At the end the judge compares the final version with version 0 on
+long as an update takes (every run with one seed then trains the same versions). With
+`--pace S` it is a person at work instead: S seconds to read and judge each round, never
+waiting for an update, so the replies come from whichever version is live by then. At the end the judge compares the final version with version 0 on
 held-out prompts, blind and in random order (measurement, not policy). The judging time is the
 person's: from the first prompt until the last judgment's update is live, without the engine's
 start or any held-out measurement.
@@ -89,6 +91,8 @@ def simulate(
                               "(needs matplotlib: pip install 'tui-align[plot]')."),
     seed: str = typer.Option(str(LOOP.seed), "--seed", help="Seed of the prompt order, the shown order and the sampling; "
                              "several, comma-separated (0,1,2), run one after the other, each in SESSION-sN."),
+    pace: float = typer.Option(None, "--pace", help="Seconds the simulated person takes to read and judge a round, "
+                               "never waiting for an update (default: patient, the next prompt once each update is live)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (the engine's device)."),
     sessions_dir: Path = SESSIONS_DIR,
 ) -> None:
@@ -108,6 +112,8 @@ def simulate(
             fail(f"--method {method}: choose {' or '.join(METHODS)}")
         if method == "grpo" and rpo_alpha is not None:
             fail("--rpo-alpha is a DPO option: grpo has no chosen reply")
+        if pace is not None and pace < 0:
+            fail("--pace must be 0 seconds or more")
         if arena_every < 0 or curve_every < 0:
             fail(f"{'--arena-every' if arena_every < 0 else '--curve-every'} must be 0 (off) or more")
         try:
@@ -141,7 +147,7 @@ def simulate(
                 typer.echo(f"session {name} ({store.folder}); judge {judge}; {rounds} rounds, update every "
                            f"{update_every} rows on the newest {window}; seed {one}")
                 result = asyncio.run(run(config, rounds, store, person, train_prompts, heldout, model, device,
-                                         curve_every))
+                                         curve_every, pace))
                 curves[one] = result.get("curve", [])
             finally:
                 store.close()
@@ -185,7 +191,8 @@ def draw(curves: dict[int, list[tuple[int, float]]], path: Path, title: str) -> 
 
 
 async def run(config: LoopConfig, rounds: int, store, person: Person, train_prompts: list[str],
-              heldout: list[str], model: str | None, device: str, curve_every: int = 0) -> dict:
+              heldout: list[str], model: str | None, device: str, curve_every: int = 0,
+              pace: float | None = None) -> dict:
     from tui_align.client import EngineClient, EngineDied
     from tui_align.loop import LiveLoop
 
@@ -198,7 +205,7 @@ async def run(config: LoopConfig, rounds: int, store, person: Person, train_prom
         info = client.info
         typer.echo(f"engine ready: {info.get('model')} on {info.get('device')}, version {client.version} "
                    f"({time.perf_counter() - started:.1f} s)")
-        counted, curve = await train(config, rounds, loop, person, train_prompts, heldout, curve_every)
+        counted, curve = await train(config, rounds, loop, person, train_prompts, heldout, curve_every, pace)
         if client.version == 0 or not heldout:
             typer.echo("no comparison: " + ("no update ran" if heldout else "--eval-prompts 0"))
             return {"version": client.version, **counted, "curve": curve}
@@ -230,7 +237,7 @@ async def generate(client, messages: list[dict], config: LoopConfig, n: int, see
 
 
 async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: list[str], heldout: list[str],
-                curve_every: int = 0) -> tuple[dict, list[tuple[int, float]]]:
+                curve_every: int = 0, pace: float | None = None) -> tuple[dict, list[tuple[int, float]]]:
     """The training rounds, through the loop. Returns the counts (judgments: every key a person would
     press to judge; picks; edits; judging_s, the seconds they took without the curve's measurements)
     and the learning curve [(judgments, win rate vs v0)]."""
@@ -243,10 +250,13 @@ async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: 
     curve: list[tuple[int, float]] = []
     base = None  # v0's held-out replies, once a curve point needs them
     for number in range(1, rounds + 1):
-        await loop.wait_for_update()  # the patient person: the next prompt once the last update is live
+        if pace is None:
+            await loop.wait_for_update()  # the patient person: the next prompt once the last update is live
         prompt = order[(number - 1) % len(order)]
         conversation = loop.store.new_conversation(system=config.system)
         round_ = await loop.generate(loop.begin(conversation, prompt))
+        if pace:
+            await asyncio.sleep(pace)  # reading: the engine trains meanwhile
         shown = [round_.results[i] for i in round_.shown_order]
         replies = [Reply(c["text"], c.get("finish_reason"), c.get("tokens")) for c in shown]
         if config.method == "grpo":  # every candidate scored, each score a key the person would press

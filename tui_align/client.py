@@ -29,6 +29,11 @@ STDERR_LINES = 200
 ERROR_LINE = re.compile(r"error\b|(\w+\.)*\w*(Error|Exception|Interrupt|Exit)\b")  # `error: ...`, `ValueError: ...`
 
 
+def describe(exc: BaseException) -> str:
+    """An engine error or an OSError as one line: its message."""
+    return getattr(exc, "message", None) or str(exc) or type(exc).__name__
+
+
 def last_error(stderr_tail: str) -> str:
     """The engine's stderr line that says what went wrong: its `error: ...` line or an exception's last
     line; else the last line that is neither a warning nor the source line a warning quotes."""

@@ -16,17 +16,18 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine import versions as vs
 from engine.models import LoRAConfig
 from tui_align import DEFAULT_SYSTEM_PROMPT
 from tui_align.arena import opponent as arena_opponent
-from tui_align.client import EngineClient, EngineDied, EngineError, last_error
+from tui_align.client import EngineClient, EngineDied, EngineError, describe, last_error
 from tui_align.errors import WriteFailed
 from tui_align.feedback import PENDING_CAP, grpo_groups
-from tui_align.rounds import SLOT_LETTERS, Round
+from tui_align.judging import Judging, Judgment
+from tui_align.rounds import Round
 
 
 @dataclass
@@ -83,17 +84,7 @@ class LoopState:
         return max(0, self.pending - self.window)
 
 
-@dataclass
-class Judgment:
-    """One stored judgment, so that it can be taken back: which rows, and the round they judged."""
-
-    round: Round
-    kind: str  # preference | rating | demonstration
-    ids: list[int] = field(default_factory=list)
-    slot: int | None = None  # the rated slot, for a rating
-
-
-class LiveLoop:
+class LiveLoop(Judging):
     def __init__(self, store, client: EngineClient, config: LoopConfig,
                  on_state: Callable[[LoopState], None] | None = None,
                  on_notice: Callable[[str, str], None] | None = None):
@@ -290,103 +281,6 @@ class LiveLoop:
         except (EngineDied, EngineError):
             pass  # not needed: the update computes what is missing; a death is noticed elsewhere
 
-    # Judgments: each is committed before it returns -------------------------------------
-
-    def pick(self, round_: Round, slot: int) -> None:
-        """The reply in `slot` beats every other one."""
-        with self.store.storing("the pick"):
-            judgment = self.store.record_preference(round_.turn_id, round_.response_at(slot), round_.others(slot),
-                                                    shown_order=round_.shown)
-            self._vote(round_, judgment, SLOT_LETTERS[slot])
-        round_.ranking = [slot] + [s for s in range(round_.n) if s != slot]
-        self._judged(Judgment(round_, "preference", [judgment]), complete=True)
-
-    def rank(self, round_: Round, slot: int) -> bool:
-        """The next best slot of a ranking of N > 2; stored (and True) once the ranking is complete."""
-        if not round_.add_rank(slot):
-            return False
-        try:
-            with self.store.storing("the ranking"):
-                ids = [self.store.record_preference(round_.turn_id, round_.response_at(better),
-                                                    [round_.response_at(s) for s in round_.ranking[i + 1:]],
-                                                    shown_order=round_.shown)
-                       for i, better in enumerate(round_.ranking[:-1])]
-        except WriteFailed:
-            del round_.ranking[-2:]  # back to before this key: the last rank and the implied one
-            raise
-        self._judged(Judgment(round_, "preference", ids), complete=True)
-        return True
-
-    def outcome(self, round_: Round, kind: str) -> None:
-        """tie, both_bad or skip: stored, never trained on. A tie continues with the left reply."""
-        outcome = {"skip": "skipped"}.get(kind, kind)
-        with self.store.storing(f"the {kind.replace('_', ' ')}"):
-            judgment = self.store.record_preference(round_.turn_id, None, round_.shown, outcome=outcome,
-                                                    shown_order=round_.shown)
-            if kind == "tie":
-                self.store.choose(round_.turn_id, round_.response_at(0))
-            self._vote(round_, judgment, outcome)
-        self._judged(Judgment(round_, "preference", [judgment]), complete=True)
-
-    def _vote(self, round_: Round, judgment: int, outcome: str) -> None:
-        """An arena round's judgment is also a vote between its versions (as shown: a first)."""
-        if round_.versions is not None:
-            shown_versions = [round_.versions[c] for c in round_.shown_order]
-            self.store.record_arena(round_.turn_id, judgment, shown_versions, round_.shown, outcome)
-
-    def rate(self, round_: Round, slot: int, score: int, scale: str = "1-5") -> bool:
-        """Score one reply (a re-score replaces the earlier one); True once every reply has a score,
-        when the best one continues the conversation. A KTO mark is a thumbs score: 1 desirable, 0 not."""
-        before = dict(round_.scores)
-        round_.scores[slot] = score if scale == "1-5" else (5 if score else 1)
-        complete = len(round_.scores) == round_.n
-        try:
-            with self.store.storing("the score"):
-                rating = self.store.record_rating(round_.response_at(slot), score, scale)
-                if complete:
-                    self.store.choose(round_.turn_id, round_.response_at(round_.best_scored()))
-        except WriteFailed:
-            round_.scores = before
-            raise
-        self._judged(Judgment(round_, "rating", [rating], slot=slot), complete=complete)
-        return complete
-
-    def edit(self, round_: Round, slot: int, text: str) -> None:
-        """The person's correction of the reply in `slot`: a demonstration, preferred over every reply the model gave."""
-        with self.store.storing("the edit"):
-            demo = self.store.record_demonstration(round_.turn_id, text, edited_from=round_.response_at(slot))
-        self._judged(Judgment(round_, "demonstration", [demo]), complete=True)
-
-    def _judged(self, judgment: Judgment, complete: bool) -> None:
-        judgment.round.complete = complete
-        self.last.append(judgment)
-        votes = self.state.votes + (judgment.round.versions is not None and judgment.kind == "preference")
-        self._set(pending=self.store.pending_count(self.config.method), votes=votes)
-        if complete or self.config.method != "grpo":  # a GRPO group trains once all its candidates are scored
-            self.maybe_update()
-
-    def take_back(self) -> Judgment | None:
-        """Withdraw this run's last judgment: never trained on from now (if an update already used it,
-        it is left out of every later one). Its round is open again; None if there is nothing to take back."""
-        if not self.last:
-            return None
-        judgment = self.last[-1]
-        withdraw = {"preference": self.store.withdraw_judgment, "rating": self.store.withdraw_rating,
-                    "demonstration": self.store.withdraw_demonstration}[judgment.kind]
-        with self.store.storing("the take-back"):
-            for pk in judgment.ids:
-                withdraw(pk)
-            if judgment.kind == "rating":
-                self.store.choose(judgment.round.turn_id, None)  # a complete round had continued with its best reply
-        self.last.pop()
-        round_ = judgment.round
-        round_.complete = False
-        round_.ranking = []
-        if judgment.kind == "rating":
-            round_.scores.pop(judgment.slot, None)
-        self._set(pending=self.store.pending_count(self.config.method))
-        return judgment
-
     # Updates ----------------------------------------------------------------------------
 
     @property
@@ -497,10 +391,6 @@ class LiveLoop:
         self.store.log("info", f"rolled back from v{current} to v{version}")
         self._set(version=version, note=f"rolled back to v{version}")
         return f"rolled back to v{version}" + ("" if stored else " (not recorded: the next start resumes where it was)")
-
-
-def describe(exc: BaseException) -> str:
-    return getattr(exc, "message", None) or str(exc) or type(exc).__name__
 
 
 def _assistant(text: str) -> dict:

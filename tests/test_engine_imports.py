@@ -17,7 +17,8 @@ from pathlib import Path
 from engine import TORCH_FREE
 
 ABSENT_ON_THE_GPU_MACHINE = ("textual", "sqlite_utils", "datasets", "gguf", "trl")
-MODEL_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "trl")  # seconds to import, each
+MODEL_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "trl",  # seconds to import, each
+                  "pandas", "numpy")  # sqlite-utils would import them: tui_align hides them from it
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent('''

@@ -15,7 +15,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer
 
 from tui_align.client import EngineDied, EngineError
 from tui_align.errors import WriteFailed
@@ -26,6 +25,7 @@ from tui_align.screens.help import HelpScreen
 from tui_align.screens.leaderboard import LeaderboardScreen
 from tui_align.widgets.candidates import MARK_METHODS, CandidatePane
 from tui_align.widgets.conversation import ConversationPane
+from tui_align.widgets.footer import KeyFooter
 from tui_align.widgets.metrics import MetricsPanel
 from tui_align.widgets.prompt import PromptInput
 from tui_align.widgets.status_bar import StatusBar
@@ -84,7 +84,7 @@ class ChatScreen(Screen):
                 yield CandidatePane(self.config.candidates, self.config.method, id="candidates", classes="no-round")
                 yield PromptInput(id="prompt", placeholder=PLACEHOLDERS[Phase.LOADING])
             yield MetricsPanel(self.config.method, id="metrics")
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
 
     def on_mount(self) -> None:
         history = [m for m in self.store.history(self.conversation_id) if m["role"] != "system"]
@@ -112,6 +112,10 @@ class ChatScreen(Screen):
 
     def watch_phase(self, phase: Phase) -> None:
         self.candidates.judging = phase is Phase.JUDGING
+        if phase is Phase.GENERATING and self.focused is self.prompt:
+            # Nothing focused while the candidates stream: a disabled prompt would hand focus to the
+            # conversation, whose focus style repaints every turn, twice a round.
+            self.set_focus(None)
         self.prompt.disabled = phase in (Phase.GENERATING, Phase.JUDGING)
         # On the pane, not the screen: a class on the screen restyles every widget in the conversation.
         self.candidates.set_class(phase not in (Phase.GENERATING, Phase.JUDGING), "no-round")

@@ -59,15 +59,18 @@ class CandidateView(VerticalScroll):
         self.body.update("")
 
     def append(self, piece: str) -> None:
-        """Repaint the reply on every token; lay out the screen (a reflow of every widget, the costly part of a
-        frame) only when the reply wraps onto another line."""
+        """Repaint the reply on every token; once it wraps onto another line, ask the pane for a layout."""
         self.text += piece
         body = self.body
         body.update(Text(self.text), layout=False)
         width, height = body.size
         if not width or body.get_content_height(Size(0, 0), Size(0, 0), width) != height:
-            body.refresh(layout=True)
-            self.call_after_refresh(self.scroll_end, animate=False)
+            self.parent.relayout_soon(self)
+
+    def relayout(self) -> None:
+        """Grow to the reply's lines (a reflow of the whole screen: the costly part of a frame) and follow it."""
+        self.body.refresh(layout=True)
+        self.call_after_refresh(self.scroll_end, animate=False)
 
     def finish(self, text: str, result: dict) -> None:
         self.text = text

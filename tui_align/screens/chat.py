@@ -70,6 +70,7 @@ class ChatScreen(Screen):
         self.store, self.config = loop.store, loop.config
         self.round: Round | None = None
         self.interrupted: Round | None = None  # a round the engine died in: regenerated after the restart
+        self.metrics_shown_at: float | None = None  # the loop's last update the metrics panel has shown
         self.conversation_id = self.store.latest_conversation()
         if self.conversation_id is None:  # if this fails the app cannot go on: it ends with the one line
             with self.store.storing("the first conversation"):
@@ -172,7 +173,8 @@ class ChatScreen(Screen):
             self.phase = Phase.LOADING
         elif self.phase is Phase.LOADING:
             self.show_hint()
-        if state.last_update is not None:
+        if state.last_update != self.metrics_shown_at:  # a new update, not every change of the loop's state
+            self.metrics_shown_at = state.last_update
             self.refresh_metrics()
 
     # A round --------------------------------------------------------------------------------

@@ -150,3 +150,47 @@ async def test_grpo_scores_each_candidate_and_each_score_is_stored_before_it_is_
         assert engine.updates[0]["method"] == "grpo" and sorted(group["scores"]) == [2, 4, 5]
         assert chat.phase is Phase.PROMPT
         await pilot.press("escape", "q")
+
+
+async def test_a_frame_redraws_only_what_changed(tmp_path, monkeypatch):
+    """The key bar is rebuilt only when its keys change; while candidates stream nothing has focus (the
+    conversation's focus style would repaint every turn); a streamed token lays the screen out only when
+    its reply wraps onto another line (at most every LAYOUT_EVERY s), and then the new line is on screen."""
+    from tui_align.widgets import candidates
+    from tui_align.widgets.candidate import CandidateView
+    from tui_align.widgets.footer import KeyFooter
+
+    monkeypatch.setattr(candidates, "LAYOUT_EVERY", 0.05)
+
+    focused, layouts = [], []
+    append, relayout = CandidateView.append, CandidateView.relayout
+    monkeypatch.setattr(CandidateView, "append", lambda view, piece: (append(view, piece),
+                                                                      focused.append(view.app.focused)))
+    monkeypatch.setattr(CandidateView, "relayout", lambda view: (layouts.append(view), relayout(view)))
+    app = fake_app(tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        chat = app.chat
+        footer = chat.query_one(KeyFooter)
+        await until(pilot, lambda: chat.phase is Phase.PROMPT, "the prompt")
+        await pilot.pause(0.1)
+        keys = list(footer.children)
+        chat.refresh_bindings()  # the same keys: nothing to rebuild
+        await pilot.pause(0.1)
+        assert keys and list(footer.children) == keys
+        await ask(pilot)
+        await pilot.pause(0.1)
+        assert list(footer.children) != keys and any(key.description == "pick" for key in footer.children)
+        assert focused and set(focused) == {None}
+
+        view = chat.candidates.views[0]
+        body = view.body
+        view.reset()
+        await pilot.pause()
+        layouts.clear()
+        for _ in range(30):  # ~6 lines at this width
+            view.append("word word ")
+            await pilot.pause(0.08)
+            width, height = body.size
+            assert height == body.get_content_height(body.size, body.size, width), f"{view.text!r} is cut"
+        assert len(layouts) == height - 1, f"{len(layouts)} layouts for 30 tokens on {height} lines"
+        await pilot.press("escape", "q")

@@ -15,7 +15,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer
 
 from tui_align.client import EngineDied, EngineError
 from tui_align.errors import WriteFailed
@@ -26,6 +25,7 @@ from tui_align.screens.help import HelpScreen
 from tui_align.screens.leaderboard import LeaderboardScreen
 from tui_align.widgets.candidates import MARK_METHODS, CandidatePane
 from tui_align.widgets.conversation import ConversationPane
+from tui_align.widgets.footer import KeyFooter
 from tui_align.widgets.metrics import MetricsPanel
 from tui_align.widgets.prompt import PromptInput
 from tui_align.widgets.status_bar import StatusBar
@@ -70,6 +70,7 @@ class ChatScreen(Screen):
         self.store, self.config = loop.store, loop.config
         self.round: Round | None = None
         self.interrupted: Round | None = None  # a round the engine died in: regenerated after the restart
+        self.metrics_shown_at: float | None = None  # the loop's last update the metrics panel has shown
         self.conversation_id = self.store.latest_conversation()
         if self.conversation_id is None:  # if this fails the app cannot go on: it ends with the one line
             with self.store.storing("the first conversation"):
@@ -84,7 +85,7 @@ class ChatScreen(Screen):
                 yield CandidatePane(self.config.candidates, self.config.method, id="candidates", classes="no-round")
                 yield PromptInput(id="prompt", placeholder=PLACEHOLDERS[Phase.LOADING])
             yield MetricsPanel(self.config.method, id="metrics")
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
 
     def on_mount(self) -> None:
         history = [m for m in self.store.history(self.conversation_id) if m["role"] != "system"]
@@ -112,6 +113,10 @@ class ChatScreen(Screen):
 
     def watch_phase(self, phase: Phase) -> None:
         self.candidates.judging = phase is Phase.JUDGING
+        if phase is Phase.GENERATING and self.focused is self.prompt:
+            # Nothing focused while the candidates stream: a disabled prompt would hand focus to the
+            # conversation, whose focus style repaints every turn, twice a round.
+            self.set_focus(None)
         self.prompt.disabled = phase in (Phase.GENERATING, Phase.JUDGING)
         # On the pane, not the screen: a class on the screen restyles every widget in the conversation.
         self.candidates.set_class(phase not in (Phase.GENERATING, Phase.JUDGING), "no-round")
@@ -168,7 +173,8 @@ class ChatScreen(Screen):
             self.phase = Phase.LOADING
         elif self.phase is Phase.LOADING:
             self.show_hint()
-        if state.last_update is not None:
+        if state.last_update != self.metrics_shown_at:  # a new update, not every change of the loop's state
+            self.metrics_shown_at = state.last_update
             self.refresh_metrics()
 
     # A round --------------------------------------------------------------------------------

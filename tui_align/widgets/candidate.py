@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 from rich.text import Text
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.geometry import Size
 from textual.widgets import Static
 
 FINISHED = ("stop", "eos", "finished")
-LAYOUT_EVERY = 0.25
 
 
 def finish_note(result: dict) -> tuple[str, bool]:
@@ -37,8 +35,6 @@ class CandidateView(VerticalScroll):
         super().__init__(classes="candidate", **kwargs)
         self.slot = slot
         self.text = ""
-        self._last_layout = 0.0
-        self._last_layout = 0.0
         self.border_title = self.letter
 
     @property
@@ -63,14 +59,18 @@ class CandidateView(VerticalScroll):
         self.body.update("")
 
     def append(self, piece: str) -> None:
-        """Repaint every token, re-lay out the screen at most every LAYOUT_EVERY s (a full reflow is costly)."""
+        """Repaint the reply on every token; once it wraps onto another line, ask the pane for a layout."""
         self.text += piece
-        now = time.monotonic()
-        relayout = now - self._last_layout >= LAYOUT_EVERY
-        self.body.update(Text(self.text), layout=relayout)
-        if relayout:
-            self._last_layout = now
-            self.call_after_refresh(self.scroll_end, animate=False)
+        body = self.body
+        body.update(Text(self.text), layout=False)
+        width, height = body.size
+        if not width or body.get_content_height(Size(0, 0), Size(0, 0), width) != height:
+            self.parent.relayout_soon(self)
+
+    def relayout(self) -> None:
+        """Grow to the reply's lines (a reflow of the whole screen: the costly part of a frame) and follow it."""
+        self.body.refresh(layout=True)
+        self.call_after_refresh(self.scroll_end, animate=False)
 
     def finish(self, text: str, result: dict) -> None:
         self.text = text

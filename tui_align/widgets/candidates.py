@@ -6,6 +6,8 @@ the screen gives it only once every candidate is done. A key typed in the prompt
 
 from __future__ import annotations
 
+import time
+
 from textual.binding import Binding
 from textual.containers import Container
 from textual.message import Message
@@ -14,6 +16,7 @@ from tui_align.rounds import SCORED_METHODS, SLOT_LETTERS
 from tui_align.widgets.candidate import CandidateView
 
 MARK_METHODS = ("ppo", "kto")  # sessions that judge each reply on its own (+/-): ppo scores, kto marks
+LAYOUT_EVERY = 0.25  # seconds between layouts while candidates stream, however many wrap a line meanwhile
 
 
 class CandidatePane(Container):
@@ -46,6 +49,8 @@ class CandidatePane(Container):
         self.n = n
         self.method = method
         self.judging = False  # set by the screen: votes count only between `done` and the feedback
+        self._wrapped: set[CandidateView] = set()  # views whose reply outgrew them since the last layout
+        self._last_layout = 0.0
 
     def compose(self):
         for slot in range(self.n):
@@ -95,6 +100,25 @@ class CandidatePane(Container):
         for view in self.query(CandidateView):
             view.reset()
             view.display = view.slot < self.n
+
+    def relayout_soon(self, view: CandidateView) -> None:
+        """Lay out `view` again now, or when LAYOUT_EVERY has passed since the last layout: four narrow views
+        wrap a line nearly every frame between them, and each layout reflows the whole screen."""
+        pending = bool(self._wrapped)
+        self._wrapped.add(view)
+        if pending:
+            return
+        wait = self._last_layout + LAYOUT_EVERY - time.monotonic()
+        if wait > 0:
+            self.set_timer(wait, self._relayout)
+        else:
+            self._relayout()
+
+    def _relayout(self) -> None:
+        self._last_layout = time.monotonic()
+        wrapped, self._wrapped = self._wrapped, set()
+        for view in wrapped:
+            view.relayout()
 
     def focus_first(self) -> None:
         self.views[0].focus()

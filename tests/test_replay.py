@@ -133,13 +133,14 @@ def test_replay_grpo_trains_on_the_exported_groups(tmp_path, tiny_model_dir):
     assert skipped == {"turn(s) with a single score": 1, "group(s) whose scores are all equal": 1}
 
     out = tmp_path / "grpo"
-    args = ["replay", "scores", "--method", "grpo", "--max-steps", "4", "--batch-size", "2", "--lr", "2e-2",
+    args = ["replay", "scores", "--method", "grpo", "--max-steps", "4", "--batch-size", "4", "--lr", "2e-2",
             "--save-steps", "2", "--sessions-dir", str(tmp_path)]
     result = runner.invoke(app, [*args, "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert "scores: 2 scored groups" in result.output and "used 2 scored groups from 1 session(s)" in result.output
     assert "skipped: 1 turn(s) with a single score, 1 group(s) whose scores are all equal" in result.output
-    assert "kl=" in result.output and json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["method"] == "grpo"
+    assert "kl=" in result.output and "epoch=4," in result.output  # a batch bigger than the rows is one epoch
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["method"] == "grpo"
 
     resumed = tmp_path / "resumed"
     result = runner.invoke(app, [*args, "--output", str(resumed), "--resume-from-checkpoint", str(out / "checkpoint-2")])

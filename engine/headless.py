@@ -1,4 +1,4 @@
-"""Headless batch training, shared by `tui-align train sft|dpo|rm` and `tui-align replay`.
+"""Headless batch training, shared by `tui-align train sft|dpo|kto|rm` and `tui-align replay`.
 
 Runs in the calling process so that `accelerate launch tui-align train ...` spreads it
 over GPUs unchanged. While it runs, everything goes to OUTPUT.partial/ (checkpoints, the
@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine import checkpoints
-from engine.protocol import UserError
+from engine.protocol import GRPOConfig, UserError
 from engine.models import LoRAConfig, add_lora, enable_gradient_checkpointing, load_model
-from engine.trainers import DPOTrainer, KTOTrainer, RewardTrainer, SFTTrainer, TrainConfig
+from engine.trainers import DPOTrainer, GRPOTrainer, KTOTrainer, RewardTrainer, SFTTrainer, TrainConfig
 
-TRAINERS = {"sft": SFTTrainer, "dpo": DPOTrainer, "rm": RewardTrainer, "kto": KTOTrainer}
+TRAINERS = {"sft": SFTTrainer, "dpo": DPOTrainer, "rm": RewardTrainer, "kto": KTOTrainer,
+            "grpo": GRPOTrainer}  # grpo: on stored scored groups (`replay`); `train grpo` samples its own (headless_grpo)
 
 
 @dataclass
@@ -99,7 +100,7 @@ def resume_point(resume: str | None, output: Path, identity: dict) -> Path | Non
     return folder
 
 
-def train(method: str, rows: list[dict], output: str | Path, model: str | None, config: TrainConfig,
+def train(method: str, rows: list[dict], output: str | Path, model: str | None, config: TrainConfig | GRPOConfig,
           lora: LoRAConfig, run: RunOptions | None = None, metadata: dict | None = None,
           eval_rows: list[dict] | None = None) -> dict:
     """Fit a LoRA adapter on `rows`, save it to `output` (and a merged model with `run.merge`)."""

@@ -1,7 +1,7 @@
 """Headless GRPO (`tui-align train grpo`): prompts file -> N completions each -> reward -> GRPO steps.
 
 Runs in the calling process, also under `accelerate launch` / torchrun (the step's prompts
-are split over the processes, see GRPOTrainer.fit). While it runs, the main process writes to
+are split over the processes, see GRPOTrainer.fit_online). While it runs, the main process writes to
 OUTPUT.partial/; the output folder (adapter, tokenizer, history.jsonl with every step's
 metrics) appears only when training has finished.
 """
@@ -59,7 +59,7 @@ def train_grpo(prompts: list, reward_spec: str, output: str | Path, model: str |
                 tracker.log({k: v for k, v in metrics.items() if k != "sample"}, metrics["step"])
 
         try:
-            history = trainer.fit(prompts, reward, steps, on_step=on_step)
+            history = trainer.fit_online(prompts, reward, steps, on_step=on_step)
         finally:
             bar.close()
             if tracker is not None:

@@ -130,7 +130,22 @@ def loss_terms(loss_type, loss_weights=None, rpo_alpha=None, label_smoothing: fl
 
 
 @dataclass
-class TrainConfig(DictConfig):
+class FitConfig(DictConfig):
+    """What a batch `fit` (engine/trainers/base.py) reads besides the loss: the part of TrainConfig and
+    GRPOConfig that `tui-align train` and `replay` set; each field is one option of those commands."""
+
+    batch_size: int = 4  # rows per forward pass (per device); a GRPO row is a whole group
+    grad_accum: int = 1
+    epochs: int = 1
+    max_steps: int | None = None
+    warmup_steps: int = 0  # the learning rate rises linearly over this many optimizer steps
+    save_steps: int | None = None  # write output/checkpoint-N every N optimizer steps
+    eval_steps: int | None = None  # evaluate the held-out rows every N optimizer steps (and at the end)
+    shuffle: bool = True  # reshuffle the rows every epoch (off: file order, as TRL's "sequential")
+
+
+@dataclass
+class TrainConfig(FitConfig):
     """Batch defaults (`tui-align train`, `replay`); each field is one option of those commands."""
 
     lr: float = 1e-4
@@ -142,17 +157,9 @@ class TrainConfig(DictConfig):
     desirable_weight: float = 1.0  # KTO: weight of a desirable reply's loss (TRL's desirable_weight)
     undesirable_weight: float = 1.0  # KTO: weight of an undesirable reply's loss
     max_length: int | None = 1024
-    batch_size: int = 4
-    grad_accum: int = 1
-    epochs: int = 1
-    max_steps: int | None = None
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     seed: int = 0
-    warmup_steps: int = 0  # fit(): the learning rate rises linearly over this many optimizer steps
-    save_steps: int | None = None  # fit(): write output/checkpoint-N every N optimizer steps
-    eval_steps: int | None = None  # fit(): evaluate the held-out rows every N optimizer steps (and at the end)
-    shuffle: bool = True  # fit(): reshuffle the rows every epoch (off: file order, as TRL's "sequential")
 
     def __post_init__(self):  # a name or a comma-separated string becomes the list; the weights are filled in
         self.loss_type, self.loss_weights = loss_terms(self.loss_type, self.loss_weights,
@@ -160,8 +167,9 @@ class TrainConfig(DictConfig):
 
 
 @dataclass
-class GRPOConfig(DictConfig):
-    """GRPO (`tui-align train grpo`, and the live `grpo` update); each field is one option of `train grpo`."""
+class GRPOConfig(FitConfig):
+    """GRPO (`tui-align train grpo`, the live `grpo` update, and `replay --method grpo`, which also sets
+    FitConfig's fields); each field is one option of `train grpo`."""
 
     lr: float = 1e-4
     # Weight of the k3 KL to the reference (the adapter disabled). TRL 1.16 defaults to 0 (no

@@ -67,6 +67,14 @@ class FeedbackQueries:
         rows = self.db.query(f"{_EXAMPLES} where e.method = ? and e.withdrawn = 0 order by e.id", [method])
         return self._build(method, list(rows))
 
+    def scored_groups(self) -> tuple[list[dict], int]:
+        """(the session's GRPO rows {prompt, completions, scores}, the turns with a single score: no group).
+        The one definition of a session's groups: `sessions export --kind grpo` writes them and
+        `replay --method grpo` trains on them."""
+        examples = [ex for _, ex in self.feedback("grpo")]
+        groups = grpo_groups(examples)
+        return groups, len({ex["turn_id"] for ex in examples}) - len(groups)
+
     def pending_count(self, method: str, cap: int = PENDING_CAP, after: int = 0) -> int:
         """Examples of `method` no finished update has trained on (with an id above `after`), counted up to
         `cap` (an index range with a LIMIT: its cost does not grow with a backlog)."""

@@ -19,8 +19,9 @@ Tables (one row per thing a person did or the engine produced):
                  rows of one judgment (a ranking of N>2) share `judgment_id`
   demonstrations a reply the person wrote or edited (kept as a response too)
   examples       one training row per method, made when the feedback is stored (a pair, a
-                 demonstration or picked reply, a reward, a KTO label); `update_id` is the update that
-                 consumed it (NULL: pending); `withdrawn` rows are never trained on again
+                 demonstration or picked reply, a reward, a KTO label, a reply's 1-5 score in its turn's
+                 GRPO group); `update_id` is the update that consumed it (NULL: pending); `withdrawn`
+                 rows are never trained on again
   updates        one live or batch update: the examples it trained on, metrics, version, status
   (ratings, preferences and demonstrations carry `withdrawn`: taken back, or replaced by a re-score)
   versions       adapter versions written by the engine under versions/vNNNN
@@ -162,6 +163,19 @@ def m006_kto_examples(db: Database) -> None:
                          case when g.scale = '1-5' then g.score > 3 else g.score > 0 end, g.withdrawn, g.created
                   from ratings g join responses s on s.id = g.response_id
                   where not (g.scale = '1-5' and g.score = 3) order by g.id""")
+
+
+@MIGRATIONS()
+def m007_grpo_examples(db: Database) -> None:
+    """GRPO rows (tui_align/feedback.py): one per 1-5 rating, the score as given; backfilled, oldest first,
+    for the ratings of sessions from before GRPO (those that have none yet), pending, withdrawn where the
+    rating is."""
+    db.execute("""insert into examples (method, source, source_id, turn_id, response_id, score, withdrawn, created)
+                  select 'grpo', 'rating', g.id, s.turn_id, g.response_id, g.score, g.withdrawn, g.created
+                  from ratings g join responses s on s.id = g.response_id
+                  where g.scale = '1-5' and not exists (select 1 from examples e where e.method = 'grpo'
+                                                        and e.source = 'rating' and e.source_id = g.id)
+                  order by g.id""")
 
 
 SCHEMA_VERSION = len(MIGRATIONS._migrations)

@@ -117,7 +117,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 step += 1
                 window = (window + [loss.item()])[-20:]
-                epoch = position.epoch + (start + cfg.batch_size) / max(len(shard), 1)
+                epoch = position.epoch + min(start + cfg.batch_size, len(shard)) / max(len(shard), 1)
                 metrics = {**batch_metrics, "loss": loss.item(), "grad_norm": float(grad_norm),
                            "learning_rate": learning_rate, "epoch": round(epoch, 4), "step": step}
                 bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")

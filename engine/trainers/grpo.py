@@ -1,8 +1,9 @@
 """GRPO: N scored completions of one prompt make a group; no value head, no critic.
 
-A row is a group `{prompt, completions: [N replies], scores: [N numbers]}`: live, a person's
-1-5 scores of the N candidates of a round; headless (`fit`), a reward function's scores of
-N sampled completions. Each completion's advantage is its score relative to its group
+A row is a group `{prompt, completions: [N replies], scores: [N numbers]}`: live (`step`), a
+person's 1-5 scores of the N candidates of a round; in batch (`fit`, `replay --method grpo`),
+a saved session's scored groups; online (`fit_online`, `train grpo`), a reward function's
+scores of N completions sampled as it trains. Each completion's advantage is its score relative to its group
 (engine.losses.group_advantages); the loss is TRL 1.16's GRPOTrainer loss
 (engine.losses.grpo_loss: clipped ratio per token, beta x k3 KL to the reference, TRL's
 default aggregation `dapo`). The reference is the same base with the adapter disabled.
@@ -27,6 +28,8 @@ from engine.trainers.ppo import _same_format, prompt_text
 
 
 class GRPOTrainer(Trainer):
+    method = "grpo"
+
     def __init__(self, model, tokenizer, config: GRPOConfig | None = None):
         super().__init__(model, tokenizer, config or GRPOConfig())
         self._prepared: tuple[list, dict] | None = None  # (rows, tensors) of the last step
@@ -83,8 +86,8 @@ class GRPOTrainer(Trainer):
                       "completion_length": batch["mask"].sum(-1).float().mean().item(),
                       "tokens": int(batch["mask"].sum())}
 
-    def fit(self, prompts: list, reward, steps: int, on_step=None) -> list[dict]:
-        """Headless: each step samples `num_generations` completions of `prompts_per_step` prompts, scores
+    def fit_online(self, prompts: list, reward, steps: int, on_step=None) -> list[dict]:
+        """Headless, online: each step samples `num_generations` completions of `prompts_per_step` prompts, scores
         them with `reward(prompts, responses)` and takes one optimizer step.
 
         Under `accelerate launch` / torchrun the step's prompts are split over the processes (every
@@ -125,4 +128,4 @@ class GRPOTrainer(Trainer):
         return history
 
     def save(self, folder, metadata: dict | None = None):
-        return super().save(folder, {"method": "grpo", **(metadata or {})})
+        return super().save(folder, {"method": self.method, **(metadata or {})})

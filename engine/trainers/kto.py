@@ -22,6 +22,8 @@ from engine.trainers.dpo import REFERENCE_CACHE_SIZE
 
 
 class KTOTrainer(Trainer):
+    method = "kto"
+
     def __init__(self, model, tokenizer, config=None):
         super().__init__(model, tokenizer, config)
         self.reference_cache: dict[bytes, float] = {}

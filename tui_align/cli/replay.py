@@ -10,14 +10,20 @@ from pathlib import Path
 
 import typer
 
+from engine.protocol import GRPOConfig, TrainConfig
 from tui_align.cli import train as t
 from tui_align.cli.common import CONFIG, fail, user_errors
 from tui_align.cli.sessions import SESSIONS_DIR
 
-REPLAY_METHODS = ("dpo", "sft", "kto")  # of engine.protocol.METHODS: those with a batch trainer over session rows
-ROWS = {"dpo": "pairs", "sft": "demonstrations", "kto": "marked replies"}  # what each method trains on, in words
-DPO_OPTIONS = ("loss_type", "loss_weights", "label_smoothing", "discopop_tau", "rpo_alpha")
-KTO_OPTIONS = ("desirable_weight", "undesirable_weight")
+REPLAY_METHODS = ("dpo", "sft", "kto", "grpo")  # of engine.protocol.METHODS: those with a batch trainer over session rows
+ROWS = {"dpo": "pairs", "sft": "demonstrations", "kto": "marked replies",
+        "grpo": "scored groups"}  # what each method trains on, in words
+OWN_OPTIONS = {"dpo": ("beta", "loss_type", "loss_weights", "label_smoothing", "discopop_tau", "rpo_alpha"),
+               "kto": ("beta", "desirable_weight", "undesirable_weight"), "grpo": ("beta", "scale_rewards"),
+               "sft": ()}  # the options only some methods have; one method's mean nothing to another
+BETA = typer.Option(None, "--beta", show_default=False, help=(
+    f"dpo and kto: the temperature, how far the policy may move from the reference (default {TrainConfig.beta:g}); "
+    f"grpo: the weight of the KL to the reference (default {GRPOConfig.beta:g})."))
 
 
 def collect(store, method: str) -> tuple[list[dict], dict[str, int]]:
@@ -35,21 +41,29 @@ def collect(store, method: str) -> tuple[list[dict], dict[str, int]]:
             else:
                 rows.append({k: ex[k] for k in ("prompt", "chosen", "rejected")})
         return rows, skipped
+    if method == "grpo":  # the groups `sessions export --kind grpo` writes, less those that teach nothing
+        groups, singles = store.scored_groups()
+        rows = [group for group in groups if len(set(group["scores"])) > 1]
+        for reason, n in (("turn(s) with a single score", singles),
+                          ("group(s) whose scores are all equal", len(groups) - len(rows))):
+            if n:
+                skipped[reason] = n
+        return rows, skipped
     return [ex for _, ex in store.feedback(method)], skipped
 
 
 def replay(
     names: list[str] = typer.Argument(..., help="One or more session names."),
-    method: str = typer.Option("dpo", "--method", help="dpo (preference pairs), sft (demonstrations) or kto "
-                               "(each rated reply, desirable or not)."),
+    method: str = typer.Option("dpo", "--method", help="dpo (preference pairs), sft (demonstrations), kto "
+                               "(each rated reply, desirable or not) or grpo (each turn's replies scored 1-5: a group)."),
     output: Path = t.OUTPUT, model: str = typer.Option(None, "--model", help="Model folder, GGUF file or hub id "
                                                        "(default: the sessions' model, else the bundled one)."),
     max_steps: int = t.MAX_STEPS, epochs: int = t.EPOCHS, batch_size: int = t.BATCH_SIZE, grad_accum: int = t.GRAD_ACCUM,
     lr: float = t.LR, max_length: int = t.MAX_LENGTH, lora_r: int = t.LORA_R, lora_alpha: int = t.LORA_ALPHA,
-    beta: float = t.BETA, loss_type: str = t.LOSS_TYPE, loss_weights: str = t.LOSS_WEIGHTS,
+    beta: float = BETA, loss_type: str = t.LOSS_TYPE, loss_weights: str = t.LOSS_WEIGHTS,
     label_smoothing: float = t.LABEL_SMOOTHING, discopop_tau: float = t.DISCOPOP_TAU, rpo_alpha: float = t.RPO_ALPHA,
     desirable_weight: float = t.DESIRABLE_WEIGHT, undesirable_weight: float = t.UNDESIRABLE_WEIGHT,
-    seed: int = t.SEED, merge: bool = t.MERGE, device: str = t.DEVICE,
+    scale_rewards: bool = t.SCALE_REWARDS, seed: int = t.SEED, merge: bool = t.MERGE, device: str = t.DEVICE,
     sessions_dir: Path = SESSIONS_DIR, warmup_steps: int = t.WARMUP_STEPS, eval_data: str = t.EVAL_DATA,
     eval_split: float = t.EVAL_SPLIT, eval_steps: int = t.EVAL_STEPS, save_steps: int = t.SAVE_STEPS,
     resume_from_checkpoint: str = t.RESUME, report_to: str = t.REPORT_TO, config: Path = CONFIG,
@@ -61,6 +75,8 @@ def replay(
 
         if method not in REPLAY_METHODS:
             fail(f"--method {method}: choose {', '.join(REPLAY_METHODS)}")
+        if method == "grpo" and beta is not None and beta < 0:
+            fail(f"--beta {beta}: grpo's KL weight must be >= 0")
         rows, skipped, models = [], {}, set()
         for name in names:
             with SessionStore.open(resolve(sessions_dir), name, readonly=True) as store:
@@ -71,13 +87,16 @@ def replay(
             for reason, n in session_skipped.items():
                 skipped[reason] = skipped.get(reason, 0) + n
         if not rows:
-            fail(f"no {ROWS[method]} to train on in {', '.join(names)}")
+            fail(f"no {ROWS[method]} to train on in {', '.join(names)}" + (f" (skipped: {_skipped(skipped)})" if skipped else ""))
         if model is None and len(models) == 1:
             options["model"] = models.pop()  # the model the feedback was given on
-        unused = {"dpo": KTO_OPTIONS, "kto": DPO_OPTIONS}.get(method, ("beta", *DPO_OPTIONS, *KTO_OPTIONS))
-        for name in unused:  # one method's options mean nothing to another
-            options.pop(name)
+        for option in {option for own in OWN_OPTIONS.values() for option in own} - set(OWN_OPTIONS[method]):
+            options.pop(option)
         metrics = t.run(method, options, rows=rows)
         typer.echo(f"used {len(rows)} {ROWS[method]} from {len(names)} session(s)")
-        typer.echo("skipped: " + (", ".join(f"{n} {reason}" for reason, n in skipped.items()) or "none"))
+        typer.echo("skipped: " + (_skipped(skipped) or "none"))
         typer.echo("final: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))))
+
+
+def _skipped(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in skipped.items())

@@ -155,9 +155,7 @@ def export_rows(store, kind: str) -> list[dict]:
     if kind == "sft":
         return [{"messages": ex["prompt"] + ex["completion"]} for _, ex in store.feedback("sft")]
     if kind == "grpo":
-        from tui_align.feedback import grpo_groups
-
-        return grpo_groups([ex for _, ex in store.feedback("grpo")])
+        return store.scored_groups()[0]
     return [ex for _, ex in store.feedback("kto")]
 
 

@@ -146,7 +146,8 @@ def run(method: str, options: dict, rows: list[dict] | None = None) -> dict:
                                  resume=options.get("resume_from_checkpoint"),
                                  report_to=options.get("report_to") or "none", log=log,
                                  gradient_checkpointing=options.get("gradient_checkpointing", False))
-        metrics = train(method, rows, output, options.get("model"), TrainConfig.from_dict(options),
+        config_type = GRPOConfig if method == "grpo" else TrainConfig  # grpo: `replay`'s stored groups
+        metrics = train(method, rows, output, options.get("model"), config_type.from_dict(options),
                         LoRAConfig(r=options["lora_r"], alpha=options["lora_alpha"]), run_options,
                         eval_rows=eval_rows)
         from engine.trainers.base import process_state
@@ -246,6 +247,7 @@ def ppo(prompts: Path = PROMPTS, reward: str = REWARD, output: Path = OUTPUT, mo
 
 
 GRPO = GRPOConfig()  # `train grpo`'s defaults, defined once there
+SCALE_REWARDS = typer.Option(GRPO.scale_rewards, "--scale-rewards/--no-scale-rewards", help="Divide advantages by the group's std (TRL's scale_rewards=group); off: only centre them.")
 
 
 @train_app.command()
@@ -256,7 +258,7 @@ def grpo(prompts: Path = PROMPTS, reward: str = REWARD, output: Path = OUTPUT, m
          beta: float = typer.Option(GRPO.beta, "--beta", help="Weight of the k3 KL to the reference (TRL 1.16's default is 0)."),
          epsilon: float = typer.Option(GRPO.epsilon, "--epsilon", help="Clip range of the probability ratio."),
          loss_type: str = typer.Option(GRPO.loss_type, "--loss-type", help="Aggregation of per-token losses, as TRL's: dapo (all tokens of the step) or grpo (each completion's mean)."),
-         scale_rewards: bool = typer.Option(GRPO.scale_rewards, "--scale-rewards/--no-scale-rewards", help="Divide advantages by the group's std (TRL's scale_rewards=group); off: only centre them."),
+         scale_rewards: bool = SCALE_REWARDS,
          max_new_tokens: int = typer.Option(GRPO.max_new_tokens, "--max-new-tokens", help="Longest completion sampled."),
          temperature: float = typer.Option(GRPO.temperature, "--temperature", help="Sampling temperature of the completions (> 0)."),
          lr: float = typer.Option(GRPO.lr, "--lr", help="AdamW learning rate of the LoRA weights."),

@@ -181,6 +181,8 @@ class GRPOConfig(DictConfig):
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     seed: int = 0
+    save_steps: int | None = None  # headless: write output/checkpoint-N every N steps
+    eval_steps: int | None = None  # headless: evaluate the held-out prompts every N steps (and at the end)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Conversations: checking a list of `{role, content}` messages and applying a chat template.
 
 Used by training data (engine.data), generation (engine.generation), the live server
-(engine.live) and PPO rollouts (engine.trainers.ppo). Torch-free: it needs only a
+(engine.live) and the PPO and GRPO rollouts (engine.rollouts). Torch-free: it needs only a
 tokenizer object with `apply_chat_template`.
 """
 

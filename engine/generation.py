@@ -67,10 +67,12 @@ def stop_ids(model, tokenizer) -> set[int]:
 class Generation:
     """Iterate to decode; each step yields [(candidate, new_text), ...]; then read `results()`."""
 
-    def __init__(self, model, tokenizer, messages: list[dict], n: int = 2, max_new_tokens: int = 128,
+    def __init__(self, model, tokenizer, messages: list[dict] | None, n: int = 2, max_new_tokens: int = 128,
                  temperature: float = 0.8, top_p: float = 0.95, seed: int | None = None,
-                 started: float | None = None):
-        check_messages(messages, "messages")
+                 started: float | None = None, prompt_ids: list[int] | None = None):
+        """`prompt_ids`: the prompt already as token ids (a tokenizer without a chat template), instead of `messages`."""
+        if prompt_ids is None:
+            check_messages(messages, "messages")
         if not 1 <= n <= 16:
             raise ValueError("n must be between 1 and 16")
         if max_new_tokens < 1:
@@ -82,7 +84,8 @@ class Generation:
         self.seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
         self.device = next(model.parameters()).device
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        self.prompt_ids = chat_ids(tokenizer, messages, add_generation_prompt=True)
+        self.prompt_ids = list(prompt_ids) if prompt_ids is not None else chat_ids(tokenizer, messages,
+                                                                                  add_generation_prompt=True)
         self.stops = stop_ids(model, tokenizer)
         self.candidates = [Candidate() for _ in range(n)]
         self.live = list(range(n))  # candidate index of each row still in the batch

@@ -1,13 +1,16 @@
-"""Headless batch training, shared by `tui-align train sft|dpo|kto|rm` and `tui-align replay`.
+"""Headless training: `train` for `tui-align train sft|dpo|kto|rm` and `tui-align replay`,
+`train_on_prompts` for `train ppo|grpo`.
 
 Runs in the calling process so that `accelerate launch tui-align train ...` spreads it
 over GPUs unchanged. While it runs, everything goes to OUTPUT.partial/ (checkpoints, the
-log, TensorBoard's logs/); the output folder appears only when training has finished.
+log, TensorBoard's logs/, PPO's and GRPO's history.jsonl); the output folder appears only
+when training has finished.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import shutil
@@ -17,10 +20,12 @@ from pathlib import Path
 from engine import checkpoints
 from engine.protocol import GRPOConfig, UserError
 from engine.models import LoRAConfig, add_lora, enable_gradient_checkpointing, load_model
+from engine.progress import phase
 from engine.trainers import DPOTrainer, GRPOTrainer, KTOTrainer, RewardTrainer, SFTTrainer, TrainConfig
 
 TRAINERS = {"sft": SFTTrainer, "dpo": DPOTrainer, "rm": RewardTrainer, "kto": KTOTrainer,
-            "grpo": GRPOTrainer}  # grpo: on stored scored groups (`replay`); `train grpo` samples its own (headless_grpo)
+            "grpo": GRPOTrainer}  # grpo: on stored scored groups (`replay`); `train grpo` samples its own (train_on_prompts)
+HISTORY = "history.jsonl"  # PPO's and GRPO's every step's metrics, one JSON object a line
 
 
 @dataclass
@@ -33,6 +38,7 @@ class RunOptions:
     report_to: str = "none"  # none, tensorboard, trackio or wandb (engine/tracking.py)
     log: object | None = None  # the RunLog (engine/headless_log.py) to write into the run's folder
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 slower
+    progress: bool = True  # progress bars (drawn only where stderr is a terminal) and the eval lines
 
 
 def check_output(output: str | Path) -> Path:
@@ -72,7 +78,7 @@ def save_beside(trainer, folder: Path, metadata: dict) -> None:
     tmp.rmdir()
 
 
-def split_rows(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+def split_rows(rows: list, fraction: float, seed: int) -> tuple[list, list]:
     """(train, eval): `fraction` of the rows held out, chosen by `seed`; at least one row on each side."""
     if not 0 < fraction < 1:
         raise UserError(f"--eval-split {fraction}: a fraction between 0 and 1, e.g. 0.1")
@@ -100,13 +106,61 @@ def resume_point(resume: str | None, output: Path, identity: dict) -> Path | Non
     return folder
 
 
+def load_policy(method: str, model: str | None, device: str, lora: LoRAConfig, run: RunOptions):
+    """(policy with a fresh LoRA adapter, tokenizer): the loading phase, with its progress bar."""
+    with phase("loading the model", 2, show=run.progress) as done:
+        if method == "rm":
+            from engine.trainers.reward import add_reward_lora, load_reward_base
+
+            base, tokenizer = load_reward_base(model, device=device)
+            done()
+            policy = add_reward_lora(base, lora)
+        else:
+            base, tokenizer = load_model(model, device=device)
+            done()
+            policy = add_lora(base, lora)
+        if run.gradient_checkpointing:
+            enable_gradient_checkpointing(policy)
+        done()
+    return policy, tokenizer
+
+
+def finish(trainer, tokenizer, partial: Path, output: Path, metadata: dict, run: RunOptions) -> None:
+    """The saving phase: the adapter and the tokenizer (and with `run.merge` a merged model) beside
+    what the run wrote, then OUTPUT.partial becomes OUTPUT."""
+    with phase("saving", 2 + run.merge, show=run.progress) as done:
+        save_beside(trainer, partial, metadata)
+        done()
+        tokenizer.save_pretrained(partial)
+        done()
+        if run.merge:
+            from engine.versions import save_merged
+
+            save_merged(trainer.model, tokenizer, partial / "merged")
+            done()
+    shutil.rmtree(output, ignore_errors=True)
+    partial.rename(output)
+
+
+def start(partial: Path, run: RunOptions, seed: int) -> bool:
+    """What a run does before loading the model; True on the main process (which writes the folder)."""
+    import torch
+
+    from engine.trainers.base import process_state
+
+    main = process_state().is_main_process
+    if main:
+        partial.mkdir(parents=True, exist_ok=True)
+        if run.log is not None:
+            run.log.attach(partial)
+    torch.manual_seed(seed)
+    return main
+
+
 def train(method: str, rows: list[dict], output: str | Path, model: str | None, config: TrainConfig | GRPOConfig,
           lora: LoRAConfig, run: RunOptions | None = None, metadata: dict | None = None,
           eval_rows: list[dict] | None = None) -> dict:
     """Fit a LoRA adapter on `rows`, save it to `output` (and a merged model with `run.merge`)."""
-    import torch
-    from tqdm.auto import tqdm
-
     from engine.tracking import check_report_to, open_tracker
     from engine.trainers.base import process_state
 
@@ -120,49 +174,82 @@ def train(method: str, rows: list[dict], output: str | Path, model: str | None, 
         raise UserError("--eval-steps needs held-out rows: --eval-data FILE or --eval-split 0.1")
     state = process_state()
     with kept_if_resumable(partial):
-        if state.is_main_process:
-            partial.mkdir(parents=True, exist_ok=True)
-            if run.log is not None:
-                run.log.attach(partial)
-        torch.manual_seed(config.seed)
-        device = run.device if run.device != "auto" else str(state.device)
-        if method == "rm":
-            from engine.trainers.reward import add_reward_lora, load_reward_base
-
-            base, tokenizer = load_reward_base(model, device=device)
-            policy = add_reward_lora(base, lora)
-        else:
-            base, tokenizer = load_model(model, device=device)
-            policy = add_lora(base, lora)
-        if run.gradient_checkpointing:
-            enable_gradient_checkpointing(policy)
+        main = start(partial, run, config.seed)
+        policy, tokenizer = load_policy(method, model, run.device if run.device != "auto" else str(state.device),
+                                        lora, run)
         trainer = TRAINERS[method](policy, tokenizer, config)
         tracker = open_tracker(run.report_to, partial / "logs", output.name, {"method": method, **config.to_dict()})
         try:
             metrics = trainer.fit(rows, output_dir=partial, eval_rows=eval_rows, resume_from=resume_from,
-                                  log=tracker.log if tracker else None, identity=identity)
+                                  log=tracker.log if tracker else None, identity=identity, progress=run.progress)
         finally:
             if tracker is not None:
                 tracker.finish()
         if method == "rm" and not eval_rows:  # how well it separates the pairs it was trained on
             metrics.update({f"train/{k}": v for k, v in trainer.evaluate(rows).items() if k != "loss"})
-        if state.is_main_process:
-            with tqdm(total=2 + run.merge, desc="saving") as bar:
-                save_beside(trainer, partial, {"method": method, "model": identity["model"], "rows": len(rows),
-                                               "metrics": metrics, **(metadata or {})})
-                bar.update()
-                tokenizer.save_pretrained(partial)
-                bar.update()
-                if run.merge:
-                    from transformers.utils import logging as hf_logging
-
-                    from engine.versions import save_merged
-
-                    hf_logging.disable_progress_bar()  # this bar is the saving phase's
-                    save_merged(trainer.model, tokenizer, partial / "merged")
-                    bar.update()
-            shutil.rmtree(output, ignore_errors=True)
-            partial.rename(output)
+        if main:
+            finish(trainer, tokenizer, partial, output, {"method": method, "model": identity["model"], "rows": len(rows),
+                                                         "metrics": metrics, **(metadata or {})}, run)
     if tracker is not None:
         metrics["logged_to"] = str(tracker.where).replace(str(partial), str(output))
     return metrics
+
+
+def train_on_prompts(method: str, prompts: list, reward_spec: str, output: str | Path, model: str | None, config,
+                     lora: LoRAConfig, steps: int, run: RunOptions | None = None,
+                     eval_prompts: list | None = None) -> list[dict]:
+    """PPO or GRPO (`method`) for `steps` steps on `prompts`, scored by `reward_spec` (engine/rewards.py);
+    writes `output` whole (adapter, value head for PPO, tokenizer, history.jsonl of every step) and
+    returns the run's history, the steps before a resume included. Under `accelerate launch` every
+    process rolls out its share and trains; the main process writes."""
+    from engine.rewards import load_reward
+    from engine.tracking import check_report_to, open_tracker
+    from engine.trainers.base import process_state
+    from engine.trainers.ppo import PPOTrainer
+
+    run = run or RunOptions()
+    output = check_output(output)
+    partial = work_dir(output)
+    identity = {"method": method, "model": model_id(model), "data": checkpoints.fingerprint(prompts),
+                "reward": reward_spec}
+    resume_from = resume_point(run.resume, output, identity)
+    check_report_to(run.report_to)
+    if config.eval_steps and not eval_prompts:
+        raise UserError("--eval-steps needs held-out prompts: --eval-prompts FILE or --eval-split 0.1")
+    state = process_state()
+    device = run.device if run.device != "auto" else str(state.device)  # under accelerate: this process's own
+    reward = load_reward(reward_spec, device=device)  # user code fails here, before the model loads
+    with kept_if_resumable(partial):
+        main = start(partial, run, config.seed)
+        policy, tokenizer = load_policy(method, model, device, lora, run)
+        trainer = {"ppo": PPOTrainer, "grpo": GRPOTrainer}[method](policy, tokenizer, config)
+        tracker = open_tracker(run.report_to, partial / "logs", output.name, {"method": method, **config.to_dict()})
+        history_file = partial / HISTORY
+        if main:  # a resumed run keeps the steps up to its checkpoint
+            done = json.loads((resume_from / checkpoints.STATE).read_text())["step"] if resume_from else 0
+            kept = [h for h in read_history(history_file) if h["step"] <= done] if history_file.exists() else []
+            history_file.write_text("".join(json.dumps(h) + "\n" for h in kept))
+
+        def on_step(metrics: dict) -> None:
+            if main:
+                with history_file.open("a") as file:
+                    file.write(json.dumps(metrics) + "\n")
+
+        try:
+            history = trainer.fit_online(prompts, reward, steps, on_step=on_step, output_dir=partial,
+                                       resume_from=resume_from, identity=identity, eval_prompts=eval_prompts, log=tracker.log if tracker else None,
+                        progress=run.progress)
+        finally:
+            if tracker is not None:
+                tracker.finish()
+        if not main:
+            return history
+        history = read_history(history_file)
+        metrics = {k: v for k, v in history[-1].items() if k != "sample"}
+        finish(trainer, tokenizer, partial, output, {"model": model, "reward": reward_spec, "steps": steps,
+                                                     "prompts": len(prompts), "metrics": metrics}, run)
+    return history
+
+
+def read_history(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,23 +1,23 @@
 """Headless PPO (`tui-align train ppo`): prompts file -> rollouts -> reward -> PPO steps.
 
-Runs in the calling process. The output folder (adapter, value head, tokenizer,
-history.jsonl with every step's metrics) appears only when training has finished.
+Runs in the calling process; the run itself is engine.headless's train_on_prompts, shared with
+GRPO. The output folder (adapter, value head, tokenizer, history.jsonl with every step's
+metrics) appears only when training has finished. The prompts files of `train ppo` and
+`train grpo` are read here.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
-from engine.data import read_rows
+from engine.data import TRAIN_SPLITS, read_rows
+from engine.headless import RunOptions, train_on_prompts
 from engine.protocol import DataError, UserError
-from engine.headless import check_output, kept_if_resumable, save_beside, work_dir
 
 
-def load_prompts(path: str | Path) -> list:
+def load_prompts(path: str | Path, preferred: tuple[str, ...] = TRAIN_SPLITS) -> list:
     """Prompts from a .txt file (one per line) or JSONL / dataset rows with a "prompt"
-    (a string, or a list of {role, content} messages)."""
+    (a string, or a list of {role, content} messages); of a dataset, the first `preferred` split it has."""
     path = Path(path)
     if path.suffix == ".txt":
         if not path.is_file():
@@ -28,7 +28,7 @@ def load_prompts(path: str | Path) -> list:
             raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     else:
         prompts = []
-        for number, row in enumerate(read_rows(path), 1):
+        for number, row in enumerate(read_rows(path, preferred=preferred), 1):
             prompt = row.get("prompt")
             ok_text = isinstance(prompt, str) and prompt.strip()
             ok_messages = isinstance(prompt, list) and prompt and all(
@@ -52,62 +52,16 @@ def check_plot(plot: str | Path | None) -> None:
 
 
 def train_ppo(prompts: list, reward_spec: str, output: str | Path, model: str | None, config, lora,
-              steps: int, device: str = "auto", plot: str | Path | None = None, progress: bool = True,
-              report_to: str = "none", log=None, gradient_checkpointing: bool = False) -> list[dict]:
-    """Train, then write `output` whole; `report_to` logs every step (engine/tracking.py), `log` is the
-    run's RunLog (engine/headless_log.py). Under `accelerate launch` every process rolls out its own
-    replies (PPOTrainer.fit averages the gradients) and the main process writes the folder and the plot."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from engine.models import add_lora, enable_gradient_checkpointing, load_model
-    from engine.rewards import load_reward
-    from engine.tracking import open_tracker
+              steps: int, plot: str | Path | None = None, run: RunOptions | None = None,
+              eval_prompts: list | None = None) -> list[dict]:
+    """Train, then write `output` whole (engine.headless.train_on_prompts) and the plot. Under
+    `accelerate launch` every process rolls out its own replies (PPOTrainer.fit averages the
+    gradients) and the main process writes the folder and the plot."""
     from engine.trainers.base import process_state
-    from engine.trainers.ppo import PPOTrainer
 
-    output = check_output(output)
     check_plot(plot)
-    state = process_state()
-    device = device if device != "auto" else str(state.device)  # under accelerate: this process's own
-    reward = load_reward(reward_spec, device=device)  # user code fails here, before the model loads
-    partial = work_dir(output)
-    with kept_if_resumable(partial):
-        if state.is_main_process:
-            partial.mkdir(parents=True, exist_ok=True)
-            if log is not None:
-                log.attach(partial)
-        torch.manual_seed(config.seed)
-        base, tokenizer = load_model(model, device=device)
-        policy = add_lora(base, lora)
-        if gradient_checkpointing:
-            enable_gradient_checkpointing(policy)
-        trainer = PPOTrainer(policy, tokenizer, config)
-        tracker = open_tracker(report_to, partial / "logs", output.name, {"method": "ppo", **config.to_dict()}) \
-            if state.is_main_process else None
-        bar = tqdm(total=steps, desc="training", disable=not (progress and state.is_main_process))
-
-        def on_step(metrics: dict) -> None:
-            bar.set_postfix(score=f"{metrics['score']:.3g}", kl=f"{metrics['kl']:.3g}", len=f"{metrics['response_length']:.3g}")
-            bar.update(1)
-            if tracker is not None:
-                tracker.log(metrics, metrics["step"])
-
-        try:
-            history = trainer.fit(prompts, reward, steps, on_step=on_step)
-        finally:
-            bar.close()
-            if tracker is not None:
-                tracker.finish()
-        if not state.is_main_process:
-            return history
-        save_beside(trainer, partial, {"model": model, "reward": reward_spec, "steps": steps, "prompts": len(prompts),
-                                       "metrics": {k: v for k, v in history[-1].items() if k != "sample"}})
-        tokenizer.save_pretrained(partial)
-        (partial / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-        shutil.rmtree(output, ignore_errors=True)
-        partial.rename(output)
-    if plot is not None:
+    history = train_on_prompts("ppo", prompts, reward_spec, output, model, config, lora, steps, run, eval_prompts)
+    if plot is not None and process_state().is_main_process:
         write_plot(history, plot, title=f"PPO, reward {reward_spec}")
     return history
 

@@ -140,7 +140,7 @@ class FitConfig(DictConfig):
     max_steps: int | None = None
     warmup_steps: int = 0  # the learning rate rises linearly over this many optimizer steps
     save_steps: int | None = None  # write output/checkpoint-N every N optimizer steps
-    eval_steps: int | None = None  # evaluate the held-out rows every N optimizer steps (and at the end)
+    eval_steps: int | None = None  # evaluate the held-out rows (train grpo: prompts) every N optimizer steps, and at the end
     shuffle: bool = True  # reshuffle the rows every epoch (off: file order, as TRL's "sequential")
 
 

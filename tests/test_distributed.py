@@ -49,7 +49,7 @@ SCRIPT = textwrap.dedent('''
         base, _ = load_model(model_dir, device="cpu")
         ppo = PPOTrainer(add_lora(base, LoRAConfig(r=4, alpha=8)), tokenizer,
                          PPOConfig(lr=1e-2, batch_size=2, mini_batch_size=1, ppo_epochs=1, max_new_tokens=6))
-        history = ppo.fit(["Hi.", "Count to three.", "Name a colour.", "Say yes."],
+        history = ppo.fit_online(["Hi.", "Count to three.", "Name a colour.", "Say yes."],
                           lambda prompts, replies: [float(len(r)) for r in replies], steps=1)
         saved["ppo"] = {**adapter_state(ppo.model), **{f"value_head.{k}": v for k, v in ppo.value_head.state_dict().items()}}
         saved["ppo_sample"] = history[0]["sample"]
@@ -60,18 +60,19 @@ SCRIPT = textwrap.dedent('''
 
         lora = LoRAConfig(r=4, alpha=8)
         train_ppo(["Hi.", "Say yes."], "length", f"{out}/ppo-out", model_dir, PPOConfig(batch_size=1, mini_batch_size=1,
-                  ppo_epochs=1, max_new_tokens=4), lora, steps=1, device="cpu", progress=False)
+                  ppo_epochs=1, max_new_tokens=4), lora, steps=1, run=RunOptions(device="cpu", progress=False))
         train("rm", rows, f"{out}/rm-out", model_dir, TrainConfig(max_steps=1, batch_size=1), lora,
               RunOptions(device="cpu"))
 
     # `train grpo`: 2 groups of 3 per step; one process generates both, two generate one each
     # (same prompts, same seeds: train_grpo seeds itself)
+    from engine.headless import RunOptions
     from engine.headless_grpo import train_grpo
     from engine.protocol import GRPOConfig
 
     train_grpo(["Say yes.", "Name a colour.", "Count to three."], "length", f"{out}/grpo-{state.num_processes}",
                model_dir, GRPOConfig(lr=1e-2, num_generations=3, prompts_per_step=2, max_new_tokens=6),
-               LoRAConfig(r=4, alpha=8), steps=1, device="cpu", progress=False)
+               LoRAConfig(r=4, alpha=8), steps=1, run=RunOptions(device="cpu", progress=False))
     torch.save(saved, f"{out}/rank{state.process_index}-of-{state.num_processes}.pt")
 ''')
 

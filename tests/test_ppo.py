@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from engine.protocol import NonFiniteLoss
+from engine.rollouts import prompt_ids, roll_out
 from engine.trainers.ppo import PPOConfig, PPOTrainer
 from tui_align.cli import app
 
@@ -29,7 +30,7 @@ def test_ppo_raises_a_rule_reward(tiny_policy):
     def no_newlines(prompts, responses):
         return [max(0.0, 1 - r.count("\n") / 4) for r in responses]
 
-    history = trainer.fit(["hello there", "how are you", "tell me a story", "what is two plus two"], no_newlines, 15)
+    history = trainer.fit_online(["hello there", "how are you", "tell me a story", "what is two plus two"], no_newlines, 20)
     scores = [h["score"] for h in history]
     first, last = sum(scores[:3]) / 3, sum(scores[-5:]) / 5
     assert first < 0.6 and last > 0.85 and last > first + 0.3, scores
@@ -60,7 +61,7 @@ def test_non_finite_scores_discard_the_whole_update(tiny_policy):
     trainer = PPOTrainer(policy, tokenizer, PPOConfig(mini_batch_size=1, ppo_epochs=1))
     before = adapter_state(policy)
     head = {k: v.clone() for k, v in trainer.value_head.state_dict().items()}
-    prompt = trainer.prompt_ids("Hi")
+    prompt = prompt_ids(tokenizer, "Hi")
     with pytest.raises(NonFiniteLoss):
         trainer.step([prompt, prompt], [[100, 101], [102]], [1.0, float("nan")])
     after = adapter_state(policy)
@@ -74,7 +75,7 @@ def test_value_head_saves_and_reloads_with_a_version(tiny_policy, tmp_path):
 
     policy, tokenizer = tiny_policy
     trainer = PPOTrainer(policy, tokenizer, PPOConfig(lr=1e-2, mini_batch_size=2, ppo_epochs=1))
-    prompt = trainer.prompt_ids("Hi")
+    prompt = prompt_ids(tokenizer, "Hi")
     trainer.step([prompt, prompt], [[100, 101, 2], [102, 2]], [1.0, 0.0])
     trainer.save(tmp_path / "v0001")
     assert (tmp_path / "v0001" / "value_head.safetensors").exists()
@@ -86,15 +87,27 @@ def test_value_head_saves_and_reloads_with_a_version(tiny_policy, tmp_path):
         assert torch.equal(fresh.state_dict()[key], value)
 
 
-def test_rollout_returns_response_ids(tiny_policy):
+def test_rollouts_return_completion_ids_and_scores(tiny_policy):
     policy, tokenizer = tiny_policy
-    trainer = PPOTrainer(policy, tokenizer, PPOConfig(max_new_tokens=5))
-    prompts = [trainer.prompt_ids("Hi"), trainer.prompt_ids("A much longer prompt than the first one")]
-    responses = trainer.rollout(prompts)
-    assert len(responses) == 2
-    for response in responses:
-        assert 1 <= len(response) <= 5
-        assert tokenizer.eos_token_id not in response[:-1]
+    config = PPOConfig(max_new_tokens=5)
+    prompts = ["Hi", [{"role": "user", "content": "A much longer prompt than the first one"}]]
+    encoded = [prompt_ids(tokenizer, p) for p in prompts]
+    seen = []
+
+    def reward(texts, replies):
+        seen.append(texts)
+        return [float(len(r)) for r in replies]
+
+    rolled = roll_out(policy, tokenizer, prompts, encoded, [(0, 1), (1, 2)], 3, config, reward)
+    assert seen == [["Hi"] * 3 + ["A much longer prompt than the first one"] * 3]  # one call, prompt texts
+    assert [r.prompt for r in rolled] == prompts and [r.prompt_ids for r in rolled] == encoded
+    for r in rolled:
+        assert len(r.completions) == len(r.texts) == len(r.scores) == 3
+        assert r.scores == [float(len(t)) for t in r.texts]
+        for completion in r.completions:
+            assert 1 <= len(completion) <= 5 and tokenizer.eos_token_id not in completion[:-1]
+    again = roll_out(policy, tokenizer, prompts, encoded, [(1, 2)], 3, config, reward)
+    assert again[0].completions == rolled[1].completions  # a slot's seed alone decides its samples
 
 
 def test_train_ppo_cli_writes_adapter_value_head_and_history(tmp_path, tiny_model_dir):

@@ -74,9 +74,8 @@ class Trainer:
         DistributedDataParallel forward, so the averaging is done here, explicitly: the
         adapter's gradients are a few MB.
         """
-        from tqdm.auto import tqdm
-
         from engine import checkpoints
+        from engine.progress import bar as progress_bar
 
         cfg = self.config
         state = process_state()
@@ -90,7 +89,7 @@ class Trainer:
         position = checkpoints.Position()
         if resume_from is not None:
             position = checkpoints.load(resume_from, self, scheduler, order)
-        bar = tqdm(total=total, initial=position.step, desc="training", disable=not (progress and main))
+        bar = progress_bar(total=total, initial=position.step, desc="training", show=progress and main)
         metrics: dict = {}
         window: list[float] = []
         step, micro = position.step, position.micro
@@ -147,14 +146,14 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, rows: list[dict], progress: bool = False) -> dict:
         """The loss and the loss's metrics over `rows` (eval mode, no update), averaged per row."""
-        from tqdm.auto import tqdm
+        from engine.progress import bar
 
         was_training = self.model.training
         self.model.eval()
         sums: dict[str, float] = {}
         try:
-            for start in tqdm(range(0, len(rows), self.config.batch_size), desc="evaluating", leave=False,
-                              disable=not progress):
+            for start in bar(range(0, len(rows), self.config.batch_size), desc="evaluating", leave=False,
+                             show=progress):
                 batch = rows[start:start + self.config.batch_size]
                 loss, metrics = self.loss(batch)
                 for key, value in {"loss": loss.item(), **metrics}.items():
@@ -165,12 +164,9 @@ class Trainer:
         return {key: total / len(rows) for key, total in sums.items()}
 
     def _evaluate_and_report(self, rows: list[dict], step: int, show: bool, log) -> dict:
-        from tqdm.auto import tqdm
-
         evaluated = {f"eval/{k}": v for k, v in self.evaluate(rows, progress=show).items()}
         if show:
-            tqdm.write(f"eval at step {step}: " + ", ".join(f"{k.removeprefix('eval/')}={v:.4g}"
-                                                             for k, v in evaluated.items()))
+            print_eval(evaluated, step)
         if log and process_state().is_main_process:
             log(evaluated, step)
         return evaluated
@@ -179,6 +175,13 @@ class Trainer:
         from engine.versions import save_adapter
 
         return save_adapter(self.model, folder, {"config": self.config.to_dict(), **(metadata or {})})
+
+
+def print_eval(evaluated: dict, step: int) -> None:
+    """`eval at step N: loss=..., ...` on stdout, above the progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"eval at step {step}: " + ", ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in evaluated.items()))
 
 
 def adamw(params: list, config) -> torch.optim.AdamW:

@@ -15,8 +15,6 @@ its clipping act as in TRL.
 
 from __future__ import annotations
 
-import random
-
 import torch
 
 from engine.data import collate, tokenize_pair
@@ -24,7 +22,7 @@ from engine.logprobs import token_logps
 from engine.losses import GRPO_LOSS_TYPES, group_advantages, grpo_loss
 from engine.protocol import GRPOConfig
 from engine.trainers.base import Trainer, process_state
-from engine.trainers.ppo import _same_format, prompt_text
+from engine.trainers.ppo import _same_format
 
 
 class GRPOTrainer(Trainer):
@@ -86,46 +84,24 @@ class GRPOTrainer(Trainer):
                       "completion_length": batch["mask"].sum(-1).float().mean().item(),
                       "tokens": int(batch["mask"].sum())}
 
-    def fit_online(self, prompts: list, reward, steps: int, on_step=None) -> list[dict]:
-        """Headless, online: each step samples `num_generations` completions of `prompts_per_step` prompts, scores
-        them with `reward(prompts, responses)` and takes one optimizer step.
+    def fit_online(self, prompts: list, reward, steps: int, on_step=None, **options) -> list[dict]:
+        """Headless, online (engine/rollouts.py): each step samples `num_generations` completions of
+        `prompts_per_step` prompts, scores them with `reward(prompts, responses)` and takes one optimizer
+        step; `options` are rollouts.fit's (checkpoints, resume, evaluation, logging).
 
         Under `accelerate launch` / torchrun the step's prompts are split over the processes (every
         process draws the same prompts and seeds, and generates its share), gradients are averaged:
         the result is that of one process taking the whole step.
         """
-        from engine.generation import Generation
+        from engine import rollouts
 
-        cfg = self.config
-        state = process_state()
-        self.world_size = state.num_processes
-        order, pool, history = random.Random(cfg.seed), [], []
-        for step in range(steps):
-            picked = []
-            while len(picked) < cfg.prompts_per_step:  # cycle through the prompts in shuffled passes
-                if not pool:
-                    pool = list(range(len(prompts)))
-                    order.shuffle(pool)
-                picked.append(pool.pop())
-            groups, sample = [], ""
-            for slot in range(state.process_index, len(picked), state.num_processes):
-                prompt = prompts[picked[slot]]
-                messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-                self.model.eval()
-                gen = Generation(self.model, self.tokenizer, messages, n=cfg.num_generations,
-                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                 seed=cfg.seed + step * cfg.prompts_per_step + slot)
-                for _ in gen:
-                    pass
-                texts = [r["text"] for r in gen.results()]
-                scores = reward([prompt_text(prompt)] * len(texts), texts)
-                groups.append((gen.prompt_ids, [c.tokens for c in gen.candidates], scores))
-                sample = sample or texts[0]
-            metrics = {"step": self.steps + 1, **self.step(groups), "sample": sample}
-            history.append(metrics)
-            if on_step:
-                on_step(metrics)
-        return history
+        self.world_size = process_state().num_processes
+        return rollouts.fit(self, prompts, reward, steps, per_step=self.config.prompts_per_step,
+                            n=self.config.num_generations, learn=self.learn, on_step=on_step, **options)
+
+    def learn(self, rolled: list) -> dict:
+        """One optimizer step on rollouts of one group each (engine/rollouts.py)."""
+        return self.step([(r.prompt_ids, r.completions, r.scores) for r in rolled])
 
     def save(self, folder, metadata: dict | None = None):
         return super().save(folder, {"method": self.method, **(metadata or {})})

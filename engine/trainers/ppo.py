@@ -16,14 +16,12 @@ eval mode (no dropout), so the first mini-batch sees a probability ratio of exac
 
 from __future__ import annotations
 
-import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
 
-from engine.chat import chat_ids
 from engine.data import collate, tokenize_pair
 from engine.protocol import DataError, DictConfig, NonFiniteLoss
 from engine.logprobs import token_logps
@@ -56,9 +54,13 @@ class PPOConfig(DictConfig):
     top_p: float = 1.0
     max_length: int | None = 1024
     seed: int = 0
+    save_steps: int | None = None  # fit(): write output/checkpoint-N every N steps
+    eval_steps: int | None = None  # fit(): evaluate the held-out prompts every N steps (and at the end)
 
 
 class PPOTrainer:
+    method = "ppo"  # what its checkpoints record
+
     def __init__(self, policy, tokenizer, config: PPOConfig | None = None, value_head: ValueHead | None = None):
         self.model = policy  # a PeftModel: base frozen, adapter trainable
         self.tokenizer = tokenizer
@@ -188,91 +190,36 @@ class PPOTrainer:
             scores.append(float(score))
         return self.step(prompts, responses, scores)
 
-    # --- generation and the headless loop ---------------------------------------------
+    # --- the headless loop ------------------------------------------------------------
 
-    def prompt_ids(self, prompt) -> list[int]:
-        """Token ids of a prompt: messages (or a string, as one user message) through the
-        chat template when the tokenizer has one, else the plain text."""
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-            return chat_ids(self.tokenizer, messages, add_generation_prompt=True)
-        text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def fit_online(self, prompts: list, reward, steps: int, on_step=None, **options) -> list[dict]:
+        """The headless loop (engine/rollouts.py): each step samples one reply to each of batch_size
+        prompts, scores them with `reward(prompts, replies)` and takes one PPO step; `options` are
+        rollouts.fit's (checkpoints, resume, evaluation, logging).
 
-    @torch.no_grad()
-    def rollout(self, prompts: list[list[int]]) -> list[list[int]]:
-        """Sample one response per prompt (token ids, ending at the stop token if reached)."""
-        cfg = self.config
-        pad = self.tokenizer.pad_token_id
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for i, p in enumerate(prompts):  # left padding: every row continues at the same column
-            input_ids[i, width - len(p):] = torch.tensor(p)
-            attention_mask[i, width - len(p):] = 1
-        stops = self._stop_ids()
-        self.model.eval()
-        out = self.model.generate(
-            input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-            do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
-            max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, eos_token_id=stops,
-        )
-        responses = []
-        for row in out[:, width:].tolist():
-            end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
-            responses.append(row[:end])
-        return responses
-
-    def fit(self, prompts: list, reward, steps: int, on_step=None) -> list[dict]:
-        """The headless loop: sample batch_size prompts, roll out, score with `reward`, step.
-
-        Under `accelerate launch` each process rolls out batch_size replies from its own share
-        of the prompts and the gradients of every optimizer step are averaged over processes,
-        so all processes keep the same adapter and value head."""
+        Under `accelerate launch` each process rolls out batch_size replies to its own slots of the
+        step's prompts and the gradients of every optimizer step are averaged over processes, so all
+        processes keep the same adapter and value head."""
+        from engine import rollouts
         from engine.trainers.base import process_state
 
-        cfg = self.config
-        state = process_state()
-        self.num_processes = state.num_processes
-        if state.num_processes > 1:  # the processes sample different replies, from their own prompts
-            torch.manual_seed(cfg.seed + state.process_index)
-            if len(prompts) >= state.num_processes:
-                prompts = prompts[state.process_index::state.num_processes]
-        order = random.Random(cfg.seed)
-        pool: list[int] = []
-        encoded = [self.prompt_ids(p) for p in prompts]
-        texts = [prompt_text(p) for p in prompts]
-        history = []
-        for _ in range(steps):
-            picked = []
-            while len(picked) < cfg.batch_size:  # cycle through the prompts in shuffled passes
-                if not pool:
-                    pool = list(range(len(prompts)))
-                    order.shuffle(pool)
-                picked.append(pool.pop())
-            responses = self.rollout([encoded[i] for i in picked])
-            decoded = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-            scores = reward([texts[i] for i in picked], decoded)
-            metrics = {"step": self.steps + 1, **self.step([encoded[i] for i in picked], responses, scores),
-                       "sample": decoded[0]}
-            history.append(metrics)
-            if on_step:
-                on_step(metrics)
-        return history
+        self.num_processes = process_state().num_processes
+        return rollouts.fit(self, prompts, reward, steps, per_step=self.config.batch_size * self.num_processes, n=1,
+                            learn=self.learn, on_step=on_step, **options)
+
+    def learn(self, rolled: list) -> dict:
+        """One PPO step on rollouts of one reply each (engine/rollouts.py)."""
+        return self.step([r.prompt_ids for r in rolled], [r.completions[0] for r in rolled],
+                         [r.scores[0] for r in rolled])
 
     def save(self, folder, metadata: dict | None = None):
         from engine.versions import save_adapter
 
-        return save_adapter(self.model, folder, {"method": "ppo", "config": self.config.to_dict(),
+        return save_adapter(self.model, folder, {"method": self.method, "config": self.config.to_dict(),
                                                  "kl_coef": self.kl_coef, **(metadata or {})},
                             value_head=self.value_head)
 
     # --- helpers ----------------------------------------------------------------------
-
-    def _stop_ids(self) -> list[int]:
-        configured = getattr(self.model.generation_config, "eos_token_id", None)
-        stops = configured if isinstance(configured, list) else [configured]
-        return sorted({s for s in stops + [self.tokenizer.eos_token_id] if s is not None})
 
     def _snapshot(self) -> tuple[dict, dict]:
         from engine.versions import adapter_state
@@ -284,11 +231,6 @@ class PPOTrainer:
 
         reset_adapter(self.model, snapshot[0])
         self.value_head.load_state_dict(snapshot[1])
-
-
-def prompt_text(prompt) -> str:
-    """What a reward function sees as the prompt: the text, or the last message's content."""
-    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
 
 
 def _same_format(prompt, completion):

@@ -187,6 +187,12 @@ def summary(method: str, rows: int, output: Path, options: dict, metrics: dict, 
 
 PROMPTS = typer.Option(..., "--prompts", help="Prompts: a .txt file (one per line) or JSONL with a \"prompt\" (text or messages).")
 REWARD = typer.Option(..., "--reward", help="length (words), rm:PATH (a `train rm` folder), module:function or file.py:function.")
+EVAL_PROMPTS = typer.Option(None, "--eval-prompts", help="Held-out prompts (same formats as --prompts; a dataset's test split if it has one).")
+EVAL_PROMPTS_SPLIT = typer.Option(None, "--eval-split", help="Hold out this fraction of --prompts instead, e.g. 0.1.")
+EVAL_PROMPTS_STEPS = typer.Option(None, "--eval-steps", help="Evaluate every N steps (and always at the end): the mean reward "
+                                  "(eval/reward) and length (eval/completion_length) of replies sampled on the held-out prompts.")
+SAVE_PROMPTS_STEPS = typer.Option(None, "--save-steps", help="Write OUTPUT.partial/checkpoint-N every N steps (adapter, value "
+                                  "head, optimizer, KL coefficient, prompt position, RNG).")
 
 
 @train_app.command()
@@ -202,48 +208,93 @@ def ppo(prompts: Path = PROMPTS, reward: str = REWARD, output: Path = OUTPUT, mo
         lr: float = typer.Option(5e-5, "--lr", help="AdamW learning rate of the LoRA weights and the value head."),
         seed: int = SEED, lora_r: int = LORA_R, lora_alpha: int = LORA_ALPHA,
         plot: Path = typer.Option(None, "--plot", help="Also write a PNG of score, KL and length per step (needs matplotlib)."),
-        device: str = DEVICE, report_to: str = REPORT_TO, gradient_checkpointing: bool = GRADIENT_CHECKPOINTING,
+        device: str = DEVICE, eval_prompts: Path = EVAL_PROMPTS, eval_split: float = EVAL_PROMPTS_SPLIT,
+        eval_steps: int = EVAL_PROMPTS_STEPS, save_steps: int = SAVE_PROMPTS_STEPS, resume_from_checkpoint: str = RESUME,
+        report_to: str = REPORT_TO, gradient_checkpointing: bool = GRADIENT_CHECKPOINTING,
         config: Path = CONFIG) -> None:
     """PPO with a value head on prompts, scored by a reward function or reward model."""
     from engine.headless_log import quiet_libraries  # standard library only
 
     with user_errors(), quiet_libraries() as log:
-        import resource
-
         from engine.protocol import UserError
-        from engine.headless import check_output
-        from engine.headless_ppo import check_plot, load_prompts
+        from engine.headless_ppo import check_plot
 
-        check_output(output)
-        for flag, value in (("steps", steps), ("batch-size", batch_size), ("mini-batch-size", mini_batch_size),
-                            ("ppo-epochs", ppo_epochs), ("max-new-tokens", max_new_tokens)):
+        for flag, value in (("mini-batch-size", mini_batch_size), ("ppo-epochs", ppo_epochs)):
             if value < 1:
                 raise UserError(f"--{flag} must be at least 1")
         if kl_coef < 0 or (target_kl is not None and target_kl <= 0):
             raise UserError("--kl-coef must be >= 0 and --target-kl > 0")
-        if not temperature > 0 or not lr > 0:
-            raise UserError("--temperature and --lr must be > 0")
         check_plot(plot)
-        from engine.tracking import check_report_to
-
-        check_report_to(report_to)
-        rows = load_prompts(prompts)
-
-        from engine.headless_ppo import train_ppo
-        from engine.models import LoRAConfig
         from engine.trainers.ppo import PPOConfig
 
-        config = PPOConfig(lr=lr, batch_size=batch_size, mini_batch_size=min(mini_batch_size, batch_size),
-                           ppo_epochs=ppo_epochs, kl_coef=kl_coef, target_kl=target_kl,
-                           max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-        history = train_ppo(rows, reward, output, model, config, LoRAConfig(r=lora_r, alpha=lora_alpha), steps,
-                            device=device, plot=plot, report_to=report_to, log=log,
-                            gradient_checkpointing=gradient_checkpointing)
+        settings = PPOConfig(lr=lr, batch_size=batch_size, mini_batch_size=min(mini_batch_size, max(batch_size, 1)),
+                             ppo_epochs=ppo_epochs, kl_coef=kl_coef, target_kl=target_kl,
+                             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                             save_steps=save_steps, eval_steps=eval_steps)
+        run_on_prompts("ppo", locals(), settings, log)
+
+
+def run_on_prompts(method: str, options: dict, settings, log) -> list[dict]:
+    """What `train ppo` and `train grpo` share: the checks of the common options, the prompts and the
+    held-out prompts, the run, and its summary line. `options`: the command's parameters by name."""
+    import resource
+
+    from engine.headless import RunOptions, check_output, split_rows
+    from engine.headless_ppo import load_prompts
+    from engine.protocol import DataError, UserError
+    from engine.tracking import check_report_to
+
+    check_output(options["output"])
+    for name in ("steps", "batch_size", "prompts_per_step", "max_new_tokens", "save_steps", "eval_steps"):
+        if options.get(name) is not None and options[name] < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if not options["temperature"] > 0 or not options["lr"] > 0:
+        raise UserError("--temperature and --lr must be > 0")
+    check_report_to(options["report_to"])
+    if options["eval_prompts"] and options["eval_split"] is not None:
+        raise UserError("--eval-prompts and --eval-split exclude each other: choose one")
+    prompts = load_prompts(options["prompts"])
+    eval_prompts = None
+    if options["eval_prompts"]:
+        from engine.data import EVAL_SPLITS
+
+        try:
+            eval_prompts = load_prompts(options["eval_prompts"], preferred=EVAL_SPLITS)
+        except DataError as exc:
+            raise DataError(f"--eval-prompts {exc}") from None
+    if options["eval_split"] is not None:
+        prompts, eval_prompts = split_rows(prompts, options["eval_split"], options["seed"])
+
+    from engine.models import LoRAConfig
+
+    run = RunOptions(device=options["device"], resume=options["resume_from_checkpoint"], report_to=options["report_to"],
+                     log=log, gradient_checkpointing=options["gradient_checkpointing"])
+    lora = LoRAConfig(r=options["lora_r"], alpha=options["lora_alpha"])
+    output, steps = options["output"], options["steps"]
+    if method == "ppo":
+        from engine.headless_ppo import train_ppo
+
+        history = train_ppo(prompts, options["reward"], output, options["model"], settings, lora, steps,
+                            plot=options["plot"], run=run, eval_prompts=eval_prompts)
+    else:
+        from engine.headless_grpo import train_grpo
+
+        history = train_grpo(prompts, options["reward"], output, options["model"], settings, lora, steps, run=run,
+                             eval_prompts=eval_prompts)
+    from engine.trainers.base import process_state
+
+    if process_state().is_main_process:
         first, last = history[0], history[-1]
+        length = "response_length" if method == "ppo" else "completion_length"
+        groups = f" x {settings.num_generations} completions" if method == "grpo" else ""
+        held_out = (f", eval reward {last['eval/reward']:.4g}, eval length {last['eval/completion_length']:.3g}"
+                    if "eval/reward" in last else "")
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        typer.echo(f"trained ppo for {steps} steps on {len(rows)} prompts -> {output}  (score {first['score']:.4g} -> "
-                   f"{last['score']:.4g}, kl {last['kl']:.4g}, length {first['response_length']:.3g} -> "
-                   f"{last['response_length']:.3g} tokens, peak RSS {peak_mb:.0f} MB); {usage('ppo', output, model, False)}")
+        typer.echo(f"trained {method} for {steps} steps on {len(prompts)} prompts{groups} -> {output}  (score "
+                   f"{first['score']:.4g} -> {last['score']:.4g}, kl {last['kl']:.4g}, length {first[length]:.3g} -> "
+                   f"{last[length]:.3g} tokens{held_out}, peak RSS {peak_mb:.0f} MB); "
+                   f"{usage(method, output, options['model'], False)}")
+    return history
 
 
 GRPO = GRPOConfig()  # `train grpo`'s defaults, defined once there
@@ -263,49 +314,28 @@ def grpo(prompts: Path = PROMPTS, reward: str = REWARD, output: Path = OUTPUT, m
          temperature: float = typer.Option(GRPO.temperature, "--temperature", help="Sampling temperature of the completions (> 0)."),
          lr: float = typer.Option(GRPO.lr, "--lr", help="AdamW learning rate of the LoRA weights."),
          seed: int = SEED, lora_r: int = LORA_R, lora_alpha: int = LORA_ALPHA, device: str = DEVICE,
+         eval_prompts: Path = EVAL_PROMPTS, eval_split: float = EVAL_PROMPTS_SPLIT, eval_steps: int = EVAL_PROMPTS_STEPS,
+         save_steps: int = SAVE_PROMPTS_STEPS, resume_from_checkpoint: str = RESUME,
          report_to: str = REPORT_TO, gradient_checkpointing: bool = GRADIENT_CHECKPOINTING,
          config: Path = CONFIG) -> None:
     """GRPO on prompts: N completions each, scored by a reward function or reward model, group-relative advantages."""
     from engine.headless_log import quiet_libraries  # standard library only
 
     with user_errors(), quiet_libraries() as log:
-        from engine.headless import check_output
-        from engine.headless_ppo import load_prompts
         from engine.losses import GRPO_LOSS_TYPES
         from engine.protocol import UserError
 
-        check_output(output)
         if num_generations < 2:
             raise UserError(f"--num-generations {num_generations}: a group needs at least 2 completions to compare")
-        for flag, value in (("steps", steps), ("prompts-per-step", prompts_per_step), ("max-new-tokens", max_new_tokens)):
-            if value < 1:
-                raise UserError(f"--{flag} must be at least 1")
         if loss_type not in GRPO_LOSS_TYPES:
             raise UserError(f"--loss-type {loss_type}: choose one of {', '.join(GRPO_LOSS_TYPES)}")
-        if beta < 0 or not epsilon > 0 or not temperature > 0 or not lr > 0:
-            raise UserError("--beta must be >= 0, and --epsilon, --temperature and --lr > 0")
-        from engine.tracking import check_report_to
-
-        check_report_to(report_to)
-        rows = load_prompts(prompts)
-
-        from engine.headless_grpo import train_grpo
-        from engine.models import LoRAConfig
-
+        if beta < 0 or not epsilon > 0:
+            raise UserError("--beta must be >= 0 and --epsilon > 0")
         settings = GRPOConfig(lr=lr, beta=beta, epsilon=epsilon, loss_type=loss_type, scale_rewards=scale_rewards,
                               num_generations=num_generations, prompts_per_step=prompts_per_step,
-                              max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-        history = train_grpo(rows, reward, output, model, settings, LoRAConfig(r=lora_r, alpha=lora_alpha), steps,
-                             device=device, report_to=report_to, log=log,
-                             gradient_checkpointing=gradient_checkpointing)
-        from engine.trainers.base import process_state
-
-        if process_state().is_main_process:
-            first, last = history[0], history[-1]
-            typer.echo(f"trained grpo for {steps} steps on {len(rows)} prompts x {num_generations} completions -> "
-                       f"{output}  (score {first['score']:.4g} -> {last['score']:.4g}, kl {last['kl']:.4g}, length "
-                       f"{first['completion_length']:.3g} -> {last['completion_length']:.3g} tokens); "
-                       f"{usage('grpo', output, model, False)}")
+                              max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                              save_steps=save_steps, eval_steps=eval_steps)
+        run_on_prompts("grpo", locals(), settings, log)
 
 
 @train_app.command()

@@ -14,6 +14,8 @@ throughput (torch.mm), both with the engine's thread count. Then
   - update bound = FLOPs (4 x matmul parameters x tokens: a forward and, the base frozen,
     a backward of the same size for the input gradients) / matmul throughput;
 and each figure is reported as a fraction of its bound (1.0 = at the hardware's limit).
+The matrix products of a step alone (`linear_floor`, n = 1 and 8, same thread count) tell
+the BLAS's share of a decoding step from the rest (Python, attention, sampling).
 
 Two changes make a random model decode like a trained one: the final norm's weight is
 scaled so the next-token distribution is peaked (a near-uniform one would make top-p
@@ -155,6 +157,42 @@ def matmul_throughput(device: str, dtype, n: int, repeats: int = 5) -> float:
         sync(device)
         best = min(best, time.perf_counter() - started)
     return 2 * n**3 / best
+
+
+def linear_floor(size: str, device: str, dtype, rows: int, pool_bytes: int = 256 * 2**20, repeats: int = 3) -> float:
+    """Seconds for the matrix products alone of one decoding step with `rows` candidates: F.linear
+    over every decoder matrix, as the model calls it, and the LM head as engine/generation.py
+    multiplies it, the weights streaming from memory as in a step (a pool of whole layers larger
+    than any cache, timed and scaled to the model's layer count). What the BLAS takes, with no
+    Python, attention or sampling around it: the engine cannot decode faster than this."""
+    import torch
+    import torch.nn.functional as F
+
+    config = _config(size)
+    h, i = config.hidden_size, config.intermediate_size
+    kv = config.num_key_value_heads * (h // config.num_attention_heads)
+    shapes = [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)]  # q k v o gate up down: [out, in]
+    layer_bytes = sum(a * b for a, b in shapes) * dtype.itemsize
+    layers = min(config.num_hidden_layers, max(1, -(-pool_bytes // layer_bytes)))
+    pool = [torch.empty(shape, device=device, dtype=dtype).normal_() for _ in range(layers) for shape in shapes]
+    head = torch.empty((config.vocab_size, h), device=device, dtype=dtype).normal_()
+    x = {n: torch.randn(rows, n, device=device).to(dtype) for n in (h, i)}
+
+    def timed(work) -> float:
+        work()
+        best = float("inf")
+        for _ in range(repeats):
+            sync(device)
+            started = time.perf_counter()
+            work()
+            sync(device)
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    with torch.inference_mode():
+        decoder = timed(lambda: [F.linear(x[w.shape[1]], w) for w in pool]) * config.num_hidden_layers / layers
+        lm_head = timed(lambda: torch.mm(head, x[h].t()))
+    return decoder + lm_head
 
 
 def limits(device: str, dtype, threads: int) -> dict:
@@ -330,6 +368,8 @@ def main() -> None:
             for key in ("decode_s",):
                 row[key] = {int(n): v for n, v in row[key].items()}
                 row["bound"][key] = {int(n): v for n, v in row["bound"][key].items()}
+            if "floor_s" in row:
+                row["floor_s"] = {int(n): v for n, v in row["floor_s"].items()}
         print(table(rows) + "\n\n" + goals(rows))
         print(plot(rows, args.plot))
         return
@@ -368,6 +408,7 @@ def main() -> None:
             result = {"size": size, **asyncio.run(measure(folder, args)), "limits": limit}
             result["lora_bytes"] = 4 * lora_parameters(size)  # the adapter is float32
             result["bound"] = bounds(size, result, limit, dtype, tokenizer, args.tokens)
+            result["floor_s"] = {n: linear_floor(size, args.device, dtype, n) for n in (1, 8)}
             rows.append(result)
             print(table([result]).splitlines()[-1], flush=True)
             if args.keep is None:
@@ -411,6 +452,12 @@ def goals(rows: list[dict]) -> str:
         lines.append(f"- {NAMES[r['size']]}: decoding n=1 at {r['bound']['decode_s'][1] / d[1]:.0%} of the bandwidth "
                      f"bound (goal >= 60%); n=8 {d[8] / d[1]:.2f}x n=1 per step (goal <= 1.3x); one-pair update "
                      f"{1000 * r['one_pair_s']:.0f} ms")
+        floor = r.get("floor_s")
+        if floor:  # the matrix products alone: how much of the gap is the BLAS, how much the rest of the step
+            lines.append(f"  - the matrix products alone (linear_floor): n=1 {1000 * floor[1]:.1f} ms "
+                         f"({r['bound']['decode_s'][1] / floor[1]:.0%} of the bound), n=8 {1000 * floor[8]:.1f} ms "
+                         f"({floor[8] / floor[1]:.2f}x n=1); the step spends {floor[1] / d[1]:.0%} (n=1) and "
+                         f"{floor[8] / d[8]:.0%} (n=8) of its time in them")
     return "\n".join(lines)
 
 

@@ -20,63 +20,19 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import random
 import statistics
 import tempfile
 import time
-import warnings
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-warnings.filterwarnings("ignore")
+from trl_race import TRL_DEFAULTS, TRL_MATCHED, add_options, our_policy, parse, synthetic_pairs  # first: it quiets the libraries
 
 import torch  # noqa: E402
 
-WORDS = (
-    "the model should answer clearly and briefly when a person asks about history science cooking travel "
-    "music code weather health money books films sport language maths because good replies explain why "
-    "each step matters while bad replies wander repeat themselves or refuse without reason so we prefer "
-    "short useful answers that finish their sentences and stay polite even if the question is vague or "
-    "long the user might want examples lists numbers dates names places a recipe a plan or a summary of "
-    "what happened yesterday in the city near the river where people walk their dogs every morning"
-).split()
-
-
-def sentence(rng: random.Random, words: int) -> str:
-    text = " ".join(rng.choice(WORDS) for _ in range(words))
-    return text[0].upper() + text[1:] + "."
-
-
-def paragraph(rng: random.Random, words: int) -> str:
-    parts, left = [], words
-    while left > 0:
-        n = min(left, rng.randint(6, 16))
-        parts.append(sentence(rng, n))
-        left -= n
-    return " ".join(parts)
-
-
-def synthetic_pairs(n: int = 64, seed: int = 0) -> list[dict]:
-    """Conversational preference rows of chat-like length (prompts ~20-120 words, replies ~15-110)."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        prompt = paragraph(rng, rng.randint(20, 120))
-        rows.append({
-            "prompt": [{"role": "user", "content": prompt}],
-            "chosen": [{"role": "assistant", "content": paragraph(rng, rng.randint(15, 80))}],
-            "rejected": [{"role": "assistant", "content": paragraph(rng, rng.randint(25, 110))}],
-        })
-    return rows
-
 
 def run_ours(rows, args) -> dict:
-    from engine.models import LoRAConfig, add_lora, load_model
     from engine.trainers import DPOTrainer, TrainConfig
 
-    base, tokenizer = load_model(args.model, device="cpu", dtype=args.dtype)
-    torch.manual_seed(0)
-    model = add_lora(base, LoRAConfig(r=args.lora_r, alpha=2 * args.lora_r))
+    model, tokenizer = our_policy(args)
     config = TrainConfig(lr=args.lr, beta=args.beta, batch_size=args.batch_size, max_length=args.max_length,
                          max_steps=args.steps, shuffle=False, seed=0)
     stamps, losses, grad_norms = [], [], []
@@ -127,7 +83,7 @@ def run_trl(rows, args, defaults: bool) -> dict:
     trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, peft_config=peft_config, callbacks=[Clock()])
     trainer.train()
-    name = "TRL defaults (grad ckpt, bf16 autocast)" if defaults else "TRL matched (no ckpt, no autocast)"
+    name = TRL_DEFAULTS if defaults else TRL_MATCHED
     return summarize(name, started, stamps, losses, grad_norms, args)
 
 
@@ -144,17 +100,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--lora-r", type=int, default=16)
-    parser.add_argument("--model", default=None, help="model folder (default: the bundled default model)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
-    parser.add_argument("--dtype", default="auto", help="weights: auto (bf16 for the default model on a bf16 CPU), float32, bfloat16")
+    add_options(parser)
     parser.add_argument("--no-trl-defaults", action="store_true", help="skip TRL with its own defaults")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(parser)
 
     rows = synthetic_pairs(args.rows)
     runners = [("ours", lambda: run_ours(rows, args)), ("trl", lambda: run_trl(rows, args, defaults=False))]

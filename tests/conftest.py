@@ -59,10 +59,6 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_policy(tiny_model_dir):
     """(policy with a fresh LoRA adapter, tokenizer) on the tiny model."""
-    import torch
+    from tests.policies import tiny_lora
 
-    from engine.models import LoRAConfig, add_lora, load_model
-
-    torch.manual_seed(0)
-    base, tokenizer = load_model(str(tiny_model_dir), device="cpu")
-    return add_lora(base, LoRAConfig(r=8, alpha=16)), tokenizer
+    return tiny_lora(tiny_model_dir)

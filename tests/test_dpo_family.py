@@ -16,6 +16,7 @@ import torch
 
 from engine.protocol import DPO_LOSS_TYPES, LIVE_TRAINING, TrainConfig, UserError, loss_terms
 from engine.trainers import DPOTrainer
+from tests.policies import tiny_lora
 
 trl = pytest.importorskip("trl")
 
@@ -43,21 +44,6 @@ def label_smoothing(loss_type: str) -> float:
     return 0.0 if loss_type.startswith("sigmoid,") or loss_type == "sigmoid" else 0.1
 
 
-def policy(tiny_model_dir):
-    """The tiny model with a LoRA adapter whose B matrices are not 0: policy != reference."""
-    from engine.models import LoRAConfig, add_lora, load_model
-
-    torch.manual_seed(0)
-    base, tokenizer = load_model(str(tiny_model_dir), device="cpu")
-    model = add_lora(base, LoRAConfig(r=8, alpha=16))
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    return model, tokenizer
-
-
 def trl_first_step(tiny_model_dir, tmp_path, loss_type: str, loss_weights: str | None) -> dict:
     """Loss and gradient norm of TRL's DPOTrainer's first optimizer step."""
     from datasets import Dataset
@@ -65,7 +51,7 @@ def trl_first_step(tiny_model_dir, tmp_path, loss_type: str, loss_weights: str |
 
     from engine.models import load_model
 
-    model, tokenizer = policy(tiny_model_dir)
+    model, tokenizer = tiny_lora(tiny_model_dir, perturb=1)  # policy != reference
     reference, _ = load_model(str(tiny_model_dir), device="cpu")
     logged = []
 
@@ -88,7 +74,7 @@ def trl_first_step(tiny_model_dir, tmp_path, loss_type: str, loss_weights: str |
 @pytest.mark.parametrize("loss_type,loss_weights", CASES)
 def test_first_step_matches_trls_dpo_trainer(tiny_model_dir, tmp_path, loss_type, loss_weights):
     theirs = trl_first_step(tiny_model_dir, tmp_path, loss_type, loss_weights)
-    model, tokenizer = policy(tiny_model_dir)
+    model, tokenizer = tiny_lora(tiny_model_dir, perturb=1)  # policy != reference
     config = TrainConfig(beta=BETA, loss_type=loss_type, loss_weights=loss_weights,
                          label_smoothing=label_smoothing(loss_type), discopop_tau=DISCOPOP_TAU)
     ours = DPOTrainer(model, tokenizer, config).step(ROWS)

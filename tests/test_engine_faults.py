@@ -20,7 +20,7 @@ import engine.generation as generation
 from engine.generation import Generation
 from engine.protocol import MAX_DEPTH
 from engine.server import HELLO_DEADLINE_S, TEMP_PREFIX
-from test_engine_process import ENV, HI, Lines, spawn, stop
+from tests.real_engine import ENV, HI, Lines, spawn, stop
 
 TOKEN = "the-owners-token"
 

@@ -12,6 +12,7 @@ import torch
 from engine.data import kto_rows
 from engine.losses import kto_kl, kto_loss
 from engine.trainers import KTOTrainer, TrainConfig
+from tests.policies import counted_forwards, tiny_lora
 
 ROWS = [
     {"prompt": "Say yes.", "completion": " yes", "label": True},
@@ -60,14 +61,6 @@ def test_mismatched_completions_are_the_previous_rows(tiny_policy):
     assert [m for _, _, m in rows] == completions[-1:] + completions[:-1]
 
 
-def perturb_adapter(model, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-
-
 @pytest.mark.parametrize("rows", [ROWS, CHAT_ROWS], ids=["plain", "conversational"])
 def test_kto_first_step_loss_matches_trl(tiny_model_dir, rows):
     """Our loss == TRL's KTOTrainer on the same model and rows: TRL tokenizes the rows, builds its
@@ -77,13 +70,9 @@ def test_kto_first_step_loss_matches_trl(tiny_model_dir, rows):
     from datasets import Dataset
     from trl.trainer.utils import add_fused_lm_head
 
-    from engine.models import LoRAConfig, add_lora, load_model
-
-    torch.manual_seed(0)
-    base, tokenizer = load_model(str(tiny_model_dir), device="cpu")
-    add_fused_lm_head(base, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
-    model = add_lora(base, LoRAConfig(r=8, alpha=16))
-    perturb_adapter(model, seed=1)  # a mean log-ratio > 0 on the mismatched pairs of both row sets: the KL term acts
+    # perturbed: a mean log-ratio > 0 on the mismatched pairs of both row sets, so the KL term acts
+    model, tokenizer = tiny_lora(tiny_model_dir, perturb=1, patch_base=lambda base: add_fused_lm_head(
+        base, outputs=("log_probs", "entropy", "mean_logits", "is_top1")))
     config = TrainConfig(beta=0.3, desirable_weight=1.5, undesirable_weight=0.7, max_length=1024)
     ours = KTOTrainer(model, tokenizer, config)
     model.eval()
@@ -131,10 +120,6 @@ def test_reference_logps_are_cached(tiny_policy):
     trainer = KTOTrainer(model, tokenizer, TrainConfig(lr=1e-2))
     trainer.step(ROWS)
     cached = dict(trainer.reference_cache)
-    calls = []
-    handle = model.get_input_embeddings().register_forward_hook(lambda *_: calls.append(1))
-    try:
+    with counted_forwards(model) as calls:
         trainer.step(ROWS)  # the adapter moved; the reference did not
-    finally:
-        handle.remove()
     assert len(calls) == 1 and trainer.reference_cache == cached  # the policy's forward only

@@ -7,6 +7,7 @@ import torch
 
 from engine.protocol import NonFiniteLoss
 from engine.trainers import DPOTrainer, SFTTrainer, TrainConfig
+from tests.policies import counted_forwards, tiny_lora
 
 PAIRS = [
     {"prompt": "Say yes.", "chosen": " yes", "rejected": " no, never, not at all"},
@@ -21,14 +22,6 @@ DEMOS = [
     {"prompt": "Two plus two is", "completion": " four."},
     {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there!"}]},
 ]
-
-
-def perturb_adapter(model, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
 
 
 def logits_of(model, tokenizer, text="Hello, how are you?"):
@@ -68,14 +61,9 @@ def test_sft_lowers_the_loss_on_its_data(tiny_policy):
 
 
 def test_precomputed_reference_logps_give_the_same_step(tiny_model_dir):
-    from engine.models import LoRAConfig, add_lora, load_model
-
     results = []
     for precompute in (False, True):
-        torch.manual_seed(0)
-        base, tokenizer = load_model(str(tiny_model_dir), device="cpu")
-        model = add_lora(base, LoRAConfig(r=8, alpha=16))
-        perturb_adapter(model)
+        model, tokenizer = tiny_lora(tiny_model_dir, perturb=0)
         trainer = DPOTrainer(model, tokenizer, TrainConfig(lr=1e-2))
         examples = PAIRS
         if precompute:
@@ -115,7 +103,7 @@ def test_fit_trains_and_writes_checkpoints(tiny_policy, tmp_path):
 def test_saved_adapter_reloads_to_identical_outputs(tiny_policy, tiny_model_dir, tmp_path):
     from peft import PeftModel
 
-    from engine.models import LoRAConfig, add_lora, load_model
+    from engine.models import load_model
     from engine.versions import load_adapter
 
     model, tokenizer = tiny_policy
@@ -130,9 +118,7 @@ def test_saved_adapter_reloads_to_identical_outputs(tiny_policy, tiny_model_dir,
     reloaded = PeftModel.from_pretrained(fresh, str(folder))
     assert torch.equal(logits_of(reloaded, tokenizer), expected)
 
-    torch.manual_seed(123)  # a different fresh adapter, overwritten in place
-    live, _ = load_model(str(tiny_model_dir), device="cpu")
-    live = add_lora(live, LoRAConfig(r=8, alpha=16))
+    live, _ = tiny_lora(tiny_model_dir, seed=123)  # a different fresh adapter, overwritten in place
     meta = load_adapter(live, folder)
     assert torch.equal(logits_of(live, tokenizer), expected)
     assert meta["note"] == "three steps" and meta["config"]["lr"] == 1e-2
@@ -145,15 +131,11 @@ def test_reference_logps_are_cached_per_reply(tiny_policy):
     assert len(trainer.reference_cache) == 4
     trainer.step(PAIRS)  # the adapter moves; the reference (adapter disabled) must not
     assert len(trainer.reference_cache) == 2 * len(PAIRS)
-    calls = []
-    handle = model.get_input_embeddings().register_forward_hook(lambda *_: calls.append(1))
-    try:
+    with counted_forwards(model) as calls:
         again = trainer.reference_logps(PAIRS[:2])
         assert again == first and not calls  # served from the cache, no forward
         trainer.reference_logps(PAIRS[:1] + [{**PAIRS[0], "chosen": " a new reply"}])
         assert len(calls) == 1  # only the new pair runs
-    finally:
-        handle.remove()
     trainer.reference_cache.clear()
     fresh = trainer.reference_logps(PAIRS[:2])
     assert fresh == pytest.approx(first, abs=1e-5)
@@ -166,12 +148,8 @@ def test_a_chat_pair_scored_one_way_serves_the_other(tiny_policy):
     prompt = [{"role": "user", "content": "Greet me."}]
     a, b = [{"role": "assistant", "content": "Hello!"}], [{"role": "assistant", "content": "Go away."}]
     (scored,) = trainer.reference_logps([{"prompt": prompt, "chosen": a, "rejected": b}])
-    calls = []
-    handle = model.get_input_embeddings().register_forward_hook(lambda *_: calls.append(1))
-    try:
+    with counted_forwards(model) as calls:
         (swapped,) = trainer.reference_logps([{"prompt": prompt, "chosen": b, "rejected": a}])
-    finally:
-        handle.remove()
     assert not calls and swapped == (scored[1], scored[0])
 
 

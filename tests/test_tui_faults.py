@@ -50,13 +50,6 @@ def test_the_version_check_finds_each_kind_of_damage(tmp_path):
     assert vs.newest_intact(root, 16) == 1
 
 
-def test_the_person_facing_side_checks_versions_without_torch():
-    code = ("import sys, engine.versions, engine.models, tui_align.loop, tui_align.app, tui_align.cli; "
-            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
-
-
 def test_the_engine_names_a_damaged_version_in_one_line_and_exits_2(tmp_path):
     folder = tmp_path / "session"
     write_version(folder / "versions", 1)

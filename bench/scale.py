@@ -14,6 +14,8 @@ throughput (torch.mm), both with the engine's thread count. Then
   - update bound = FLOPs (4 x matmul parameters x tokens: a forward and, the base frozen,
     a backward of the same size for the input gradients) / matmul throughput;
 and each figure is reported as a fraction of its bound (1.0 = at the hardware's limit).
+The matrix products of a step alone (`linear_floor`, n = 1 and 8, same thread count) tell
+the BLAS's share of a decoding step from the rest (Python, attention, sampling).
 
 The sizes and their random models: bench/scale_models.py; the limits: bench/hardware_limits.py.
 
@@ -38,7 +40,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the engine sets for it
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from hardware_limits import limits  # noqa: E402  (bench/ is on sys.path when run as a script)
+from hardware_limits import limits, linear_floor  # noqa: E402  (bench/ is on sys.path when run as a script)
 from scale_models import NAMES, SIZES, build, config_of, kv_dim, lora_parameters, matmul_parameters  # noqa: E402
 from tui_align.client import EngineClient  # noqa: E402
 
@@ -200,6 +202,12 @@ def goals(rows: list[dict]) -> str:
         lines.append(f"- {NAMES[r['size']]}: decoding n=1 at {r['bound']['decode_s'][1] / d[1]:.0%} of the bandwidth "
                      f"bound (goal >= 60%); n=8 {d[8] / d[1]:.2f}x n=1 per step (goal <= 1.3x); one-pair update "
                      f"{1000 * r['one_pair_s']:.0f} ms")
+        floor = r.get("floor_s")
+        if floor:  # the matrix products alone: how much of the gap is the BLAS, how much the rest of the step
+            lines.append(f"  - the matrix products alone (linear_floor): n=1 {1000 * floor[1]:.1f} ms "
+                         f"({r['bound']['decode_s'][1] / floor[1]:.0%} of the bound), n=8 {1000 * floor[8]:.1f} ms "
+                         f"({floor[8] / floor[1]:.2f}x n=1); the step spends {floor[1] / d[1]:.0%} (n=1) and "
+                         f"{floor[8] / d[8]:.0%} (n=8) of its time in them")
     return "\n".join(lines)
 
 
@@ -209,6 +217,8 @@ def load_runs(paths: list[Path]) -> list[dict]:
     for row in rows:  # JSON keys are strings
         row["decode_s"] = {int(n): v for n, v in row["decode_s"].items()}
         row["bound"]["decode_s"] = {int(n): v for n, v in row["bound"]["decode_s"].items()}
+        if "floor_s" in row:
+            row["floor_s"] = {int(n): v for n, v in row["floor_s"].items()}
     return rows
 
 
@@ -229,6 +239,7 @@ def measure_size(size: str, root: Path, args, dtype, tokenizer) -> dict:
     result = {"size": size, **asyncio.run(measure(folder, args)), "limits": limit}
     result["lora_bytes"] = 4 * lora_parameters(config_of(size))  # the adapter is float32
     result["bound"] = bounds(size, result, limit, dtype, tokenizer, args.tokens)
+    result["floor_s"] = {n: linear_floor(size, args.device, dtype, n) for n in (1, 8)}  # the limits' thread count
     print(table([result]).splitlines()[-1], flush=True)
     if args.keep is None:
         shutil.rmtree(folder, ignore_errors=True)

@@ -22,6 +22,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from engine.chat import chat_ids, check_messages
+from engine.lora_decode import direct, plain_layers
 
 
 TOP_K_FIRST = 512
@@ -93,6 +94,7 @@ class Generation:
         self.prefilled = 0  # prompt tokens in the cache
         self.next_input: torch.Tensor | None = None
         self.decoder, self.head = _decoder_and_head(model)
+        self.lora_layers = plain_layers(model)
         from engine.logprobs import causal_lm
 
         self.cache_argument = _cache_argument(self.decoder if self.head is not None else causal_lm(model))
@@ -108,11 +110,24 @@ class Generation:
     def __next__(self) -> list[tuple[int, str]]:
         if self.done:
             raise StopIteration
-        with torch.no_grad():  # per step: grad mode must not leak into work interleaved between steps
+        # Per step: inference mode and the direct LoRA forward must not leak into work (an
+        # update) interleaved between steps. The cache's tensors are inference tensors, so every
+        # step touches them inside it.
+        with torch.inference_mode(), direct(self.lora_layers):
             logits = self._forward()
             if logits is None:  # a chunk of the prompt, no token yet
                 return []
             tokens = sample(logits, self.temperature, self.top_p, self.generator).tolist()
+            deltas, keep = self._settle(tokens)
+            if len(keep) < len(self.live):
+                if keep:
+                    self.cache.batch_select_indices(torch.tensor(keep, device=self.device))
+                self.live = [self.live[row] for row in keep]
+            self.next_input = torch.tensor([[tokens[row]] for row in keep], device=self.device)
+        return deltas
+
+    def _settle(self, tokens: list[int]) -> tuple[list[tuple[int, str]], list[int]]:
+        """Append each live row's new token: (the text it adds per candidate, the rows that go on)."""
         now = time.perf_counter()
         deltas, keep = [], []
         for row, (index, token) in enumerate(zip(self.live, tokens)):
@@ -133,12 +148,7 @@ class Generation:
                 deltas += self._finish(index, "length", now)
             else:
                 keep.append(row)
-        if len(keep) < len(self.live):
-            if keep:
-                self.cache.batch_select_indices(torch.tensor(keep, device=self.device))
-            self.live = [self.live[row] for row in keep]
-        self.next_input = torch.tensor([[tokens[row]] for row in keep], device=self.device)
-        return deltas
+        return deltas, keep
 
     def _new_text(self, cand: Candidate) -> str | None:
         """The text the unsettled tokens add, decoded with a few settled tokens before them

@@ -8,8 +8,6 @@ job is queued, so a bad request is answered at once and never reaches the model.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
 import sys
@@ -18,17 +16,17 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
-from peft import get_peft_model_state_dict
 
 from engine import versions as vs
 from engine.chat import chat_ids, check_messages
 from engine.data import DataError, validate, validate_group
+from engine.live_versions import LiveVersions
 from engine.logprobs import causal_lm
-from engine.models import (LoRAConfig, _first_line, add_lora, context_length, enable_gradient_checkpointing, load_model,
+from engine.models import (LoRAConfig, add_lora, context_length, enable_gradient_checkpointing, load_model,
                            model_name, parameter_count)
 from engine.options import EngineOptions
 from engine.protocol import (LIVE_TRAINING, METHOD_KINDS, METHODS, PROTOCOL_VERSION, Cancelled, GRPOConfig, NonFiniteLoss,
-                             NotAvailable, UserError, loss_terms)
+                             NotAvailable, loss_terms)
 from engine.resources import engine_threads
 from engine.tracking import open_tracker
 from engine.trainers import DPOTrainer, GRPOTrainer, KTOTrainer, SFTTrainer, TrainConfig
@@ -37,7 +35,6 @@ from engine.trainers import DPOTrainer, GRPOTrainer, KTOTrainer, SFTTrainer, Tra
 # packed rows (one-pair DPO step 0.57 -> 0.43 s); decoding keeps the model's own, ~5% faster there.
 TRAIN_ATTENTION = {"cpu": "eager"}
 MAX_STEPS_PER_UPDATE = 64
-VERSION_CACHE = 4  # saved versions' adapters kept in memory for `generate` with a `version` (arena rounds)
 MAX_PREEMPTIONS = 5  # per step, so a stream of generates cannot starve an update
 
 
@@ -60,8 +57,7 @@ class LiveEngine:
         if options.gradient_checkpointing:
             enable_gradient_checkpointing(self.policy)
         self.policy.eval()
-        self.initial_state = vs.adapter_state(self.policy)
-        self.adapter = get_peft_model_state_dict(self.policy)  # the live tensors themselves, by PEFT name
+        self.saved = LiveVersions(self.policy, self.root)
         self.device = str(next(self.policy.parameters()).device)
         self.dtype = str(next(self.policy.parameters()).dtype).removeprefix("torch.")
         self.parameters = parameter_count(self.policy)
@@ -71,21 +67,15 @@ class LiveEngine:
         self.longest_token = max(map(len, self.tokenizer.get_vocab()), default=1)
         self.decode_attention = self.attention = base.config._attn_implementation
         self.train_attention = TRAIN_ATTENTION.get(self.device.split(":")[0], self.decode_attention)
-        self.root.mkdir(parents=True, exist_ok=True)
         self.tracker = open_tracker(options.report_to, self.session_dir / "logs", self.session_dir.name)
-        vs.remove_partial(self.root)
         self.trainers: dict = {}
-        self._version_cache: dict[int, dict] = {}
         self.generate_waiting = lambda: False  # set by the server: is a generate queued?
         self._preemptible = False
         self._update_job = None  # the update whose step is running: its cancel stops the step too
         self._install_preemption()
         self.version = 0
         if start:  # resume where the last run stopped, or where the session's active version is
-            try:
-                vs.load_adapter(self.policy, vs.version_dir(self.root, start))
-            except Exception as exc:  # noqa: BLE001 - whole files whose tensors do not fit: one line, exit 2
-                raise UserError(f"version {start} in {self.root} cannot be loaded: {_first_line(exc)}") from None
+            self.saved.resume(start)
             self.version = start
 
     # --- answers that need no model work ------------------------------------------------
@@ -96,14 +86,7 @@ class LiveEngine:
                 "protocol": PROTOCOL_VERSION, "session_dir": str(self.session_dir), "pid": os.getpid()}
 
     def versions(self) -> list[dict]:
-        out = [{"version": 0, "parent": None, "method": None, "metrics": {}, "saved": None, "examples": 0}]
-        for number in vs.list_versions(self.root):
-            meta_file = vs.version_dir(self.root, number) / vs.METADATA
-            meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-            out.append({"version": number, "parent": meta.get("parent"), "method": meta.get("method"),
-                        "metrics": meta.get("metrics", {}), "saved": meta.get("saved"),
-                        "examples": meta.get("examples", 0)})
-        return out
+        return self.saved.listing()
 
     # --- validation (event loop, no model) ---------------------------------------------
 
@@ -197,9 +180,7 @@ class LiveEngine:
         return {**LIVE_TRAINING.for_method(method), **(self.options.dpo_defaults() if method == "dpo" else {})}
 
     def check_rollback(self, version: int) -> None:
-        if version != 0 and version not in vs.list_versions(self.root):
-            raise DataError(f"no version {version}: the versions are 0, "
-                            + ", ".join(map(str, vs.list_versions(self.root))))
+        self.saved.check(version)
 
     # --- jobs (worker thread) ----------------------------------------------------------
 
@@ -207,8 +188,8 @@ class LiveEngine:
         from engine.generation import Generation
 
         began = time.perf_counter()  # the first next(): the job leaves the queue and runs
-        other = None if req.version is None or req.version == self.version else self.version_state(req.version)
-        with self._adapter(other):  # the prefill too runs with the asked-for version
+        other = None if req.version is None or req.version == self.version else self.saved.state(req.version)
+        with self.saved.lent(other):  # the prefill too runs with the asked-for version
             gen = Generation(self.policy, self.tokenizer, req.messages, n=req.n, max_new_tokens=req.max_new_tokens,
                              temperature=req.temperature, top_p=req.top_p, seed=req.seed, started=began)
         while not gen.done:
@@ -216,45 +197,13 @@ class LiveEngine:
             if job.cancelled.is_set():
                 gen.cancel()
                 break
-            with self._adapter(other):  # per step: an update step may run between two of them
+            with self.saved.lent(other):  # per step: an update step may run between two of them
                 pieces = next(gen)
             for candidate, text in pieces:
                 emit("token", candidate=candidate, text=text)
             yield
         emit("done", candidates=gen.results(), version=self.version if other is None else req.version, seed=gen.seed,
              seconds=round(time.perf_counter() - received, 4), queued_s=round(began - received, 4))
-
-    def version_state(self, version: int) -> dict:
-        """A saved version's adapter tensors (by PEFT name, on the model's device), read from disk once."""
-        if version not in self._version_cache:
-            if len(self._version_cache) >= VERSION_CACHE:  # oldest first
-                del self._version_cache[next(iter(self._version_cache))]
-            if version == 0:
-                self._version_cache[0] = self.initial_state
-            else:
-                from safetensors.torch import load_file
-
-                folder = vs.version_dir(self.root, version)
-                state = load_file(folder / vs.ADAPTER, device=self.device)
-                self._version_cache[version] = {k: state[k].to(self.adapter[k].dtype) for k in self.adapter}
-        return self._version_cache[version]
-
-    @contextlib.contextmanager
-    def _adapter(self, state: dict | None):
-        """Run with another version's adapter in the live tensors, then put the live values back exactly."""
-        if state is None:
-            yield
-            return
-        with torch.no_grad():
-            live = {k: v.detach().clone() for k, v in self.adapter.items()}
-            for k, v in self.adapter.items():
-                v.copy_(state[k])
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for k, v in self.adapter.items():
-                    v.copy_(live[k])
 
     def score_reference_job(self, job, rows: list[dict], emit):
         trainer = self.trainer("dpo")
@@ -300,11 +249,9 @@ class LiveEngine:
                 step, preempted = step + 1, 0
                 yield
             # saved before it is acknowledged; a failed save discards the update like any error
-            version = max(vs.list_versions(self.root) + [0]) + 1
-            vs.save_adapter(self.policy, vs.version_dir(self.root, version), state=self.adapter,
-                            value_head=trainer.value_head if method == "ppo" else None, metadata={
-                                "method": method, "parent": self.version, "examples": len(rows), "steps": steps,
-                                "metrics": _plain(metrics), "config": asdict(config)})
+            version = self.saved.save_next({"method": method, "parent": self.version, "examples": len(rows),
+                                            "steps": steps, "metrics": _plain(metrics), "config": asdict(config)},
+                                           value_head=trainer.value_head if method == "ppo" else None)
         except BaseException:
             self._restore(trainer, before)
             raise
@@ -322,32 +269,19 @@ class LiveEngine:
 
     def rollback_job(self, job, version: int, emit):
         yield  # one unit of work, done (and answered) in the second
-        if version == 0:
-            vs.reset_adapter(self.policy, self.initial_state)
-        else:
-            vs.load_adapter(self.policy, vs.version_dir(self.root, version),
-                            value_head=getattr(self.trainers.get("ppo"), "value_head", None))
+        self.saved.load(version, value_head=getattr(self.trainers.get("ppo"), "value_head", None))
         for trainer in self.trainers.values():  # Adam's moments belong to the abandoned weights
             trainer.optimizer.state.clear()
         self.version = version
         emit("done", version=version)
 
     def save_job(self, job, path: str, merge: bool, emit):
-        folder = Path(path).expanduser()
-        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-            raise DataError(f"save: {folder} already exists and is not empty")
-        value_head = getattr(self.trainers.get("ppo"), "value_head", None)
-        vs.save_adapter(self.policy, folder, value_head=value_head, metadata={
-            "version": self.version, "model": model_name(self.options.model)})
-        self.tokenizer.save_pretrained(folder)
+        metadata = {"version": self.version, "model": model_name(self.options.model)}
+        folder = self.saved.export(path, self.tokenizer, metadata, getattr(self.trainers.get("ppo"), "value_head", None))
         yield
         if merge:  # merge into a fresh copy of the base: the live model keeps its adapter
-            from peft import PeftModel
-
             base, _ = load_model(self.options.model, device="cpu", dtype=self.options.dtype)
-            merged = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
-            merged.save_pretrained(folder / "merged")
-            self.tokenizer.save_pretrained(folder / "merged")
+            self.saved.export_merged(folder, self.tokenizer, base)
         emit("done", path=str(folder), version=self.version, merged=merge)
 
     # --- helpers -----------------------------------------------------------------------
@@ -372,7 +306,7 @@ class LiveEngine:
                 trainer = PPOTrainer(self.policy, self.tokenizer)
                 trainer.value_head.to(self.device)
                 if self.version:
-                    vs.load_adapter(self.policy, vs.version_dir(self.root, self.version), value_head=trainer.value_head)
+                    self.saved.load(self.version, value_head=trainer.value_head)
                 self.trainers[method] = trainer
         return self.trainers[method]
 

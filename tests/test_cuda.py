@@ -43,8 +43,8 @@ def test_a_live_update_on_cuda_in_bf16(tiny_model_dir, tmp_path):
     engine = LiveEngine(EngineOptions(model=str(tiny_model_dir), device="cuda", dtype="bfloat16",
                                       session_dir=str(tmp_path)))
     assert engine.device.startswith("cuda") and engine.dtype == "bfloat16"
-    assert all(v.dtype == torch.float32 and v.is_cuda for v in engine.adapter.values())  # the adapter stays float32
-    before = {k: v.clone() for k, v in engine.adapter.items()}
+    assert all(v.dtype == torch.float32 and v.is_cuda for v in engine.saved.adapter.values())  # the adapter stays float32
+    before = {k: v.clone() for k, v in engine.saved.adapter.items()}
     rows = engine.check_examples("dpo", [PAIR])
     job, events = SimpleNamespace(cancelled=threading.Event()), []
     for _ in engine.score_reference_job(job, rows, lambda kind, **payload: events.append((kind, payload))):
@@ -56,7 +56,7 @@ def test_a_live_update_on_cuda_in_bf16(tiny_model_dir, tmp_path):
     kind, done = events[-1]
     assert kind == "done" and done["version"] == 1
     assert all(torch.isfinite(torch.tensor(v)) for v in done["metrics"].values() if isinstance(v, float))
-    assert any(not torch.equal(before[k], engine.adapter[k]) for k in before), "the update changed nothing"
+    assert any(not torch.equal(before[k], engine.saved.adapter[k]) for k in before), "the update changed nothing"
     assert torch.cuda.max_memory_allocated() > 0
 
 

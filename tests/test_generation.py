@@ -168,7 +168,7 @@ def test_decoding_writes_the_cache_in_place_and_matches_a_full_forward(tiny_poli
             gen.cache.batch_select_indices(torch.tensor([0, 2]))
             gen.live, gen.next_input, rows = [0, 2], gen.next_input[[0, 2]], [rows[0], rows[2]]
             buffer = layer.key_buffer.data_ptr()
-        with torch.no_grad():
+        with torch.inference_mode():  # as Generation steps: the cache's tensors are inference tensors
             got = gen._forward()
             expected = model(input_ids=torch.tensor(rows)).logits[:, -1]
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

@@ -28,7 +28,7 @@ def build_session(root, name="s", model=None):
         c, d = store.add_responses(t2, [{"text": "6."}, {"text": "Six, I believe, or so."}], 0, {})
         store.record_rating(c, 5)
         store.record_rating(d, 3)  # neutral: a pair with c, no KTO row
-        store.record_demonstration(t2, "6", edited_from=c)
+        store.record_demonstration(t2, "6", edited_from=c)  # preferred over c and d: two pairs
         t3 = store.add_user_turn(store.new_conversation(), "Name a colour.")
         e, f = store.add_responses(t3, [{"text": "Red."}, {"text": "Blue."}], 0, {})
         store.record_preference(t3, None, [e, f], outcome="tie")
@@ -43,16 +43,16 @@ def test_list_and_show(tmp_path):
     assert result.exit_code == 0, result.output
     assert "s " in result.output and "tiny-model" in result.output
     line = result.output.splitlines()[1].split()
-    assert line[2:8] == ["3", "4", "4", "1", "0", "0"]  # prompts, pairs, ratings, demos, updates, version
+    assert line[2:8] == ["3", "5", "4", "1", "0", "0"]  # prompts, pairs, ratings, demos, updates, version
     result = cli("sessions", "show", "s", "--last", "2", root=tmp_path)
     assert result.exit_code == 0, result.output
-    assert "pairs 4" in result.output and "Name a colour." in result.output and "* [demonstration" in result.output
+    assert "pairs 5" in result.output and "Name a colour." in result.output and "* [demonstration" in result.output
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "hf"])
 def test_export_import_round_trip_is_lossless(tmp_path, fmt):
     build_session(tmp_path)
-    expected = {"preference": 4, "sft": 2, "kto": 3, "grpo": 1}  # sft: the edit and the pick of t1; kto: the 5 and
+    expected = {"preference": 5, "sft": 2, "kto": 3, "grpo": 1}  # sft: the edit and the pick of t1; kto: the 5 and
     # two thumbs; grpo: t2's 1-5 scores
     for kind, count in expected.items():
         out, again = tmp_path / f"{kind}.out", tmp_path / f"{kind}.again"

@@ -147,33 +147,22 @@ def test_older_schema_is_upgraded(tmp_path):
 
 
 def test_kto_rows_are_backfilled_from_earlier_ratings(tmp_path):
-    folder = tmp_path / "old"
-    folder.mkdir()
-    db = Database(folder / "session.db")
-    MIGRATIONS.apply(db, stop_before="m006_kto_examples")
-    db["session"].insert({"id": 1, "model": "tiny", "method": "ppo", "hyperparameters": "{}", "created": 1.0,
-                          "tool_version": "0.0.1", "schema_version": 5})
-    db["conversations"].insert({"id": 1, "created": 1.0})
-    db["turns"].insert({"id": 1, "conversation_id": 1, "parent_id": None, "text": "Hi", "created": 1.0})
-    for pk, score, scale, withdrawn in [(1, 1, "thumbs", 0), (2, 3, "1-5", 0), (3, 2, "1-5", 0), (4, 5, "1-5", 1),
-                                        (5, -0.5, "numeric", 0)]:
-        db["responses"].insert({"id": pk, "turn_id": 1, "text": f"reply {pk}", "created": 1.0})
-        db["ratings"].insert({"id": pk, "response_id": pk, "score": score, "scale": scale, "withdrawn": withdrawn,
-                              "created": 1.0})
-    db.close()
+    _old_session(tmp_path / "old", [(1, "thumbs", 0), (3, "1-5", 0), (2, "1-5", 0), (5, "1-5", 1), (-0.5, "numeric", 0)],
+                 before="m006_kto_examples", schema=5).close()
     with SessionStore.open(tmp_path, "old") as store:
         rows = [(ex["completion"][0]["content"], ex["label"]) for _, ex in store.feedback("kto")]
         assert rows == [("reply 1", True), ("reply 3", False), ("reply 5", False)]  # a 3 is neutral; 4 was withdrawn
         assert store.pending_count("kto") == 3
 
 
-def _schema_6_session(folder, ratings) -> Database:
-    """A session.db as tui-align wrote it before GRPO: one turn, one reply per (score, scale, withdrawn)."""
+def _old_session(folder, ratings, before="m007_grpo_examples", schema=6) -> Database:
+    """A session.db as tui-align wrote it before migration `before` (by default, before GRPO): one turn,
+    one reply per (score, scale, withdrawn)."""
     folder.mkdir()
     db = Database(folder / "session.db")
-    MIGRATIONS.apply(db, stop_before="m007_grpo_examples")
+    MIGRATIONS.apply(db, stop_before=before)
     db["session"].insert({"id": 1, "model": "tiny", "method": "dpo", "hyperparameters": "{}", "created": 1.0,
-                          "tool_version": "0.0.1", "schema_version": 6})
+                          "tool_version": "0.0.1", "schema_version": schema})
     db["conversations"].insert({"id": 1, "created": 1.0})
     db["turns"].insert({"id": 1, "conversation_id": 1, "parent_id": None, "text": "Hi", "created": 1.0})
     for pk, (score, scale, withdrawn) in enumerate(ratings, 1):
@@ -184,7 +173,7 @@ def _schema_6_session(folder, ratings) -> Database:
 
 
 def test_grpo_rows_are_backfilled_from_earlier_ratings(tmp_path):
-    _schema_6_session(tmp_path / "old", [(4, "1-5", 0), (1, "thumbs", 0), (3, "1-5", 0), (5, "1-5", 1), (2, "1-5", 0)]).close()
+    _old_session(tmp_path / "old", [(4, "1-5", 0), (1, "thumbs", 0), (3, "1-5", 0), (5, "1-5", 1), (2, "1-5", 0)]).close()
     with SessionStore.open(tmp_path, "old") as store:
         rows = [(ex["completion"][0]["content"], ex["score"]) for _, ex in store.feedback("grpo")]
         assert rows == [("reply 1", 4), ("reply 3", 3), ("reply 5", 2)]  # 1-5 only, a 3 too; the 5 was withdrawn
@@ -193,7 +182,7 @@ def test_grpo_rows_are_backfilled_from_earlier_ratings(tmp_path):
 
 
 def test_grpo_backfill_leaves_a_session_that_has_its_rows(tmp_path):
-    db = _schema_6_session(tmp_path / "new", [(4, "1-5", 0), (2, "1-5", 0)])
+    db = _old_session(tmp_path / "new", [(4, "1-5", 0), (2, "1-5", 0)])
     for pk, score in ((1, 4), (2, 2)):  # made by record_rating once GRPO existed, the first already trained on
         db["examples"].insert({"method": "grpo", "source": "rating", "source_id": pk, "turn_id": 1, "response_id": pk,
                                "score": score, "update_id": 1 if pk == 1 else None, "created": float(pk)})

@@ -19,8 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from engine import versions as vs
-from engine.models import LoRAConfig
 from tui_align import DEFAULT_SYSTEM_PROMPT
 from tui_align.arena import opponent as arena_opponent
 from tui_align.client import EngineClient, EngineDied, EngineError, describe, last_error
@@ -144,6 +142,9 @@ class LiveLoop(Judging):
             start_at, self.fallback = self.fallback, None
             self._record(f"the move to v{start_at}", lambda: self.store.set_active_version(start_at))
             self.store.log("warning", f"started at v{start_at}, the newest intact version")
+        from engine import versions as vs  # the version check reads file headers, no torch
+        from engine.models import LoRAConfig
+
         found = start_at and vs.problem(vs.version_dir(self.store.versions_dir, start_at), LoRAConfig.r)
         if found:  # the engine would refuse it: say so now, and offer the newest version that loads
             self.fallback = vs.newest_intact(self.store.versions_dir, LoRAConfig.r)

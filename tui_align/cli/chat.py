@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 
-from engine import versions as vs
 from engine.protocol import METHODS, REPORT_TO
 from tui_align.cli.common import fail, user_errors
 from tui_align.cli.sessions import sweep_stale_imports
@@ -76,6 +75,8 @@ def chat_train(
         store.close()
         fail(f"session {session!r} is a {meta['method']} session; drop --method or use a new --session")
     if model and meta["model"] and model != meta["model"]:
+        from engine import versions as vs
+
         if store.latest_version() or vs.list_versions(store.versions_dir):
             store.close()
             fail(f"session {session!r} was trained on {meta['model']}; its versions do not fit {model}: "

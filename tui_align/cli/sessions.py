@@ -23,7 +23,6 @@ from pathlib import Path
 
 import typer
 
-from engine.resources import pid_alive  # torch-free
 from tui_align.cli.common import fail, user_errors
 
 sessions_app = typer.Typer(help="List, inspect, export and import saved sessions.", no_args_is_help=True)
@@ -282,6 +281,7 @@ def staging_folder(root: Path, name: str, pid: int) -> Path:
 
 def sweep_stale_imports(root: Path) -> None:
     """Remove the staging folders of imports whose process is gone (killed mid-import; a live one is left)."""
+    from engine.resources import pid_alive
     for folder in root.glob(".importing-*-*") if root.is_dir() else []:
         pid = folder.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not pid_alive(int(pid)):

@@ -30,16 +30,17 @@ from engine.protocol import (LIVE_TRAINING, METHOD_KINDS, METHODS, PROTOCOL_VERS
 from engine.resources import engine_threads
 from engine.tracking import open_tracker
 from engine.trainers import DPOTrainer, GRPOTrainer, KTOTrainer, SFTTrainer, TrainConfig
+from engine.trainers.base import Step
 
 # Scoring and training on a CPU use eager attention: torch's fused CPU kernel is slow on short masked
 # packed rows (one-pair DPO step 0.57 -> 0.43 s); decoding keeps the model's own, ~5% faster there.
 TRAIN_ATTENTION = {"cpu": "eager"}
 MAX_STEPS_PER_UPDATE = 64
-MAX_PREEMPTIONS = 5  # per step, so a stream of generates cannot starve an update
+MAX_PREEMPTIONS = 5  # per part of a step, so a stream of generates cannot starve an update
 
 
 class Preempted(Exception):
-    """A generate is waiting: the update's current step stops mid-way, undone, to be redone after it."""
+    """A generate is waiting: the update's current part stops mid-way, undone, to be redone after it."""
 
 
 class LiveEngine:
@@ -227,26 +228,23 @@ class LiveEngine:
         before = self._snapshot(trainer)
         self._update_job = job
         metrics: dict = {}
-        step, preempted, interruptions = 1, 0, 0
+        step, interruptions = 1, 0
         try:
             while step <= steps:
                 if job.cancelled.is_set():
                     raise Cancelled(f"update cancelled before step {step}: discarded")
-                # PPO's step is several optimizer steps: it is only pre-empted between steps
-                self._preemptible = method != "ppo" and preempted < MAX_PREEMPTIONS
-                self._use_attention(self.train_attention)
-                try:
-                    metrics = trainer.step_examples(rows) if method == "ppo" else trainer.step(rows)
-                except Preempted:  # Trainer.step changed nothing (its gradients are zeroed): redo it later
-                    preempted, interruptions = preempted + 1, interruptions + 1
-                    yield
-                    continue
-                finally:
-                    self._preemptible = False
+                if method == "ppo":  # PPO's step is several optimizer steps: it gives way only between them
+                    self._use_attention(self.train_attention)
+                    metrics = trainer.step_examples(rows)
+                else:
+                    update = Step(trainer, rows)
+                    while not update.finished:  # a waiting generate runs between two parts
+                        interruptions += yield from self._part(job, update)
+                    metrics = update.apply()
                 if not torch.isfinite(torch.nn.utils.get_total_norm(trainer.params)):
                     raise NonFiniteLoss("the weights became NaN or infinite (learning rate too high?): update discarded")
                 emit("progress", step=step, steps=steps, metrics=_plain(metrics))
-                step, preempted = step + 1, 0
+                step += 1
                 yield
             # saved before it is acknowledged; a failed save discards the update like any error
             version = self.saved.save_next({"method": method, "parent": self.version, "examples": len(rows),
@@ -266,6 +264,25 @@ class LiveEngine:
                       file=sys.stderr, flush=True)
         emit("done", version=version, metrics=_plain(metrics), seconds=round(time.perf_counter() - started, 4),
              preempted=interruptions)
+
+    def _part(self, job, update: Step):
+        """One part of an update's step; a generate that arrives meanwhile stops it, to be redone after
+        the generate. Returns how many times it was stopped (at most MAX_PREEMPTIONS, then it runs through)."""
+        for preempted in range(MAX_PREEMPTIONS + 1):
+            if job.cancelled.is_set():
+                raise Cancelled("update cancelled during a step: discarded")
+            self._preemptible = preempted < MAX_PREEMPTIONS
+            self._use_attention(self.train_attention)
+            try:
+                update.next_part()
+            except Preempted:  # the part kept nothing: redo it after the generate
+                yield
+                continue
+            finally:
+                self._preemptible = False
+            yield
+            return preempted
+        raise AssertionError("unreachable: the last try is not preemptible")
 
     def rollback_job(self, job, version: int, emit):
         yield  # one unit of work, done (and answered) in the second

@@ -126,10 +126,11 @@ def kto_loss(
     )
 
 
-def sft_loss(model, input_ids, attention_mask, completion_mask) -> torch.Tensor:
-    """Mean token cross-entropy over completion tokens only."""
+def sft_loss(model, input_ids, attention_mask, completion_mask, count=None) -> torch.Tensor:
+    """Mean token cross-entropy over completion tokens only (divided by `count`, default their number)."""
     logps = token_logps(model, input_ids, attention_mask, completion_mask)
-    count = completion_mask[:, 1:].sum().clamp(min=1)
+    if count is None:
+        count = completion_mask[:, 1:].sum().clamp(min=1)
     return -logps.sum() / count
 
 

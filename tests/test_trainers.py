@@ -7,6 +7,7 @@ import torch
 
 from engine.protocol import NonFiniteLoss
 from engine.trainers import DPOTrainer, SFTTrainer, TrainConfig
+from engine.trainers.base import Step
 from tests.policies import counted_forwards, tiny_lora
 
 PAIRS = [
@@ -75,6 +76,28 @@ def test_precomputed_reference_logps_give_the_same_step(tiny_model_dir):
     for key in ("loss", "rewards/chosen", "rewards/rejected", "grad_norm"):
         assert m0[key] == pytest.approx(m1[key], abs=1e-6)
     assert all(torch.allclose(a, b) for a, b in zip(p0, p1))
+
+
+@pytest.mark.parametrize("trainer_type, rows", [(DPOTrainer, PAIRS + PAIRS[:3]), (SFTTrainer, DEMOS * 2 + DEMOS[:1])])
+def test_a_step_in_parts_is_the_one_pass_step(tiny_model_dir, trainer_type, rows):
+    """A live step sums its gradient over parts of `batch_size` rows: the same update as one pass."""
+    results = []
+    for batch_size in (len(rows), 2):  # one part; four parts, the last of one row
+        model, tokenizer = tiny_lora(tiny_model_dir, perturb=0)
+        trainer = trainer_type(model, tokenizer, TrainConfig(lr=1e-2, batch_size=batch_size))
+        update = Step(trainer, rows)
+        while not update.finished:
+            update.next_part()
+        grads = [g.clone() for g in update.grads]
+        results.append((update.done, grads, update.apply()))
+    (one, g0, whole), (four, g1, parts) = results
+    assert (one, four) == (1, 4)
+    assert whole.keys() == parts.keys()
+    for key, value in whole.items():
+        if key != "seconds":
+            assert parts[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert whole["grad_norm"] > 0
+    assert all((a - b).norm() <= 1e-5 * a.norm() for a, b in zip(g0, g1))  # summation order only
 
 
 def test_non_finite_loss_discards_the_update(tiny_policy):

@@ -1,8 +1,9 @@
 """What SFT and DPO share: the optimizer, one live step, and the batch `fit` loop.
 
-A subclass defines `method` (what checkpoints record) and `loss(examples) -> (loss, metrics)`. `step` is the live loop's entry
-point: one optimizer update on a handful of examples, cheap to call again and again on
-the same model. `fit` runs the same loss under accelerate, so `accelerate launch` spreads
+A subclass defines `method` (what checkpoints record) and `loss(examples) -> (loss, metrics)`; one whose
+loss splits over rows also defines `normalisers`, which `loss` then takes. `step` is the live loop's
+entry point: one optimizer update on a handful of examples, cheap to call again and again on
+the same model, computed `batch_size` rows at a time (`Step`). `fit` runs the same loss under accelerate, so `accelerate launch` spreads
 it over GPUs or nodes unchanged.
 """
 
@@ -36,26 +37,18 @@ class Trainer:
     def loss(self, examples: list[dict]) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
+    def normalisers(self, examples: list[dict]) -> dict | None:
+        """What the loss of `examples` divides by (e.g. their number), so that a part's loss with the
+        same normalisers is its share of the whole; None: the loss does not split (KTO's KL point
+        and GRPO's groups span the batch), and a step computes it in one part."""
+        return None
+
     def step(self, examples: list[dict]) -> dict:
         """One optimizer update on `examples`; returns its metrics."""
-        started = time.perf_counter()
-        self.model.train()
-        try:
-            loss, metrics = self.loss(examples)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"loss is {loss.item()}: update discarded")
-            loss.backward()
-            average_gradients(self.params, self.world_size)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
-            if not torch.isfinite(grad_norm):
-                raise NonFiniteLoss(f"gradient norm is {grad_norm.item()}: update discarded")
-            self.optimizer.step()
-        finally:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.model.eval()
-        self.steps += 1
-        return {**metrics, "loss": loss.item(), "grad_norm": grad_norm.item(),
-                "seconds": time.perf_counter() - started}
+        update = Step(self, examples)
+        while not update.finished:
+            update.next_part()
+        return update.apply()
 
     def fit(self, rows: list[dict], output_dir: str | Path | None = None, progress: bool = True,
             on_step=None, eval_rows: list[dict] | None = None, resume_from: str | Path | None = None,
@@ -175,6 +168,69 @@ class Trainer:
         from engine.versions import save_adapter
 
         return save_adapter(self.model, folder, {"config": self.config.to_dict(), **(metadata or {})})
+
+
+class Step:
+    """One optimizer update whose gradient is summed a part (`config.batch_size` rows) at a time.
+
+    The parts share the whole update's normalisers, so their summed losses and gradients are
+    the one-pass ones: a 12-pair live update needs a third of the memory, and the live
+    engine runs a waiting generate between two parts and redoes only an interrupted one.
+    A part that fails leaves nothing behind: its gradients are added only once it is done.
+    """
+
+    def __init__(self, trainer: Trainer, examples: list[dict]):
+        self.trainer, self.started = trainer, time.perf_counter()
+        self.norm = trainer.normalisers(examples)
+        size = max(trainer.config.batch_size, 1)
+        # one part is `examples` itself: GRPO's loss knows the rows of its update by identity
+        self.parts = ([examples] if self.norm is None or len(examples) <= size
+                      else [examples[i:i + size] for i in range(0, len(examples), size)])
+        self.done = 0
+        self.grads: list[torch.Tensor | None] = [None] * len(trainer.params)
+        self.metrics: dict = {}
+        self.loss = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.done == len(self.parts)
+
+    def next_part(self) -> None:
+        trainer, part = self.trainer, self.parts[self.done]
+        trainer.model.train()
+        try:
+            loss, metrics = trainer.loss(part) if self.norm is None else trainer.loss(part, self.norm)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"loss is {loss.item()}: update discarded")
+            loss.backward()
+            for i, param in enumerate(trainer.params):
+                if param.grad is not None:
+                    self.grads[i] = param.grad if self.grads[i] is None else self.grads[i].add_(param.grad)
+        finally:
+            trainer.optimizer.zero_grad(set_to_none=True)  # a part stopped mid-way keeps none of its gradients
+            trainer.model.eval()
+        self.loss += loss.item()
+        for key, value in metrics.items():  # under shared normalisers each part's metrics are its share
+            self.metrics[key] = self.metrics.get(key, 0) + value
+        self.done += 1
+
+    def apply(self) -> dict:
+        """The optimizer update with the summed gradients; its metrics."""
+        trainer = self.trainer
+        try:
+            for param, grad in zip(trainer.params, self.grads):
+                param.grad = grad
+            average_gradients(trainer.params, trainer.world_size)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainer.params, trainer.config.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                raise NonFiniteLoss(f"gradient norm is {grad_norm.item()}: update discarded")
+            trainer.optimizer.step()
+        finally:
+            trainer.optimizer.zero_grad(set_to_none=True)
+            self.grads = [None] * len(trainer.params)
+        trainer.steps += 1
+        return {**self.metrics, "loss": self.loss, "grad_norm": grad_norm.item(),
+                "seconds": time.perf_counter() - self.started}
 
 
 def print_eval(evaluated: dict, step: int) -> None:

@@ -13,7 +13,7 @@ import json
 
 import torch
 
-from engine.data import packed_pairs
+from engine.data import packed_pairs, tokenize_pair
 from engine.logprobs import pair_token_logps
 from engine.losses import LENGTH_AVERAGED, dpo_loss
 from engine.protocol import SFT_TERM
@@ -67,8 +67,20 @@ class DPOTrainer(Trainer):
         other = None if isinstance(example["prompt"], list) else example["rejected" if reply == "chosen" else "chosen"]
         return json.dumps([example["prompt"], example[reply], other, cfg.max_length], sort_keys=True)
 
-    def loss(self, examples: list[dict]):
-        """The weighted sum of the config's loss terms (TRL's `loss_type` list and `loss_weights`)."""
+    def normalisers(self, examples: list[dict]) -> dict:
+        """The pairs, and the chosen replies' tokens (the sft term is a mean over them)."""
+        chosen = sum(len(c) for _, (c, _r) in map(self._tokenized, examples))
+        return {"pairs": len(examples), "chosen_tokens": max(chosen, 1)}
+
+    def _tokenized(self, example: dict):
+        return tokenize_pair(self.tokenizer, example["prompt"], [example["chosen"], example["rejected"]],
+                             self.config.max_length)
+
+    def loss(self, examples: list[dict], norm: dict | None = None):
+        """The weighted sum of the config's loss terms (TRL's `loss_type` list and `loss_weights`).
+
+        Pair terms are means over `norm["pairs"]`, the sft term over `norm["chosen_tokens"]`
+        (default: these examples'), and so are the metrics, so parts of a batch sum to it."""
         cfg = self.config
         batch = packed_pairs(self.tokenizer, examples, cfg.max_length, self.device)
         if any("ref_chosen_logps" not in ex for ex in examples):
@@ -80,25 +92,28 @@ class DPOTrainer(Trainer):
         sums = chosen, rejected, ref_chosen, ref_rejected
         chosen_mask, rejected_mask = batch["segments"] == 1, batch["segments"] == 2
         lengths = [mask.sum(-1).clamp(min=1) for mask in (chosen_mask, rejected_mask)] * 2  # policy's, then ref's
+        if norm is None:
+            norm = {"pairs": len(examples), "chosen_tokens": int(chosen_mask.sum().clamp(min=1))}
+        pairs = norm["pairs"]
         metrics, loss = {}, 0.0
         for term, weight in zip(cfg.loss_type, cfg.loss_weights, strict=True):
             if term == SFT_TERM:  # the chosen reply's NLL, a mean over all its tokens in the batch (as TRL)
-                value = -(per_token * chosen_mask).sum() / chosen_mask.sum().clamp(min=1)
+                value = -(per_token * chosen_mask).sum() / norm["chosen_tokens"]
                 metrics["nll"] = value.item()
             else:
                 logps = [s / n for s, n in zip(sums, lengths)] if term in LENGTH_AVERAGED else sums
-                value = dpo_loss(*logps, cfg.beta, term, cfg.label_smoothing, cfg.discopop_tau)[0].mean()
+                value = dpo_loss(*logps, cfg.beta, term, cfg.label_smoothing, cfg.discopop_tau)[0].sum() / pairs
             loss = loss + weight * value
         chosen_rewards = cfg.beta * (chosen - ref_chosen).detach()  # on summed log-probs, as TRL reports them
         rejected_rewards = cfg.beta * (rejected - ref_rejected).detach()
         margin = chosen_rewards - rejected_rewards
         metrics.update({
-            "rewards/chosen": chosen_rewards.mean().item(),
-            "rewards/rejected": rejected_rewards.mean().item(),
-            "rewards/margins": margin.mean().item(),
-            "rewards/accuracies": (margin > 0).float().mean().item(),
-            "logps/chosen": chosen.detach().mean().item(),
-            "logps/rejected": rejected.detach().mean().item(),
+            "rewards/chosen": chosen_rewards.sum().item() / pairs,
+            "rewards/rejected": rejected_rewards.sum().item() / pairs,
+            "rewards/margins": margin.sum().item() / pairs,
+            "rewards/accuracies": (margin > 0).sum().item() / pairs,
+            "logps/chosen": chosen.detach().sum().item() / pairs,
+            "logps/rejected": rejected.detach().sum().item() / pairs,
             "tokens": int((batch["segments"] >= 0).sum()),
         })
         return loss, metrics

@@ -180,7 +180,7 @@ async def test_an_update_whose_version_cannot_be_recorded_is_said_and_the_loop_g
                          f"begin select raise(abort, '{DISK_FULL}'); end")
         assert (await loop.update())["version"] == 1
         errors = [text for severity, text in notices if severity == "error"]
-        assert errors and errors[0].startswith(f"could not store version 1 (it is live in the engine")
+        assert errors and errors[0].startswith("could not store version 1 (it is live in the engine")
         assert store.latest_version() == 0 and store.db["updates"].get(1)["status"] == "running"
         assert not loop.updating and loop.state.version == 1  # the engine's version, as it is
 

@@ -336,11 +336,11 @@ class LiveLoop(Judging):
             self._died(exc)
             return None
         except EngineError as exc:  # NaN/inf loss (discarded, previous version stays), out of memory, ...
-            self._update_id = None
-            self._record("the failed update", lambda: self.store.finish_update(update_id, "failed", error=describe(exc)))
-            self.store.log("warning", f"update discarded: {describe(exc)}")
+            self._update_id, error = None, describe(exc)
+            self._record("the failed update", lambda: self.store.finish_update(update_id, "failed", error=error))
+            self.store.log("warning", f"update discarded: {error}")
             self._set(updating=False, note="")
-            self.on_notice(f"update discarded, v{self.client.version} stays live: {describe(exc)}", "warning")
+            self.on_notice(f"update discarded, v{self.client.version} stays live: {error}", "warning")
             return None
         except asyncio.CancelledError:
             if self._update_id is not None:

@@ -84,6 +84,10 @@ def test_replay_bad_inputs(tmp_path):
                            "no scored groups to train on in equal (skipped: 1 group(s) whose scores are all equal)"),
                           (["replay", "equal", "--method", "grpo", "--beta", "-1", "--output", str(tmp_path / "o")],
                            "--beta -1.0: grpo's KL weight must be >= 0"),
+                          (["replay", "equal", "--method", "grpo", "--loss-type", "sigmoid", "--output", str(tmp_path / "o")],
+                           "--loss-type sigmoid: grpo's are dapo, grpo"),
+                          (["replay", "equal", "--method", "grpo", "--epsilon", "0", "--output", str(tmp_path / "o")],
+                           "--epsilon 0.0: must be > 0"),
                           (["replay", "ties", "--method", "ppo", "--output", str(tmp_path / "o")], "--method ppo")]:
         result = runner.invoke(app, [*args, "--sessions-dir", str(tmp_path)])
         assert result.exit_code == 2 and message in result.stderr, result.output
@@ -141,6 +145,13 @@ def test_replay_grpo_trains_on_the_exported_groups(tmp_path, tiny_model_dir):
     assert "skipped: 1 turn(s) with a single score, 1 group(s) whose scores are all equal" in result.output
     assert "kl=" in result.output and "epoch=4," in result.output  # a batch bigger than the rows is one epoch
     assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["method"] == "grpo"
+    assert json.loads((out / "metadata.json").read_text())["config"]["loss_type"] == "dapo"  # TRL 1.16's default
+    other = tmp_path / "other"
+    result = runner.invoke(app, [*args[:4], "--max-steps", "1", "--loss-type", "grpo", "--epsilon", "0.3",
+                                 "--sessions-dir", str(tmp_path), "--output", str(other)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((other / "metadata.json").read_text())["config"]
+    assert (config["loss_type"], config["epsilon"]) == ("grpo", 0.3)
 
     resumed = tmp_path / "resumed"
     result = runner.invoke(app, [*args, "--output", str(resumed), "--resume-from-checkpoint", str(out / "checkpoint-2")])

@@ -19,11 +19,16 @@ REPLAY_METHODS = ("dpo", "sft", "kto", "grpo")  # of engine.protocol.METHODS: th
 ROWS = {"dpo": "pairs", "sft": "demonstrations", "kto": "marked replies",
         "grpo": "scored groups"}  # what each method trains on, in words
 OWN_OPTIONS = {"dpo": ("beta", "loss_type", "loss_weights", "label_smoothing", "discopop_tau", "rpo_alpha"),
-               "kto": ("beta", "desirable_weight", "undesirable_weight"), "grpo": ("beta", "scale_rewards"),
+               "kto": ("beta", "desirable_weight", "undesirable_weight"),
+               "grpo": ("beta", "loss_type", "epsilon", "scale_rewards"),
                "sft": ()}  # the options only some methods have; one method's mean nothing to another
 BETA = typer.Option(None, "--beta", show_default=False, help=(
     f"dpo and kto: the temperature, how far the policy may move from the reference (default {TrainConfig.beta:g}); "
     f"grpo: the weight of the KL to the reference (default {GRPOConfig.beta:g})."))
+LOSS_TYPE = typer.Option(None, "--loss-type", show_default=False, help=(
+    f"dpo: {t.LOSS_TYPE.help} (default {','.join(TrainConfig().loss_type)}); grpo: how per-token losses are "
+    f"averaged, as TRL's: dapo (all tokens of the step) or grpo (each completion's mean; default {GRPOConfig.loss_type})."))
+EPSILON = typer.Option(GRPOConfig.epsilon, "--epsilon", help="grpo: the clip range of the probability ratio (> 0).")
 
 
 def collect(store, method: str) -> tuple[list[dict], dict[str, int]]:
@@ -60,10 +65,10 @@ def replay(
                                                        "(default: the sessions' model, else the bundled one)."),
     max_steps: int = t.MAX_STEPS, epochs: int = t.EPOCHS, batch_size: int = t.BATCH_SIZE, grad_accum: int = t.GRAD_ACCUM,
     lr: float = t.LR, max_length: int = t.MAX_LENGTH, lora_r: int = t.LORA_R, lora_alpha: int = t.LORA_ALPHA,
-    beta: float = BETA, loss_type: str = t.LOSS_TYPE, loss_weights: str = t.LOSS_WEIGHTS,
+    beta: float = BETA, loss_type: str = LOSS_TYPE, loss_weights: str = t.LOSS_WEIGHTS,
     label_smoothing: float = t.LABEL_SMOOTHING, discopop_tau: float = t.DISCOPOP_TAU, rpo_alpha: float = t.RPO_ALPHA,
     desirable_weight: float = t.DESIRABLE_WEIGHT, undesirable_weight: float = t.UNDESIRABLE_WEIGHT,
-    scale_rewards: bool = t.SCALE_REWARDS, seed: int = t.SEED, merge: bool = t.MERGE, device: str = t.DEVICE,
+    epsilon: float = EPSILON, scale_rewards: bool = t.SCALE_REWARDS, seed: int = t.SEED, merge: bool = t.MERGE, device: str = t.DEVICE,
     sessions_dir: Path = SESSIONS_DIR, warmup_steps: int = t.WARMUP_STEPS, eval_data: str = t.EVAL_DATA,
     eval_split: float = t.EVAL_SPLIT, eval_steps: int = t.EVAL_STEPS, save_steps: int = t.SAVE_STEPS,
     resume_from_checkpoint: str = t.RESUME, report_to: str = t.REPORT_TO, config: Path = CONFIG,
@@ -75,8 +80,17 @@ def replay(
 
         if method not in REPLAY_METHODS:
             fail(f"--method {method}: choose {', '.join(REPLAY_METHODS)}")
-        if method == "grpo" and beta is not None and beta < 0:
-            fail(f"--beta {beta}: grpo's KL weight must be >= 0")
+        if method == "grpo":
+            from engine.losses import GRPO_LOSS_TYPES
+
+            if beta is not None and beta < 0:
+                fail(f"--beta {beta}: grpo's KL weight must be >= 0")
+            if loss_type is not None and loss_type not in GRPO_LOSS_TYPES:
+                fail(f"--loss-type {loss_type}: grpo's are {', '.join(GRPO_LOSS_TYPES)}")
+            if not epsilon > 0:
+                fail(f"--epsilon {epsilon}: must be > 0")
+        if loss_type is None:
+            options["loss_type"] = GRPOConfig.loss_type if method == "grpo" else ",".join(TrainConfig().loss_type)
         rows, skipped, models = [], {}, set()
         for name in names:
             with SessionStore.open(resolve(sessions_dir), name, readonly=True) as store:

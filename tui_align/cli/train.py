@@ -113,7 +113,7 @@ def run(method: str, options: dict, rows: list[dict] | None = None) -> dict:
         from engine.tracking import check_report_to
 
         output = check_output(options["output"])
-        if "loss_type" in options:  # the DPO objective, as TRL's loss_type list and loss_weights
+        if method == "dpo":  # the DPO objective, as TRL's loss_type list and loss_weights
             options = {**options, **dict(zip(("loss_type", "loss_weights"), loss_terms(
                 options["loss_type"], options.get("loss_weights"), options.get("rpo_alpha"),
                 options.get("label_smoothing", DEFAULTS.label_smoothing))))}

@@ -23,7 +23,7 @@ def store(tmp_path):
 def make_loop(store, engine=None, **config) -> tuple[LiveLoop, FakeEngine, list]:
     engine = engine or FakeEngine()
     states = []
-    loop = LiveLoop(store, engine, LoopConfig(**{"candidates": 2, "window": 8, "update_every": 100, "seed": 0, **config}), on_state=states.append)
+    loop = LiveLoop(store, engine, LoopConfig(**{"candidates": 2, "window": 8, "update_every": 100, "update_after": 0, "seed": 0, **config}), on_state=states.append)
     return loop, engine, states
 
 
@@ -67,6 +67,24 @@ async def test_a_pick_is_stored_and_every_k_rows_train_on_the_window(store):
     loop.pick(await judged_round(loop, store, "Fourth"), 0)
     await settle(loop)
     assert len(engine.updates) == 2 and len(engine.updates[1]["examples"]) == 4
+
+
+async def test_a_sparse_signal_trains_after_update_after_rounds(store):
+    """Ties give no rows: the one pick of four rounds trains once the fourth is judged, not at update_every."""
+    loop, engine, _ = make_loop(store, update_every=6, update_after=4)
+    await loop.start()
+    loop.pick(await judged_round(loop, store, "One"), 0)
+    for text in ("Two", "Three"):
+        loop.outcome(await judged_round(loop, store, text), "tie")
+        await settle(loop)
+        assert not engine.updates and loop.state.pending == 1
+    loop.outcome(await judged_round(loop, store, "Four"), "tie")
+    await settle(loop)
+    (update,) = engine.updates
+    assert len(update["examples"]) == 1 and loop.rounds_since_update == 0
+    loop.pick(await judged_round(loop, store, "Five"), 0)  # the count starts again with the update
+    await settle(loop)
+    assert len(engine.updates) == 1
 
 
 async def test_ranking_of_three_candidates_makes_every_pair(store):

@@ -37,6 +37,9 @@ class LoopConfig:
     method: str = "dpo"
     candidates: int = 4  # replies per round, sampled as one batch; a pick of the best stores 3 pairs
     update_every: int = 6  # new training rows that start an update: two picks of the best of 4
+    # Rounds since the last update after which fewer new rows train too: ties and a rare edit leave a
+    # sparse signal that would otherwise wait for rows that do not come. 0: only update_every.
+    update_after: int = 4
     window: int = 12  # rows per update: the newest pending ones, topped up with the most recently trained
     replay: int = 0  # more rows per update, sampled from all older trained ones
     max_new_tokens: int = 96  # room to finish a fuller reply (cut-off pairs teach only length)
@@ -97,6 +100,7 @@ class LiveLoop(Judging):
         # Updates come at the person's pace: after rows newer than the last update's window. A backlog
         # adds no versions of its own (each is a 19 MB adapter on the default model); it fills windows.
         self.trained_upto = 0  # the newest example id of the last successful update's window
+        self.rounds_since_update = 0  # rounds generated since the last update started (update_after)
         self.fallback: int | None = None  # the newest intact version, offered when the live one is damaged
         self._update_task: asyncio.Task | None = None
         self._update_id: int | None = None
@@ -234,6 +238,7 @@ class LiveLoop(Judging):
         EngineError after reporting it."""
         cfg = self.config
         seed = self.rng.randrange(2**31)
+        self.rounds_since_update += 1
         self._set(generating=True)
         # One request for the round's candidates, or one per version in an arena round, each with its own
         # seed: two close versions sampled with one seed often give the same reply, a judgment wasted.
@@ -290,8 +295,12 @@ class LiveLoop(Judging):
         return self.store.pending_count(self.config.method, self.config.update_every, after=self.trained_upto)
 
     def maybe_update(self) -> None:
-        """Start an update once `update_every` rows newer than the last update's window wait."""
-        if self.ready and not self.updating and self.new_rows >= self.config.update_every:
+        """Start an update once `update_every` rows newer than the last update's window wait, or any
+        such rows once `update_after` rounds have passed without an update."""
+        if not self.ready or self.updating:
+            return
+        new, after = self.new_rows, self.config.update_after
+        if new >= self.config.update_every or (new and after and self.rounds_since_update >= after):
             self._update_task = self._spawn(self.update())
 
     def train_now(self) -> str | None:
@@ -317,6 +326,7 @@ class LiveLoop(Judging):
         if not rows or not self.ready:
             return None
         ids, examples = [i for i, _ in rows], [e for _, e in rows]
+        self.rounds_since_update = 0
         if method == "grpo":
             examples = grpo_groups(examples)
             if not examples:  # no turn with two scores yet: nothing to compare

@@ -26,6 +26,8 @@ def chat_train(
     candidates: int = typer.Option(LOOP.candidates, "--candidates", min=1, max=8, help="Candidate replies per round (1-8)."),
     update_every: int = typer.Option(LOOP.update_every, "--update-every", min=1,
                                      help="Train after this many new training rows (a pick of 2 makes one pair)."),
+    update_after: int = typer.Option(LOOP.update_after, "--update-after", min=0, help="Train on fewer new rows too "
+                                     "once this many rounds have passed without an update (0: never)."),
     window: int = typer.Option(LOOP.window, "--window", min=1, help="Rows per live update: the newest untrained "
                                "ones, topped up with the most recently trained."),
     arena_every: int = typer.Option(LOOP.arena_every, "--arena-every", min=0, help="Every K-th prompt is a blind "
@@ -89,7 +91,8 @@ def chat_train(
 
     from tui_align.app import ChatTrainApp, engine_client  # Textual only now: --help stays instant
 
-    config = LoopConfig(method=method, candidates=candidates, update_every=update_every, window=window, arena_every=arena_every,
+    config = LoopConfig(method=method, candidates=candidates, update_every=update_every, update_after=update_after,
+                        window=window, arena_every=arena_every,
                         max_new_tokens=max_new_tokens, temperature=temperature, system=system or None)
     app = ChatTrainApp(store, config, engine_client(store, model or store.meta["model"], method, device, report_to,
                                                                gradient_checkpointing))

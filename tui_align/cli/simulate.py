@@ -69,6 +69,8 @@ def simulate(
     candidates: int = typer.Option(LOOP.candidates, "--candidates", help="Replies per round; dpo: the judge picks the best "
                                    "of them, as a person pressing one letter does (pairwise, by knock-out; kto too); grpo: the group, at least 2."),
     update_every: int = typer.Option(LOOP.update_every, "--update-every", help="Run an update after this many new training rows."),
+    update_after: int = typer.Option(LOOP.update_after, "--update-after", min=0, help="Train on fewer new rows too once "
+                                     "this many rounds have passed without an update (0: never)."),
     window: int = typer.Option(LOOP.window, "--window", help="Rows per update: the newest untrained ones, topped up with the most recently trained."),
     steps: int = typer.Option(None, "--steps", help="Optimizer steps per update (default: the engine's live default). "
                                                    "Stored as the session's training override, as are --lr, --beta and --rpo-alpha."),
@@ -136,7 +138,8 @@ def simulate(
         overrides = {k: v for k, v in dict(steps=steps, lr=lr, beta=beta, rpo_alpha=rpo_alpha).items() if v is not None}
         curves = {}
         for one in seeds:
-            config = replace(LOOP, method=method, candidates=candidates, update_every=update_every, window=window,
+            config = replace(LOOP, method=method, candidates=candidates, update_every=update_every,
+                             update_after=update_after, window=window,
                              max_new_tokens=max_new_tokens, temperature=temperature, system=system or None, seed=one,
                              arena_every=arena_every)
             name = base if len(seeds) == 1 else f"{base}-s{one}"
@@ -145,7 +148,7 @@ def simulate(
                                                 "editor": editor})
             try:
                 typer.echo(f"session {name} ({store.folder}); judge {judge}; {rounds} rounds, update every "
-                           f"{update_every} rows on the newest {window}; seed {one}")
+                           f"{update_every} rows (or after {update_after} rounds) on the newest {window}; seed {one}")
                 result = asyncio.run(run(config, rounds, store, person, train_prompts, heldout, model, device,
                                          curve_every, pace))
                 curves[one] = result.get("curve", [])

@@ -2,7 +2,7 @@
 
 Every judgment makes its training rows when it is committed (the `examples` table), so
 finding what is pending, or the window of a live update, is an indexed query with a LIMIT,
-whatever the session holds. The rules (SessionStore.record_*):
+whatever the session holds. The rules (FeedbackWrites.record_*, tui_align/feedback_writes.py):
 - dpo: every preference pair whose outcome is `chosen`. Pairs come from picks (the chosen
   reply over each rejected one), from edits (the edited reply over the original and over each
   other model reply of the turn) and from ratings: two responses to the same prompt turn,

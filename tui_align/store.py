@@ -9,7 +9,10 @@ transaction per user action). One process writes a session at a time: the writer
 exclusive `flock` on `session.lock` for the store's lifetime, and a second writer is
 refused; readers (`readonly=True`) are always allowed.
 
-How feedback becomes training data is in tui_align/feedback.py (FeedbackQueries).
+SessionStore opens, locks and describes a session; its other methods are mixins, one concern each:
+conversations and turns (tui_align/conversations.py), the person's feedback as it is given
+(tui_align/feedback_writes.py) and as training rows (tui_align/feedback.py), updates and versions
+(tui_align/version_records.py).
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ from sqlite_utils import Database
 from engine.protocol import UserError
 from tui_align import __version__
 from tui_align.errors import WriteFailed
-from tui_align.feedback import FeedbackQueries, desirable, reward
+from tui_align.conversations import Conversations
+from tui_align.feedback import FeedbackQueries
+from tui_align.feedback_writes import FeedbackWrites
 from tui_align.migrations import MIGRATIONS, SCHEMA_VERSION, schema_version, unknown_migrations, upgrade
+from tui_align.version_records import VersionRecords
 
-OUTCOMES = ("chosen", "tie", "both_bad", "skipped")
-SCALES = ("thumbs", "1-5", "numeric")
 DB_FILE, LOCK_FILE = "session.db", "session.lock"
 
 
@@ -50,7 +54,7 @@ def list_sessions(root: str | Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / DB_FILE).exists()) if root.is_dir() else []
 
 
-class SessionStore(FeedbackQueries):
+class SessionStore(Conversations, FeedbackWrites, FeedbackQueries, VersionRecords):
     def __init__(self, db: Database, folder: Path, lock_fd: int | None, readonly: bool):
         self.db, self.folder, self._lock_fd, self.readonly = db, folder, lock_fd, readonly
 
@@ -191,317 +195,7 @@ class SessionStore(FeedbackQueries):
         """Training hyperparameters this session sends with every live update (on top of the engine's defaults)."""
         return self.meta["hyperparameters"]
 
-    # Conversations ----------------------------------------------------------------------
-
-    def new_conversation(self, system: str | None = None) -> int:
-        return self.db["conversations"].insert({"created": time.time(), "system": system}).last_pk
-
-    def latest_conversation(self) -> int | None:
-        row = self.db.execute("select max(id) from conversations").fetchone()
-        return row[0]
-
-    def add_user_turn(self, conversation_id: int, text: str, parent_id: int | None = None) -> int:
-        """A user message; `parent_id` is the response it answers (default: the end of the chosen path).
-
-        If the chosen path ends in a turn nobody chose a reply for, the new turn becomes its
-        sibling (the person asked again instead).
-        """
-        if parent_id is None:
-            path = self._chosen_path(conversation_id)
-            if path:
-                turn, response = path[-1]
-                parent_id = response["id"] if response else turn["parent_id"]
-        return self.db["turns"].insert({
-            "conversation_id": conversation_id, "parent_id": parent_id, "text": text, "created": time.time(),
-        }).last_pk
-
-    def add_responses(self, turn_id: int, candidates: list[dict], version: int | list[int] | None, sampling: dict,
-                      shown_order: list[int] | None = None, source: str = "model") -> list[int]:
-        """Store the engine's candidates (its `done` payload) under a turn; returns their ids.
-
-        `version`: the adapter version that produced them, or one per candidate (an arena round).
-        `shown_order` lists candidate indices as shown, left to right (or top to bottom):
-        [1, 0] means candidate 1 was shown first.
-        """
-        order = shown_order or list(range(len(candidates)))
-        versions = version if isinstance(version, list) else [version] * len(candidates)
-        now, ids = time.time(), []
-        with self.db.atomic():
-            for i, c in enumerate(candidates):
-                ids.append(self.db["responses"].insert({
-                    "turn_id": turn_id, "text": c["text"], "source": source, "version": versions[i],
-                    "sampling": json.dumps(sampling), "tokens": c.get("tokens"), "finish_reason": c.get("finish_reason"),
-                    "ttft_s": c.get("ttft_s"), "tokens_per_s": c.get("tokens_per_s"),
-                    "shown_position": order.index(i) if i in order else None, "chosen": 0, "created": now,
-                }).last_pk)
-        return ids
-
-    def choose(self, turn_id: int, response_id: int | None) -> None:
-        """Mark the response that continues the conversation (its siblings stay in the tree; None: no
-        reply continues it). A picked reply that no longer continues it stops being an SFT example."""
-        self.db.execute("update responses set chosen = (id is ?) where turn_id = ?", [response_id, turn_id])
-        self.db.execute("""update examples set withdrawn = 1 where turn_id = ? and method = 'sft'
-                           and source = 'preference' and response_id is not ?""", [turn_id, response_id])
-
-    def responses(self, turn_id: int) -> list[dict]:
-        return list(self.db["responses"].rows_where("turn_id = ?", [turn_id], order_by="id"))
-
-    def _chosen_path(self, conversation_id: int) -> list[tuple[dict, dict | None]]:
-        """(turn, chosen response or None) from the first turn along chosen replies (latest sibling wins)."""
-        path, parent = [], None
-        while True:
-            where = "conversation_id = ? and parent_id is ?"
-            turns = list(self.db["turns"].rows_where(where, [conversation_id, parent], order_by="id desc", limit=1))
-            if not turns:
-                return path
-            chosen = list(self.db["responses"].rows_where("turn_id = ? and chosen = 1", [turns[0]["id"]], limit=1))
-            path.append((turns[0], chosen[0] if chosen else None))
-            if not chosen:
-                return path
-            parent = chosen[0]["id"]
-
-    def _system(self, conversation_id: int) -> list[dict]:
-        system = self.db["conversations"].get(conversation_id)["system"]
-        return [{"role": "system", "content": system}] if system is not None else []
-
-    def history(self, conversation_id: int) -> list[dict]:
-        """The conversation as {role, content} messages along the chosen path (the next prompt)."""
-        messages = self._system(conversation_id)
-        for turn, response in self._chosen_path(conversation_id):
-            messages.append({"role": "user", "content": turn["text"]})
-            if response:
-                messages.append({"role": "assistant", "content": response["text"]})
-        return messages
-
-    def prompt(self, turn_id: int) -> list[dict]:
-        """The messages that led to this turn, ending with its user message (system first)."""
-        messages, turn = [], self.db["turns"].get(turn_id)
-        conversation_id = turn["conversation_id"]
-        while True:
-            messages.append({"role": "user", "content": turn["text"]})
-            if turn["parent_id"] is None:
-                break
-            response = self.db["responses"].get(turn["parent_id"])
-            messages.append({"role": "assistant", "content": response["text"]})
-            turn = self.db["turns"].get(response["turn_id"])
-        return self._system(conversation_id) + messages[::-1]
-
-    # Feedback ---------------------------------------------------------------------------
-    # Each judgment commits its rows and, in the same transaction, the training examples it
-    # makes (tui_align/feedback.py says which); nothing is rebuilt later.
-
-    def record_preference(self, turn_id: int, chosen_id: int | None, rejected_ids: list[int],
-                          outcome: str = "chosen", shown_order: list[int] | None = None, origin: str = "pick") -> int:
-        """One judgment of a turn's candidates; returns its id (the judgment id).
-
-        outcome `chosen`: `chosen_id` beats each of `rejected_ids` (one pair each). A pick
-        makes it the continuation unless an earlier pick of this turn rejected it, so a
-        ranking A > B > C stored as (A, [B, C]) then (B, [C]) continues with A. `tie`,
-        `both_bad`, `skipped`: kept, never trained on by default; `chosen_id` may be None.
-        `shown_order` is the response ids as shown, left first (default: as stored).
-        """
-        if outcome not in OUTCOMES:
-            raise UserError(f"outcome {outcome!r}: choose one of {', '.join(OUTCOMES)}")
-        if outcome == "chosen" and (chosen_id is None or not rejected_ids):
-            raise UserError("a `chosen` preference needs a chosen and at least one rejected response")
-        if shown_order is None:
-            rows = self.db["responses"].rows_where("turn_id = ?", [turn_id], order_by="shown_position, id")
-            shown_order = [r["id"] for r in rows]
-        candidates = ([chosen_id] if chosen_id is not None else []) + list(rejected_ids)
-        first, *others = candidates or [None]
-        pairs = [(first, r) for r in others] or [(first, None)]
-        now = time.time()
-        beaten = self.db.execute("""select 1 from preferences where turn_id = ? and rejected_id = ?
-                                    and outcome = 'chosen' and withdrawn = 0""", [turn_id, chosen_id]).fetchone()
-        with self.db.atomic():
-            judgment = None
-            for chosen, rejected in pairs:
-                pk = self.db["preferences"].insert({
-                    "judgment_id": judgment, "turn_id": turn_id, "chosen_id": chosen, "rejected_id": rejected,
-                    "outcome": outcome, "origin": origin, "shown_order": json.dumps(shown_order), "created": now,
-                }).last_pk
-                if judgment is None:
-                    judgment = pk
-                    self.db["preferences"].update(pk, {"judgment_id": pk})
-                if outcome == "chosen":
-                    self._add_example("dpo", "preference", pk, turn_id, chosen, rejected, now=now)
-            if outcome == "chosen" and origin == "pick" and not beaten:
-                self.choose(turn_id, chosen_id)
-                if self.db["responses"].get(chosen_id)["source"] == "model":  # best-of-n: the pick is a demonstration
-                    self._add_example("sft", "preference", judgment, turn_id, chosen_id, now=now)
-        return judgment
-
-    def record_rating(self, response_id: int, score: float, scale: str = "1-5") -> int:
-        """Rate one response; a re-score replaces its earlier rating (and the pairs made from it).
-        Pairs it with differently rated siblings (see tui_align/feedback.py)."""
-        if scale not in SCALES:
-            raise UserError(f"scale {scale!r}: choose one of {', '.join(SCALES)}")
-        if (scale == "thumbs" and score not in (0, 1)) or (scale == "1-5" and not 1 <= score <= 5):
-            raise UserError(f"score {score} is outside the {scale} scale")
-        response = self.db["responses"].get(response_id)
-        now = time.time()
-        with self.db.atomic():
-            for (earlier,) in self.db.execute("select id from ratings where response_id = ? and withdrawn = 0",
-                                              [response_id]).fetchall():
-                self.withdraw_rating(earlier)
-            rating_id = self.db["ratings"].insert({
-                "response_id": response_id, "score": score, "scale": scale, "created": now,
-            }).last_pk
-            self._add_example("ppo", "rating", rating_id, response["turn_id"], response_id,
-                              score=reward(score, scale), now=now)
-            label = desirable(score, scale)
-            if label is not None:
-                self._add_example("kto", "rating", rating_id, response["turn_id"], response_id, score=int(label), now=now)
-            if scale == "1-5":  # one member of its turn's GRPO group, on the person's own scale
-                self._add_example("grpo", "rating", rating_id, response["turn_id"], response_id, score=score, now=now)
-            siblings = self.db.execute(
-                """select r.response_id, r.score from ratings r join responses s on s.id = r.response_id
-                   where s.turn_id = ? and r.scale = ? and r.response_id != ? and r.withdrawn = 0""",
-                [response["turn_id"], scale, response_id]).fetchall()
-            for other, other_score in siblings:
-                if other_score != score:
-                    better, worse = (response_id, other) if score > other_score else (other, response_id)
-                    self.record_preference(response["turn_id"], better, [worse], origin="rating")
-        return rating_id
-
-    def record_demonstration(self, turn_id: int, text: str, edited_from: int | None = None) -> int:
-        """A reply the person wrote (or edited from response `edited_from`); returns its id.
-
-        It is stored as a response that continues the conversation, as an SFT example, and,
-        when edited, as preference pairs: the edit over the original and over each other reply
-        the model gave this turn (the person's own reply is the best they were shown; one
-        correction then teaches as much as a pick of the best of N, not a single pair).
-        """
-        with self.db.atomic():
-            others = [pk for (pk,) in self.db.execute(
-                "select id from responses where turn_id = ? and source = 'model' and id != ? order by shown_position, id",
-                [turn_id, edited_from]).fetchall()] if edited_from is not None else []
-            (response_id,) = self.add_responses(turn_id, [{"text": text}], None, {}, source="demonstration")
-            demo_id = self.db["demonstrations"].insert({
-                "turn_id": turn_id, "response_id": response_id, "edited_from": edited_from, "text": text,
-                "created": time.time(),
-            }).last_pk
-            self._add_example("sft", "demonstration", demo_id, turn_id, response_id)
-            if edited_from is not None:
-                self.record_preference(turn_id, response_id, [edited_from, *others], origin="edit")
-            self.choose(turn_id, response_id)
-        return demo_id
-
-    def _add_example(self, method: str, source: str, source_id: int, turn_id: int, response_id: int,
-                     rejected_id: int | None = None, score: float | None = None, now: float | None = None) -> int:
-        return self.db["examples"].insert({
-            "method": method, "source": source, "source_id": source_id, "turn_id": turn_id,
-            "response_id": response_id, "rejected_id": rejected_id, "score": score, "created": now or time.time(),
-        }).last_pk
-
-    # Taking feedback back: the rows stay (nothing the person did is lost), marked withdrawn, and
-    # their examples leave every later update: pending ones are simply never trained on.
-
-    def withdraw_judgment(self, judgment_id: int) -> None:
-        """A pick, ranking step, tie, both-bad or skip (every pair of it); its turn continues with no reply."""
-        with self.db.atomic():
-            rows = self.db.execute("select id, turn_id from preferences where judgment_id = ?", [judgment_id]).fetchall()
-            self._withdraw("preference", [pk for pk, _ in rows])
-            for turn_id in {turn for _, turn in rows}:
-                self.db.execute("update responses set chosen = 0 where turn_id = ?", [turn_id])
-
-    def withdraw_rating(self, rating_id: int) -> None:
-        """A rating, its reward example and the pairs it made with its siblings' ratings."""
-        with self.db.atomic():
-            (response_id,) = self.db.execute("select response_id from ratings where id = ?", [rating_id]).fetchone()
-            self._withdraw("rating", [rating_id])
-            pairs = self.db.execute("""select id from preferences where origin = 'rating' and withdrawn = 0
-                                       and ? in (chosen_id, rejected_id)""", [response_id]).fetchall()
-            self._withdraw("preference", [pk for (pk,) in pairs])
-
-    def withdraw_demonstration(self, demo_id: int) -> None:
-        """An edit or a written reply, with its pairs over the model's replies; its turn continues with no reply."""
-        with self.db.atomic():
-            demo = self.db["demonstrations"].get(demo_id)
-            self._withdraw("demonstration", [demo_id])
-            pairs = self.db.execute("select id from preferences where origin = 'edit' and chosen_id = ?",
-                                    [demo["response_id"]]).fetchall()
-            self._withdraw("preference", [pk for (pk,) in pairs])
-            self.db.execute("update responses set chosen = 0 where turn_id = ?", [demo["turn_id"]])
-
-    def _withdraw(self, source: str, ids: list[int]) -> None:
-        table = {"preference": "preferences", "rating": "ratings", "demonstration": "demonstrations"}[source]
-        for pk in ids:
-            self.db.execute(f"update {table} set withdrawn = 1 where id = ?", [pk])
-            self.db.execute("update examples set withdrawn = 1 where source = ? and source_id = ?", [source, pk])
-
-    # The arena --------------------------------------------------------------------------
-
-    def record_arena(self, turn_id: int, judgment_id: int, versions: list[int], responses: list[int],
-                     outcome: str) -> int:
-        """A blind vote between two versions (as shown: first, second); outcome a, b, tie or both_bad."""
-        if outcome not in ("a", "b", "tie", "both_bad", "skipped"):
-            raise UserError(f"arena outcome {outcome!r}: choose a, b, tie, both_bad or skipped")
-        return self.db["arena"].insert({
-            "turn_id": turn_id, "judgment_id": judgment_id, "version_a": versions[0], "version_b": versions[1],
-            "response_a": responses[0], "response_b": responses[1], "outcome": outcome, "created": time.time(),
-        }).last_pk
-
-    def arena_votes(self) -> list[tuple[int, int, float]]:
-        """(version a, version b, score of a) of every vote in force, oldest first: ties and both-bad are
-        half a win each; skipped and withdrawn votes are left out."""
-        rows = self.db.execute("""select a.version_a, a.version_b, a.outcome from arena a
-                                  join preferences p on p.id = a.judgment_id
-                                  where p.withdrawn = 0 and a.outcome != 'skipped' order by a.id""").fetchall()
-        return [(va, vb, {"a": 1.0, "b": 0.0}.get(outcome, 0.5)) for va, vb, outcome in rows]
-
-    # Updates and versions ---------------------------------------------------------------
-
-    def start_update(self, method: str, example_ids: list[int]) -> int:
-        return self.db["updates"].insert({
-            "method": method, "feedback_ids": json.dumps(list(example_ids)), "status": "running",
-            "started": time.time(),
-        }).last_pk
-
-    def finish_update(self, update_id: int, status: str, version: int | None = None, metrics: dict | None = None,
-                      error: str | None = None) -> None:
-        """status: done (its pending examples are consumed; its version becomes the active one), failed or
-        cancelled (nothing consumed)."""
-        with self.db.atomic():
-            self.db["updates"].update(update_id, {
-                "status": status, "version": version, "metrics": json.dumps(metrics or {}, default=str),
-                "error": error, "finished": time.time(),
-            })
-            if status == "done":
-                ids = json.loads(self.db["updates"].get(update_id)["feedback_ids"] or "[]")
-                for start in range(0, len(ids), 500):
-                    chunk = ids[start:start + 500]
-                    self.db.execute(f"update examples set update_id = ? where update_id is null "
-                                    f"and id in ({','.join('?' * len(chunk))})", [update_id, *chunk])
-                if version is not None:
-                    self.set_active_version(version)
-
-    def record_version(self, number: int, path: str | Path, metrics: dict | None = None) -> None:
-        self.db["versions"].upsert({"number": number, "path": str(path), "metrics": json.dumps(metrics or {}, default=str),
-                                    "created": time.time()}, pk="number")
-
-    def set_active_version(self, number: int) -> None:
-        """The version now live (a finished update's, or the one rolled back to)."""
-        self.db["session"].update(1, {"active_version": number})
-
-    def active_version(self) -> int:
-        """Where the engine should resume: the live version when the session was last used."""
-        active = self.db["session"].get(1).get("active_version")
-        return self.latest_version() if active is None else active
-
-    def version_numbers(self) -> list[int]:
-        """0 (the base) and every recorded version."""
-        return [0] + [n for (n,) in self.db.execute("select number from versions where number > 0 order by number")]
-
-    def latest_version(self) -> int:
-        return self.db.execute("select coalesce(max(number), 0) from versions").fetchone()[0]
-
-    def metrics_history(self) -> list[dict]:
-        """One dict per finished update: update, method, version, examples, seconds, then its metrics."""
-        return [{"update": row["id"], "method": row["method"], "version": row["version"],
-                 "examples": len(json.loads(row["feedback_ids"] or "[]")),
-                 "seconds": (row["finished"] or 0) - row["started"], **json.loads(row["metrics"] or "{}")}
-                for row in self.db["updates"].rows_where("status = 'done'", order_by="id")]
+    # The session as a whole -------------------------------------------------------------
 
     def counts(self) -> dict:
         """prompts (user turns), pairs (trainable preference pairs), ratings, demos, updates (done); withdrawn

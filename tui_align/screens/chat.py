@@ -27,19 +27,11 @@ from tui_align.widgets.candidates import MARK_METHODS, CandidatePane
 from tui_align.widgets.conversation import ConversationPane
 from tui_align.widgets.footer import KeyFooter
 from tui_align.widgets.metrics import MetricsPanel
-from tui_align.widgets.prompt import PromptInput
+from tui_align.widgets.prompt import PLACEHOLDERS, PromptInput, hint
 from tui_align.widgets.status_bar import StatusBar
 
 # Single-letter screen keys: inert (and hidden) while the prompt box has focus, where they are text.
 LETTER_ACTIONS = {"train_now", "new_conversation", "toggle_metrics", "leaderboard", "help", "quit", "focus_prompt"}
-PLACEHOLDERS = {
-    Phase.LOADING: "The model is loading… you can type already",
-    Phase.PROMPT: "Type a prompt; Enter sends, ctrl+j adds a line, Esc for the other keys",
-    Phase.GENERATING: "Candidates are streaming… Esc stops them",
-    Phase.JUDGING: "Judge the candidates: a/b pick · t tie · x both bad · s skip · e edit · r regenerate",
-}
-RANK_JUDGING = "Rank them: press 1-{n} on the best, then the next… · a-{last} picks one · t tie · x bad · e edit"
-ENGINE_DOWN = "The engine stopped: {note}"  # the loop's note says what ctrl+r does
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
 
@@ -129,28 +121,9 @@ class ChatScreen(Screen):
 
     def show_hint(self) -> None:
         """The prompt line says what the next key does: which candidate it judges, or that the round is done."""
-        r, phase = self.round, self.phase
-        if phase is Phase.LOADING and self.loop.state.engine == "error":
-            hint = ENGINE_DOWN.format(note=self.loop.state.note)
-        elif phase is Phase.JUDGING and r is not None and self.config.method == "ppo":
-            slot = self.candidates.focused_slot()
-            hint = (f"Scoring {SLOT_LETTERS[slot].upper()}: 1-5 or +/- · ←/→ moves · {len(r.scores)} of {r.n} "
-                    "scored · e edit · r regenerate · s skip the rest")
-        elif phase is Phase.JUDGING and r is not None and self.config.method == "kto":
-            slot = self.candidates.focused_slot()
-            hint = (f"Marking {SLOT_LETTERS[slot].upper()}: + desirable, - undesirable · ←/→ moves · {len(r.scores)} "
-                    f"of {r.n} marked · e edit · r regenerate · s skip the rest")
-        elif phase is Phase.JUDGING and r is not None and self.config.method == "grpo":
-            slot = self.candidates.focused_slot()
-            hint = (f"Scoring {SLOT_LETTERS[slot].upper()} (1-5) · ←/→ moves · {len(r.scores)} of {r.n} scored: "
-                    "the group trains once all are · e edit · r regenerate · s skip the rest")
-        elif phase is Phase.JUDGING and r is not None and r.n > 2:
-            hint = RANK_JUDGING.format(n=r.n, last=SLOT_LETTERS[r.n - 1])
-            if r.ranking:
-                hint = f"Ranked so far: {' > '.join(SLOT_LETTERS[s].upper() for s in r.ranking)} · " + hint
-        else:
-            hint = PLACEHOLDERS[phase]
-        self.prompt.placeholder = hint
+        slot = self.candidates.focused_slot() if self.phase is Phase.JUDGING else 0
+        engine_down = self.loop.state.note if self.loop.state.engine == "error" else None
+        self.prompt.placeholder = hint(self.phase, self.round, self.config.method, slot, engine_down)
 
     def on_candidate_pane_focused(self, message: CandidatePane.Focused) -> None:
         self.show_hint()

@@ -8,8 +8,9 @@ import time
 from tests.fakes import FakeEngine
 from tui_align.app import ChatTrainApp
 from tui_align.loop import LoopConfig
-from tui_align.rounds import Phase
+from tui_align.rounds import Phase, Round
 from tui_align.store import SessionStore
+from tui_align.widgets.prompt import PLACEHOLDERS, hint
 
 
 def fake_app(tmp_path, method="dpo", **config) -> ChatTrainApp:
@@ -29,6 +30,14 @@ async def ask(pilot, text: str = "Hi") -> None:
     await until(pilot, lambda: chat.phase is Phase.PROMPT, "the prompt")
     await pilot.press(*text, "enter")
     await until(pilot, lambda: chat.phase is Phase.JUDGING, "the candidates")
+
+
+def test_the_hint_line_follows_the_ranking_and_says_when_the_engine_is_down():
+    ranked = Round(1, [], [2, 0, 1], ranking=[1])
+    assert hint(Phase.JUDGING, ranked, "dpo", 0, None).startswith("Ranked so far: B · Rank them: press 1-3")
+    assert hint(Phase.JUDGING, Round(1, [], [1, 0]), "dpo", 1, None) == PLACEHOLDERS[Phase.JUDGING]  # a pair: a/b
+    assert hint(Phase.LOADING, None, "dpo", 0, "ctrl+r restarts it") == "The engine stopped: ctrl+r restarts it"
+    assert hint(Phase.LOADING, None, "dpo", 0, None) == PLACEHOLDERS[Phase.LOADING]
 
 
 def ratings(store) -> list[tuple[int, float, int]]:

@@ -30,8 +30,8 @@ from sqlite_utils import Database
 
 from engine.protocol import UserError
 from tui_align import __version__
-from tui_align.errors import WriteFailed
 from tui_align.conversations import Conversations
+from tui_align.errors import WriteFailed
 from tui_align.feedback import FeedbackQueries
 from tui_align.feedback_writes import FeedbackWrites
 from tui_align.migrations import MIGRATIONS, SCHEMA_VERSION, schema_version, unknown_migrations, upgrade

@@ -168,6 +168,8 @@ class LiveEngine:
                 ok = isinstance(value, (int, float))
             if not ok:
                 raise DataError(f"hyperparameters.{key} must be {type(default).__name__}, got {value!r}")
+            if key == "batch_size" and value < 1:
+                raise DataError(f"hyperparameters.batch_size must be at least 1 (rows per forward pass), got {value!r}")
         if config_type is TrainConfig:  # a new loss_type list starts from weights 1.0, not the default's
             weights = loss.get("loss_weights", None if "loss_type" in loss else base.loss_weights)
             values["loss_type"], values["loss_weights"] = loss_terms(

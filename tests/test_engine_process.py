@@ -155,6 +155,7 @@ def test_malformed_lines_are_answered_and_the_connection_lives(lines):
                 {"type": "update", "id": "e", "examples": [{"prompt": "x"}]},
                 {"type": "update", "id": "f", "examples": [PAIR], "hyperparameters": {"lrr": 1}},
                 {"type": "update", "id": "f2", "examples": [PAIR], "hyperparameters": {"lr": "fast"}},
+                {"type": "update", "id": "f6", "examples": [PAIR], "hyperparameters": {"batch_size": 0}},
                 {"type": "update", "id": "f4", "examples": [PAIR], "hyperparameters": {"loss_type": "sigmoid,nope"}},
                 {"type": "update", "id": "f5", "examples": [PAIR], "hyperparameters": {"loss_weights": [1, 1, 1]}},
                 {"type": "update", "id": "f3", "method": "rlhf", "examples": [PAIR]},

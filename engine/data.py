@@ -147,6 +147,17 @@ def validate(row: dict, kind: str) -> None:
             raise DataError(f"{key} is empty")
 
 
+def conversational(row: dict) -> dict:
+    """A conversational prompt with plain-string replies: wrap each reply as one assistant message."""
+    if not isinstance(row.get("prompt"), list):
+        return row
+    out = dict(row)
+    for key in ("chosen", "rejected", "completion"):
+        if isinstance(out.get(key), str):
+            out[key] = [{"role": "assistant", "content": out[key]}]
+    return out
+
+
 def validate_group(row: dict, scale: tuple[float, float] | None = None) -> None:
     """A GRPO row {prompt, completions: [N >= 2 replies], scores: [N numbers]}; `scale`: (low, high) the
     scores must lie in (the person's 1-5), else any finite number (a reward function's)."""

@@ -19,7 +19,7 @@ import torch
 
 from engine import versions as vs
 from engine.chat import chat_ids, check_messages
-from engine.data import DataError, validate, validate_group
+from engine.data import DataError, conversational, validate, validate_group
 from engine.live_versions import LiveVersions
 from engine.logprobs import causal_lm
 from engine.models import (LoRAConfig, add_lora, context_length, enable_gradient_checkpointing, load_model,
@@ -376,17 +376,6 @@ class LiveEngine:
             for param, saved in zip(trainer.params, params):
                 param.copy_(saved)
         trainer.optimizer.load_state_dict(optimizer)
-
-
-def conversational(row: dict) -> dict:
-    """A conversational prompt with plain-string replies: wrap each reply as one assistant message."""
-    if not isinstance(row.get("prompt"), list):
-        return row
-    out = dict(row)
-    for key in ("chosen", "rejected", "completion"):
-        if isinstance(out.get(key), str):
-            out[key] = [{"role": "assistant", "content": out[key]}]
-    return out
 
 
 def _clone(tree):

@@ -181,10 +181,10 @@ class Step:
 
     def __init__(self, trainer: Trainer, examples: list[dict]):
         self.trainer, self.started = trainer, time.perf_counter()
-        self.norm = trainer.normalisers(examples)
         size = max(trainer.config.batch_size, 1)
-        # one part is `examples` itself: GRPO's loss knows the rows of its update by identity
-        self.parts = ([examples] if self.norm is None or len(examples) <= size
+        # one part needs no shared normalisers; it is `examples` itself (GRPO knows its rows by identity)
+        self.norm = trainer.normalisers(examples) if len(examples) > size else None
+        self.parts = ([examples] if self.norm is None
                       else [examples[i:i + size] for i in range(0, len(examples), size)])
         self.done = 0
         self.grads: list[torch.Tensor | None] = [None] * len(trainer.params)

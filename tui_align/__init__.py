@@ -2,9 +2,10 @@
 
 __version__ = "0.1.0"
 
-# No length in it: "Answer in one short sentence" made brief replies easy to teach and fuller
-# ones impossible (bench/RESULTS.md, issue 12); the picks teach the model to finish instead.
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+# "A few sentences", not "one short sentence": that made brief replies easy to teach and fuller ones
+# impossible; with no length at all half the replies were cut off, and a judge cannot pick between
+# two cut-off replies (bench/RESULTS.md, issue 12).
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer in a few sentences."
 
 
 def _sqlite_utils_without_pandas() -> None:

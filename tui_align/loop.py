@@ -40,8 +40,8 @@ class LoopConfig:
     # Rounds since the last update after which fewer new rows train too: ties and a rare edit leave a
     # sparse signal that would otherwise wait for rows that do not come. 0: only update_every.
     update_after: int = 4
-    # Rows per update: the newest pending ones, topped up with the most recently trained, so each row
-    # trains in two updates. 6 (once) took half the time and taught a rare edited feature far less.
+    # Rows per update: the newest pending ones, topped up with the most recently trained (at twice
+    # update_every, each row trains in two updates; in one, a rare edited feature was taught far less).
     window: int = 12
     replay: int = 0  # more rows per update, sampled from all older trained ones
     max_new_tokens: int = 96  # room to finish a fuller reply (cut-off pairs teach only length)

@@ -78,33 +78,6 @@ def test_tree_history_and_training_rows(store):
     assert store.meta["hyperparameters"] == {"lr": 1e-4} and store.meta["schema_version"] == SCHEMA_VERSION
 
 
-def test_an_edit_trains_in_demo_updates_updates_and_a_pick_in_one(store):
-    def train(rows):
-        update = store.start_update("dpo", [i for i, _ in rows])
-        store.finish_update(update, "done", version=update)
-
-    conv = store.new_conversation()
-    first = store.add_user_turn(conv, "Hi")
-    a, b = store.add_responses(first, [{"text": "A"}, {"text": "B"}], 0, {})
-    store.record_demonstration(first, "A, edited?", edited_from=a)  # 2 pairs: over A and over B
-    turn = store.add_user_turn(conv, "More")
-    c, d = store.add_responses(turn, [{"text": "C"}, {"text": "D"}], 0, {})
-    store.record_preference(turn, c, [d])
-    train(store.update_window("dpo", 1, demo_updates=3))  # the pick only: the window is 1
-    train(rows := store.update_window("dpo", 2, demo_updates=3))  # the two edit pairs, pending
-    assert [e["chosen"][0]["content"] for _, e in rows] == ["A, edited?"] * 2
-    e = store.add_responses(store.add_user_turn(conv, "Again"), [{"text": "E"}, {"text": "F"}], 0, {})[0]
-    store.record_preference(store.db["responses"].get(e)["turn_id"], e, [e + 1])
-    again = [e["chosen"][0]["content"] for _, e in store.update_window("dpo", 1, demo_updates=3)]
-    assert again == ["A, edited?", "E"]  # an edit's pair again (at most `window` of them), not the pick of C
-    assert [e["chosen"][0]["content"] for _, e in store.update_window("dpo", 2, demo_updates=3)] == [
-        "A, edited?", "A, edited?", "C", "E"]  # both pairs; the window topped up with the newest trained row
-    assert [e["chosen"][0]["content"] for _, e in store.update_window("dpo", 1, demo_updates=1)] == ["E"]
-    train(store.update_window("dpo", 1, demo_updates=3))
-    train(store.update_window("dpo", 1, demo_updates=3))  # nothing pending: topped up with E
-    assert "A, edited?" not in [e["chosen"][0]["content"] for _, e in store.update_window("dpo", 1, demo_updates=3)]
-
-
 def test_a_ranking_continues_with_the_best(store):
     conv = store.new_conversation()
     turn = store.add_user_turn(conv, "Hi")

@@ -82,27 +82,17 @@ class FeedbackQueries:
         return self.db.execute("""select count(*) from (select 1 from examples where method = ? and withdrawn = 0
                                   and update_id is null and id > ? limit ?)""", [method, after, cap]).fetchone()[0]
 
-    def update_window(self, method: str, window: int, replay: int = 0, rng: random.Random | None = None,
-                      demo_updates: int = 1) -> list[tuple[int, dict]]:
+    def update_window(self, method: str, window: int, replay: int = 0,
+                      rng: random.Random | None = None) -> list[tuple[int, dict]]:
         """The examples of one live update, oldest first: the newest `window` pending ones, topped up to
-        `window` with the most recently trained ones; then up to `window` rows of the person's own replies
-        (edits, demonstrations) first trained in the last `demo_updates - 1` finished updates, so that each
-        trains in `demo_updates` updates; plus up to `replay` older trained ones sampled at random. Never
-        more than 2 * window + replay rows, whatever the session holds."""
+        `window` with the most recently trained ones, plus up to `replay` older trained ones sampled at
+        random. Never more than window + replay rows, whatever the session holds."""
         _check(method)
         where = f"{_EXAMPLES} where e.method = ? and e.withdrawn = 0"
         rows = list(self.db.query(f"{where} and e.update_id is null order by e.id desc limit ?", [method, window]))
         if len(rows) < window:  # fewer pending than the window: the newest 2 * window rows hold enough trained ones
             recent = self.db.query(f"{where} order by e.id desc limit ?", [method, 2 * window])
             rows += [r for r in recent if r["update_id"] is not None][:window - len(rows)]
-        if demo_updates > 1:
-            last = [u for (u,) in self.db.execute("select id from updates where method = ? and status = 'done' "
-                                                  "order by id desc limit ?", [method, demo_updates - 1])]
-            taken = {r["id"] for r in rows}
-            if last:
-                demos = self.db.query(f"{where} and e.update_id in ({','.join('?' * len(last))}) "
-                                      "and c.source = 'demonstration' order by e.id desc limit ?", [method, *last, window])
-                rows += [r for r in demos if r["id"] not in taken]
         if replay:
             rng = rng or random.Random()
             (top,) = self.db.execute("select max(id) from examples").fetchone()

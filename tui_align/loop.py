@@ -43,7 +43,6 @@ class LoopConfig:
     # Rows per update: the newest pending ones, topped up with the most recently trained (at twice
     # update_every, each row trains in two updates; in one, a rare edited feature was taught far less).
     window: int = 12
-    demo_updates: int = 1  # updates each row of the person's own reply (an edit) trains in, at the least
     replay: int = 0  # more rows per update, sampled from all older trained ones
     max_new_tokens: int = 96  # room to finish a fuller reply (cut-off pairs teach only length)
     temperature: float = 0.8
@@ -325,7 +324,7 @@ class LiveLoop(Judging):
     async def update(self) -> dict | None:
         """One update on the window; its version is recorded before this returns. None if it failed."""
         method = self.config.method
-        rows = self.store.update_window(method, self.config.window, self.config.replay, self.rng, self.config.demo_updates)
+        rows = self.store.update_window(method, self.config.window, self.config.replay, self.rng)
         if not rows or not self.ready:
             return None
         ids, examples = [i for i, _ in rows], [e for _, e in rows]

@@ -72,8 +72,6 @@ def simulate(
     update_after: int = typer.Option(LOOP.update_after, "--update-after", min=0, help="Train on fewer new rows too once "
                                      "this many rounds have passed without an update (0: never)."),
     window: int = typer.Option(LOOP.window, "--window", help="Rows per update: the newest untrained ones, topped up with the most recently trained."),
-    demo_updates: int = typer.Option(LOOP.demo_updates, "--demo-updates", help="Updates each edited reply trains in "
-                                     "(a pick's rows train in one)."),
     steps: int = typer.Option(None, "--steps", help="Optimizer steps per update (default: the engine's live default). "
                                                    "Stored as the session's training override, as are --lr, --beta and --rpo-alpha."),
     lr: float = typer.Option(None, "--lr", help="Learning rate of the live updates (default: the engine's live default)."),
@@ -109,7 +107,7 @@ def simulate(
         if not 2 <= candidates <= 8:
             fail("--candidates must be 2 to 8")
         for name, value in (("--rounds", rounds), ("--update-every", update_every), ("--window", window),
-                            ("--demo-updates", demo_updates), ("--steps", steps or 1), ("--max-new-tokens", max_new_tokens)):
+                            ("--steps", steps or 1), ("--max-new-tokens", max_new_tokens)):
             if value < 1:
                 fail(f"{name} must be at least 1")
         if method not in METHODS:
@@ -141,7 +139,7 @@ def simulate(
         curves = {}
         for one in seeds:
             config = replace(LOOP, method=method, candidates=candidates, update_every=update_every,
-                             update_after=update_after, window=window, demo_updates=demo_updates,
+                             update_after=update_after, window=window,
                              max_new_tokens=max_new_tokens, temperature=temperature, system=system or None, seed=one,
                              arena_every=arena_every)
             name = base if len(seeds) == 1 else f"{base}-s{one}"

@@ -210,7 +210,8 @@ async def run(config: LoopConfig, rounds: int, store, person: Person, train_prom
                    f"({time.perf_counter() - started:.1f} s)")
         counted, curve = await train(config, rounds, loop, person, train_prompts, heldout, curve_every, pace)
         if client.version == 0 or not heldout:
-            typer.echo("no comparison: " + ("no update ran" if heldout else "--eval-prompts 0"))
+            typer.echo("no comparison: " + ("no update ran" if heldout else "--eval-prompts 0")
+                       + f"; {counted['judgments']} judgments, judging time {counted['judging_s']:.0f} s")
             return {"version": client.version, **counted, "curve": curve}
         result = {**await evaluate(config, client, person, heldout, store), **counted}
         curve = [p for p in curve if p[0] < counted["judgments"]] + [(counted["judgments"], result["win_rate"])]

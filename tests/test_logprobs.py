@@ -98,25 +98,31 @@ def test_sequence_logps_matches_trl_fused_head(tiny_model_dir):
     assert torch.allclose(ours, theirs, atol=1e-4)
 
 
-def test_packed_pairs_score_each_reply_as_if_alone(policy):
-    """Prompt run once, rejected hidden from chosen: same log-probs and gradients as two sequences."""
-    from engine.data import packed_pairs, preference_batch
+def test_packed_groups_score_each_reply_as_if_alone(policy):
+    """A prompt runs once for all its replies, each reply once however many pairs hold it, and no reply
+    sees another: the same log-probs and gradients as scoring every pair's replies as sequences."""
+    from engine.data import packed_groups, preference_batch
     from engine.logprobs import pair_token_logps
+    from engine.trainers.dpo import _reply_sums
 
     model, tokenizer = policy
+    greet = [{"role": "user", "content": "Greet me."}]
+    reply = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
     rows = [
         {"prompt": "Say yes.", "chosen": " yes", "rejected": " no, never, not at all"},
-        {"prompt": [{"role": "user", "content": "Greet me."}],
-         "chosen": [{"role": "assistant", "content": "Hello there, friend!"}],
-         "rejected": [{"role": "assistant", "content": "No."}]},
+        # a pick of the best of 4: three pairs, one prompt, one chosen reply
+        *({"prompt": greet, "chosen": reply("Hello there, friend!"), "rejected": reply(r)}
+          for r in ("No.", "Hi.", "Go away, I am busy right now.")),
         {"prompt": "", "chosen": "empty prompt", "rejected": "still scored"},
+        {"prompt": greet, "chosen": reply("Hi."), "rejected": reply("No.")},  # later, two replies it already has
     ]
     separate = preference_batch(tokenizer, rows, max_length=64)
-    packed = packed_pairs(tokenizer, rows, max_length=64)
-    assert packed["input_ids"].numel() < separate["input_ids"].numel()
+    (packed, index) = packed_groups(tokenizer, rows, max_length=64)
+    assert packed["input_ids"].shape[0] == 3  # the two plain-text pairs, and one row for the chat prompt
+    assert (packed["segments"] >= 0).sum() < 0.7 * separate["attention_mask"].sum()
     expected = token_logps(model, **separate).sum(-1)
-    per_token = pair_token_logps(model, **packed)
-    got = torch.cat([(per_token * (packed["segments"] == s)).sum(-1) for s in (1, 2)])
+    sums = _reply_sums(pair_token_logps(model, **packed), packed["segments"])
+    got = torch.cat([sums[index[:, 0], index[:, 1]], sums[index[:, 0], index[:, 2]]])
     assert torch.allclose(got, expected, atol=1e-4)
 
     lora = [p for n, p in model.named_parameters() if "lora_A" in n][3]

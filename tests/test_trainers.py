@@ -18,6 +18,21 @@ PAIRS = [
      "chosen": [{"role": "assistant", "content": "1 2 3"}],
      "rejected": [{"role": "assistant", "content": "I cannot count."}]},
 ]
+def _chat(text: str, role: str = "assistant") -> list[dict]:
+    return [{"role": role, "content": text}]
+
+
+# A live window: two picks of the best of 4 (3 pairs each: one prompt, one chosen reply) and an edit
+# preferred over the round's 4 replies (4 pairs), interleaved as rounds are.
+PICKS = [
+    *({"prompt": _chat("Name a fruit.", "user"), "chosen": _chat("An apple."), "rejected": _chat(r)}
+      for r in ("Pear, maybe, or a fig.", "No.", "I like fruit a great deal, honestly.")),
+    *({"prompt": _chat("Greet me.", "user"), "chosen": _chat("Hello there, how are you?"), "rejected": _chat(r)}
+      for r in ("Hello.", "Hi there", "Go away, I am busy.", "Hello there")),
+    {"prompt": "Say yes.", "chosen": " yes", "rejected": " no, never, not at all"},
+    *({"prompt": _chat("Count to three.", "user"), "chosen": _chat("1 2 3"), "rejected": _chat(r)}
+      for r in ("1 2", "I cannot count.", "one, two")),
+]
 DEMOS = [
     {"prompt": "The capital of France is", "completion": " Paris."},
     {"prompt": "Two plus two is", "completion": " four."},
@@ -78,11 +93,13 @@ def test_precomputed_reference_logps_give_the_same_step(tiny_model_dir):
     assert all(torch.allclose(a, b) for a, b in zip(p0, p1))
 
 
-@pytest.mark.parametrize("trainer_type, rows", [(DPOTrainer, PAIRS + PAIRS[:3]), (SFTTrainer, DEMOS * 2 + DEMOS[:1])])
-def test_a_step_in_parts_is_the_one_pass_step(tiny_model_dir, trainer_type, rows):
-    """A live step sums its gradient over parts of `batch_size` rows: the same update as one pass."""
+@pytest.mark.parametrize("trainer_type, rows, parts", [(DPOTrainer, PAIRS + PAIRS[:3], 4), (DPOTrainer, PICKS, 3),
+                                                       (SFTTrainer, DEMOS * 2 + DEMOS[:1], 4)])
+def test_a_step_in_parts_is_the_one_pass_step(tiny_model_dir, trainer_type, rows, parts):
+    """A live step sums its gradient over parts of `batch_size` rows (DPO: of whole prompts, whose pairs
+    share a packed row): the same update as one pass."""
     results = []
-    for batch_size in (len(rows), 2):  # one part; four parts, the last of one row
+    for batch_size in (len(rows), 2):  # one part; several
         model, tokenizer = tiny_lora(tiny_model_dir, perturb=0)
         trainer = trainer_type(model, tokenizer, TrainConfig(lr=1e-2, batch_size=batch_size))
         update = Step(trainer, rows)
@@ -90,14 +107,27 @@ def test_a_step_in_parts_is_the_one_pass_step(tiny_model_dir, trainer_type, rows
             update.next_part()
         grads = [g.clone() for g in update.grads]
         results.append((update.done, grads, update.apply()))
-    (one, g0, whole), (four, g1, parts) = results
-    assert (one, four) == (1, 4)
-    assert whole.keys() == parts.keys()
+    (one, g0, whole), (several, g1, in_parts) = results
+    assert (one, several) == (1, parts)
+    assert whole.keys() == in_parts.keys()
     for key, value in whole.items():
         if key != "seconds":
-            assert parts[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+            assert in_parts[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     assert whole["grad_norm"] > 0
     assert all((a - b).norm() <= 1e-5 * a.norm() for a, b in zip(g0, g1))  # summation order only
+
+
+def test_a_pick_of_the_best_runs_its_prompt_and_chosen_reply_once(tiny_model_dir):
+    """The pairs of one prompt share a packed row: a window of picks costs far fewer tokens than its pairs
+    on rows of their own, for the same loss."""
+    model, tokenizer = tiny_lora(tiny_model_dir, perturb=1)  # policy != reference: a loss that is not log 2
+    trainer = DPOTrainer(model, tokenizer, TrainConfig(batch_size=len(PICKS)))
+    with torch.no_grad():
+        loss, grouped = trainer.loss(PICKS)
+        alone = [trainer.loss([ex]) for ex in PICKS]
+    assert grouped["tokens"] < 0.6 * sum(m["tokens"] for _, m in alone)
+    assert loss.item() != pytest.approx(alone[0][0].item())
+    assert loss.item() == pytest.approx(sum(part.item() for part, _ in alone) / len(PICKS), rel=1e-4)
 
 
 def test_non_finite_loss_discards_the_update(tiny_policy):

@@ -43,6 +43,11 @@ class Trainer:
         and GRPO's groups span the batch), and a step computes it in one part."""
         return None
 
+    def parts(self, examples: list[dict], size: int) -> list[list[dict]]:
+        """How a step splits `examples` into forward passes: `size` rows each (a trainer whose rows share
+        work may keep those together)."""
+        return [examples[i:i + size] for i in range(0, len(examples), size)]
+
     def step(self, examples: list[dict]) -> dict:
         """One optimizer update on `examples`; returns its metrics."""
         update = Step(self, examples)
@@ -184,8 +189,7 @@ class Step:
         size = max(trainer.config.batch_size, 1)
         # one part needs no shared normalisers; it is `examples` itself (GRPO knows its rows by identity)
         self.norm = trainer.normalisers(examples) if len(examples) > size else None
-        self.parts = ([examples] if self.norm is None
-                      else [examples[i:i + size] for i in range(0, len(examples), size)])
+        self.parts = [examples] if self.norm is None else trainer.parts(examples, size)
         self.done = 0
         self.grads: list[torch.Tensor | None] = [None] * len(trainer.params)
         self.metrics: dict = {}

@@ -1,8 +1,8 @@
 """Direct preference optimisation over one shared base.
 
 The policy is base + LoRA adapter; the reference is the same base with the adapter
-disabled, so one copy of the weights serves both. Each pair goes through the model as one
-packed row (prompt, chosen, rejected): the prompt runs once for both replies.
+disabled, so one copy of the weights serves both. Pairs go through the model packed by prompt
+(engine.data.packed_groups): a prompt and each distinct reply run once, however many pairs share them.
 The reference never changes (the base is frozen), so its log-probs are computed once per
 pair and cached: later epochs, and live updates over a window of recent pairs, reuse them.
 """
@@ -13,7 +13,7 @@ import json
 
 import torch
 
-from engine.data import packed_pairs, tokenize_pair
+from engine.data import packed_groups, tokenize_pair
 from engine.logprobs import pair_token_logps
 from engine.losses import LENGTH_AVERAGED, dpo_loss
 from engine.protocol import SFT_TERM
@@ -29,13 +29,13 @@ class DPOTrainer(Trainer):
         super().__init__(model, tokenizer, config)
         self.reference_cache: dict[str, tuple[float, float]] = {}
 
-    def completion_logps(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(chosen, rejected) summed log-probs per pair under the current adapter, and the per-token values."""
-        per_token = pair_token_logps(self.model, **batch)
-        chosen, rejected = _sums(per_token, batch["segments"])
-        return chosen, rejected, per_token
+    def completion_logps(self, packed) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) summed log-probs per pair under the current adapter."""
+        batch, index = packed
+        sums = _reply_sums(pair_token_logps(self.model, **batch), batch["segments"])
+        return sums[index[:, 0], index[:, 1]], sums[index[:, 0], index[:, 2]]
 
-    def reference_logps(self, examples: list[dict], batch=None) -> list[tuple[float, float]]:
+    def reference_logps(self, examples: list[dict], packed=None) -> list[tuple[float, float]]:
         """(chosen, rejected) reference log-probs: the base with the adapter disabled.
 
         Cached per reply, not per pair: the live loop scores a round's candidates as the person reads
@@ -43,13 +43,13 @@ class DPOTrainer(Trainer):
         keys = [(self._key(ex, "chosen"), self._key(ex, "rejected")) for ex in examples]
         missing = [i for i, (c, r) in enumerate(keys) if c not in self.reference_cache or r not in self.reference_cache]
         if missing:
-            if batch is None or len(missing) < len(examples):
-                batch = packed_pairs(self.tokenizer, [examples[i] for i in missing], self.config.max_length, self.device)
+            if packed is None or len(missing) < len(examples):
+                packed = packed_groups(self.tokenizer, [examples[i] for i in missing], self.config.max_length, self.device)
             was_training = self.model.training
             self.model.eval()
             policy = getattr(self.model, "module", self.model)  # under DistributedDataParallel in fit()
             with torch.inference_mode(), policy.disable_adapter():
-                chosen, rejected = _sums(pair_token_logps(self.model, **batch), batch["segments"])
+                chosen, rejected = self.completion_logps(packed)
             self.model.train(was_training)
             for i, c, r in zip(missing, chosen.tolist(), rejected.tolist()):
                 self.reference_cache[keys[i][0]], self.reference_cache[keys[i][1]] = c, r
@@ -72,6 +72,20 @@ class DPOTrainer(Trainer):
         chosen = sum(len(c) for _, (c, _r) in map(self._tokenized, examples))
         return {"pairs": len(examples), "chosen_tokens": max(chosen, 1)}
 
+    def parts(self, examples: list[dict], size: int) -> list[list[dict]]:
+        """A step's parts hold whole prompts: the pairs of one prompt share a packed row, so a part takes
+        the next prompt's pairs while it has fewer than `size` pairs (a pick of the best of 4, 3 pairs on
+        4 replies, is fewer tokens than 2 pairs on their own rows)."""
+        by_prompt: dict[str, list[dict]] = {}
+        for ex in examples:
+            by_prompt.setdefault(json.dumps(ex["prompt"], sort_keys=True), []).append(ex)
+        parts: list[list[dict]] = [[]]
+        for pairs in by_prompt.values():
+            if len(parts[-1]) >= size:
+                parts.append([])
+            parts[-1].extend(pairs)
+        return parts
+
     def _tokenized(self, example: dict):
         return tokenize_pair(self.tokenizer, example["prompt"], [example["chosen"], example["rejected"]],
                              self.config.max_length)
@@ -82,23 +96,26 @@ class DPOTrainer(Trainer):
         Pair terms are means over `norm["pairs"]`, the sft term over `norm["chosen_tokens"]`
         (default: these examples'), and so are the metrics, so parts of a batch sum to it."""
         cfg = self.config
-        batch = packed_pairs(self.tokenizer, examples, cfg.max_length, self.device)
+        packed = packed_groups(self.tokenizer, examples, cfg.max_length, self.device)
+        batch, index = packed
         if any("ref_chosen_logps" not in ex for ex in examples):
-            refs = self.reference_logps(examples, batch)
+            refs = self.reference_logps(examples, packed)
             examples = [{**ex, "ref_chosen_logps": c, "ref_rejected_logps": r} for ex, (c, r) in zip(examples, refs)]
-        chosen, rejected, per_token = self.completion_logps(batch)
+        per_token = pair_token_logps(self.model, **batch)
+        sums, lengths = _reply_sums(per_token, batch["segments"]), _reply_sums(batch["segments"] > 0, batch["segments"])
+        chosen, rejected = sums[index[:, 0], index[:, 1]], sums[index[:, 0], index[:, 2]]
+        chosen_length, rejected_length = lengths[index[:, 0], index[:, 1]], lengths[index[:, 0], index[:, 2]]
         ref_chosen = torch.tensor([ex["ref_chosen_logps"] for ex in examples], device=self.device)
         ref_rejected = torch.tensor([ex["ref_rejected_logps"] for ex in examples], device=self.device)
         sums = chosen, rejected, ref_chosen, ref_rejected
-        chosen_mask, rejected_mask = batch["segments"] == 1, batch["segments"] == 2
-        lengths = [mask.sum(-1).clamp(min=1) for mask in (chosen_mask, rejected_mask)] * 2  # policy's, then ref's
         if norm is None:
-            norm = {"pairs": len(examples), "chosen_tokens": int(chosen_mask.sum().clamp(min=1))}
+            norm = {"pairs": len(examples), "chosen_tokens": max(int(chosen_length.sum()), 1)}
+        lengths = [chosen_length.clamp(min=1), rejected_length.clamp(min=1)] * 2  # policy's, then ref's
         pairs = norm["pairs"]
         metrics, loss = {}, 0.0
         for term, weight in zip(cfg.loss_type, cfg.loss_weights, strict=True):
-            if term == SFT_TERM:  # the chosen reply's NLL, a mean over all its tokens in the batch (as TRL)
-                value = -(per_token * chosen_mask).sum() / norm["chosen_tokens"]
+            if term == SFT_TERM:  # the chosen reply's NLL, a mean over its tokens in every pair (as TRL)
+                value = -chosen.sum() / norm["chosen_tokens"]
                 metrics["nll"] = value.item()
             else:
                 logps = [s / n for s, n in zip(sums, lengths)] if term in LENGTH_AVERAGED else sums
@@ -119,6 +136,8 @@ class DPOTrainer(Trainer):
         return loss, metrics
 
 
-def _sums(per_token: torch.Tensor, segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) log-probs of each packed pair, summed over the reply's tokens."""
-    return (per_token * (segments == 1)).sum(-1), (per_token * (segments == 2)).sum(-1)
+def _reply_sums(values: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    """[rows, replies + 1]: `values` summed over each reply's tokens (column s: segment s; column 0 is 0)."""
+    values = values.to(torch.float32) * (segments > 0)
+    out = torch.zeros(segments.shape[0], int(segments.max()) + 1, dtype=values.dtype, device=values.device)
+    return out.scatter_add(1, segments.clamp(min=0), values)

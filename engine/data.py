@@ -272,49 +272,53 @@ def packed_groups(tokenizer, examples: list[dict], max_length: int | None, devic
     every reply extends (a plain-text prompt can merge tokens with the reply) stays a row per pair.
     """
     rows: list[tuple[list[int], list[list[int]], dict[str, int]]] = []  # prompt ids, replies, reply key -> segment
-    open_rows: dict[str, int] = {}  # prompt key -> the row still taking its replies
+    open_rows: dict[str, int] = {}  # chat prompt key -> the row still taking its replies
     index = []
     for ex in examples:
         replies = [ex["chosen"], ex["rejected"]]
-        key = json.dumps(ex["prompt"], sort_keys=True) if isinstance(ex["prompt"], list) else None
-        row = open_rows.get(key) if key is not None else None
-        if row is not None:
-            prompt_ids, row_replies, segment_of = rows[row]
-            keys = [json.dumps(r, sort_keys=True) for r in replies]
-            new = [(k, r) for k, r in dict(zip(keys, replies)).items() if k not in segment_of]
-            if len(row_replies) + len(new) > MAX_REPLIES_PER_ROW:
-                row = None
-            else:
-                tokenized = _replies_alone(tokenizer, ex["prompt"], [r for _, r in new], max_length, prompt_ids)
-                if tokenized is None:
-                    row = None
-                else:
-                    for (k, _), ids in zip(new, tokenized):
-                        segment_of[k] = len(row_replies) + 1
-                        row_replies.append(ids)
-                    index.append((row, segment_of[keys[0]], segment_of[keys[1]]))
-                    continue
-        prompt_ids, (chosen, rejected) = tokenize_pair(tokenizer, ex["prompt"], replies, max_length)
-        index.append((len(rows), 1, 2))
         keys = [json.dumps(r, sort_keys=True) for r in replies]
+        prompt_key = json.dumps(ex["prompt"], sort_keys=True) if isinstance(ex["prompt"], list) else None
+        row = open_rows.get(prompt_key)
+        if row is not None and _join(tokenizer, rows[row], ex["prompt"], dict(zip(keys, replies)), max_length):
+            index.append((row, rows[row][2][keys[0]], rows[row][2][keys[1]]))
+            continue
+        alone = _replies_alone(tokenizer, ex["prompt"], replies, max_length) if prompt_key and keys[0] != keys[1] else None
+        if alone is None:  # the pair's own tokenization, on a row of its own
+            prompt_ids, (chosen, rejected) = tokenize_pair(tokenizer, ex["prompt"], replies, max_length)
+        else:
+            (prompt_ids, (chosen, rejected)), open_rows[prompt_key] = alone, len(rows)
+        index.append((len(rows), 1, 2))
         rows.append((prompt_ids, [chosen, rejected], {keys[0]: 1, keys[1]: 2}))
-        if key is not None and keys[0] != keys[1] and \
-                _replies_alone(tokenizer, ex["prompt"], replies, max_length, prompt_ids) is not None:
-            open_rows[key] = len(rows) - 1
     batch = pack([(p, *replies) for p, replies, _ in rows], tokenizer.pad_token_id, device)
     return batch, torch.tensor(index, dtype=torch.long, device=device).reshape(-1, 3)
 
 
-def _replies_alone(tokenizer, prompt: list, replies: list, max_length: int | None, prompt_ids: list[int]):
-    """Each reply's ids after `prompt_ids`, or None where a reply, tokenized alone with the prompt,
-    does not extend exactly these prompt ids (its ids would then depend on the reply it is paired with)."""
+def _replies_alone(tokenizer, prompt: list, replies: list, max_length: int | None, prompt_ids: list[int] | None = None):
+    """(prompt ids, each reply's ids after them), each reply tokenized alone with the chat prompt; None where
+    one does not extend the same prompt ids (`prompt_ids`, else the first reply's): its ids would then
+    depend on the reply it is paired with."""
     out = []
     for reply in replies:
         ids, (completion,) = tokenize_pair(tokenizer, prompt, [reply], max_length)
-        if ids != prompt_ids:
+        if ids != (prompt_ids := prompt_ids or ids):
             return None
         out.append(completion)
-    return out
+    return prompt_ids, out
+
+
+def _join(tokenizer, row, prompt: list, replies: dict, max_length: int | None) -> bool:
+    """Add a pair's replies new to an open row (`replies`: key -> reply); False if they do not fit it."""
+    prompt_ids, row_replies, segment_of = row
+    new = {k: r for k, r in replies.items() if k not in segment_of}
+    if len(row_replies) + len(new) > MAX_REPLIES_PER_ROW:
+        return False
+    tokenized = _replies_alone(tokenizer, prompt, list(new.values()), max_length, prompt_ids) if new else (prompt_ids, [])
+    if tokenized is None:
+        return False
+    for k, ids in zip(new, tokenized[1]):
+        segment_of[k] = len(row_replies) + 1
+        row_replies.append(ids)
+    return True
 
 
 def kto_rows(tokenizer, examples: list[dict], max_length: int | None) -> list[tuple[list[int], list[int], list[int]]]:

@@ -103,7 +103,7 @@ def test_packed_groups_score_each_reply_as_if_alone(policy):
     sees another: the same log-probs and gradients as scoring every pair's replies as sequences."""
     from engine.data import packed_groups, preference_batch
     from engine.logprobs import pair_token_logps
-    from engine.trainers.dpo import _reply_sums
+    from engine.trainers.dpo import _per_pair
 
     model, tokenizer = policy
     greet = [{"role": "user", "content": "Greet me."}]
@@ -121,8 +121,7 @@ def test_packed_groups_score_each_reply_as_if_alone(policy):
     assert packed["input_ids"].shape[0] == 3  # the two plain-text pairs, and one row for the chat prompt
     assert (packed["segments"] >= 0).sum() < 0.7 * separate["attention_mask"].sum()
     expected = token_logps(model, **separate).sum(-1)
-    sums = _reply_sums(pair_token_logps(model, **packed), packed["segments"])
-    got = torch.cat([sums[index[:, 0], index[:, 1]], sums[index[:, 0], index[:, 2]]])
+    got = torch.cat(_per_pair(pair_token_logps(model, **packed), packed["segments"], index))
     assert torch.allclose(got, expected, atol=1e-4)
 
     lora = [p for n, p in model.named_parameters() if "lora_A" in n][3]

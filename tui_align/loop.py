@@ -237,7 +237,9 @@ class LiveLoop(Judging):
         rival = arena_opponent(live, self.store.version_numbers(), self.store.arena_votes()) if arena else None
         if rival is not None:
             return Round.start(turn_id, self.store.prompt(turn_id), 2, self.rng, version=live, versions=[live, rival])
-        return Round.start(turn_id, self.store.prompt(turn_id), self.config.candidates, self.rng, version=live)
+        cfg = self.config
+        sampled = cfg.sampled if cfg.method == "dpo" and live else 0  # v0 has learned nothing to rate them by
+        return Round.start(turn_id, self.store.prompt(turn_id), cfg.candidates, self.rng, version=live, sampled=sampled)
 
     async def generate(self, round_: Round, on_token: Callable[[int, str], None] | None = None) -> Round:
         """Stream the round's candidates (on_token(slot, text)), then store them. Raises EngineDied or
@@ -250,8 +252,7 @@ class LiveLoop(Judging):
         # seed: two close versions sampled with one seed often give the same reply, a judgment wasted.
         requests = ([(None, range(round_.n))] if round_.versions is None else
                     [(v, [i]) for i, v in enumerate(round_.versions)])
-        sampled = cfg.sampled if cfg.method == "dpo" and round_.versions is None and self.client.version else round_.n
-        keep = {"n": sampled, "keep": round_.n} if sampled > round_.n else {}  # the engine shows the best of `sampled`
+        keep = {"n": round_.sampled, "keep": round_.n} if round_.sampled else {}  # the engine sends the best
         results: list[dict] = [{}] * round_.n
         try:
             for number, (version, candidates) in enumerate(requests):
@@ -280,8 +281,9 @@ class LiveLoop(Judging):
         with self.store.storing("the replies"):
             round_.response_ids = self.store.add_responses(round_.turn_id, round_.results,
                                                            round_.versions or round_.version,
-                                                           {**cfg.sampling, "seed": seed, "sampled": sampled}, shown_order=round_.shown_order)
-        if cfg.method == "dpo" and round_.n >= 2:
+                                                           {**cfg.sampling, "seed": seed, "sampled": round_.sampled or round_.n},
+                                                           shown_order=round_.shown_order)
+        if cfg.method == "dpo" and round_.n >= 2 and not round_.sampled:  # a ranked round's are scored already
             self._spawn(self._score_reference(round_))
         return round_
 

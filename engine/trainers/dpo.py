@@ -32,8 +32,7 @@ class DPOTrainer(Trainer):
     def completion_logps(self, packed) -> tuple[torch.Tensor, torch.Tensor]:
         """(chosen, rejected) summed log-probs per pair under the current adapter."""
         batch, index = packed
-        sums = _reply_sums(pair_token_logps(self.model, **batch), batch["segments"])
-        return sums[index[:, 0], index[:, 1]], sums[index[:, 0], index[:, 2]]
+        return _per_pair(pair_token_logps(self.model, **batch), batch["segments"], index)
 
     def reference_logps(self, examples: list[dict], packed=None) -> list[tuple[float, float]]:
         """(chosen, rejected) reference log-probs: the base with the adapter disabled.
@@ -119,13 +118,11 @@ class DPOTrainer(Trainer):
         if any("ref_chosen_logps" not in ex for ex in examples):
             refs = self.reference_logps(examples, packed)
             examples = [{**ex, "ref_chosen_logps": c, "ref_rejected_logps": r} for ex, (c, r) in zip(examples, refs)]
-        per_token = pair_token_logps(self.model, **batch)
-        sums, lengths = _reply_sums(per_token, batch["segments"]), _reply_sums(batch["segments"] > 0, batch["segments"])
-        chosen, rejected = sums[index[:, 0], index[:, 1]], sums[index[:, 0], index[:, 2]]
-        chosen_length, rejected_length = lengths[index[:, 0], index[:, 1]], lengths[index[:, 0], index[:, 2]]
+        chosen, rejected = _per_pair(pair_token_logps(self.model, **batch), batch["segments"], index)
+        chosen_length, rejected_length = _per_pair(batch["segments"] > 0, batch["segments"], index)
         ref_chosen = torch.tensor([ex["ref_chosen_logps"] for ex in examples], device=self.device)
         ref_rejected = torch.tensor([ex["ref_rejected_logps"] for ex in examples], device=self.device)
-        sums = chosen, rejected, ref_chosen, ref_rejected
+        summed = chosen, rejected, ref_chosen, ref_rejected
         if norm is None:
             norm = {"pairs": len(examples), "chosen_tokens": max(int(chosen_length.sum()), 1)}
         lengths = [chosen_length.clamp(min=1), rejected_length.clamp(min=1)] * 2  # policy's, then ref's
@@ -136,7 +133,7 @@ class DPOTrainer(Trainer):
                 value = -chosen.sum() / norm["chosen_tokens"]
                 metrics["nll"] = value.item()
             else:
-                logps = [s / n for s, n in zip(sums, lengths)] if term in LENGTH_AVERAGED else sums
+                logps = [s / n for s, n in zip(summed, lengths)] if term in LENGTH_AVERAGED else summed
                 value = dpo_loss(*logps, cfg.beta, term, cfg.label_smoothing, cfg.discopop_tau)[0].sum() / pairs
             loss = loss + weight * value
         chosen_rewards = cfg.beta * (chosen - ref_chosen).detach()  # on summed log-probs, as TRL reports them
@@ -154,8 +151,10 @@ class DPOTrainer(Trainer):
         return loss, metrics
 
 
-def _reply_sums(values: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
-    """[rows, replies + 1]: `values` summed over each reply's tokens (column s: segment s; column 0 is 0)."""
+def _per_pair(values: torch.Tensor, segments: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected): per-token `values` summed over each pair's chosen and rejected reply (the
+    packed rows' segments; index[k] = pair k's row, chosen segment, rejected segment)."""
     values = values.to(torch.float32) * (segments > 0)
-    out = torch.zeros(segments.shape[0], int(segments.max()) + 1, dtype=values.dtype, device=values.device)
-    return out.scatter_add(1, segments.clamp(min=0), values)
+    sums = torch.zeros(segments.shape[0], int(segments.max()) + 1, dtype=values.dtype, device=values.device)
+    sums = sums.scatter_add(1, segments.clamp(min=0), values)  # [rows, replies + 1]: column s sums segment s
+    return sums[index[:, 0], index[:, 1]], sums[index[:, 0], index[:, 2]]

@@ -201,6 +201,9 @@ class LiveTraining:
     """
 
     lr: float = 2e-4
+    # A dpo update's: at 2e-4, 16 judgments moved a rare feature (an edited question, warm words) too
+    # little to show in held-out replies; 4e-4 did on 5 of 6 cells (bench/RESULTS.md, issue 12).
+    dpo_lr: float = 4e-4
     beta: float = 0.1
     loss_type: tuple[str, ...] = ("sigmoid", SFT_TERM)
     loss_weights: tuple[float, ...] = (1.0, 1.0)
@@ -219,8 +222,9 @@ class LiveTraining:
         keys = {"dpo": ("lr", "beta", "loss_type", "loss_weights", "max_length", "batch_size"),
                 "sft": ("lr", "max_length", "batch_size"),
                 "ppo": ("max_length",), "kto": ("lr", "beta", "max_length"), "grpo": ("lr", "max_length")}[method]
+        own = {"lr": self.dpo_lr} if method == "dpo" else {}
         return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in ((key, getattr(self, key)) for key in keys)}
+                for key, value in ((key, own.get(key, getattr(self, key))) for key in keys)}
 
 
 LIVE_TRAINING = LiveTraining()

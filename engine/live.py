@@ -102,8 +102,6 @@ class LiveEngine:
             raise DataError("temperature must be a finite number >= 0 (0 is greedy)")
         if not 0 < req.top_p <= 1:
             raise DataError("top_p must be in (0, 1]")
-        if req.keep is not None and not 1 <= req.keep <= req.n:
-            raise DataError("keep must be between 1 and n")
         if req.version is not None:
             self.check_rollback(req.version)
 
@@ -194,7 +192,6 @@ class LiveEngine:
 
         began = time.perf_counter()  # the first next(): the job leaves the queue and runs
         other = None if req.version is None or req.version == self.version else self.saved.state(req.version)
-        keeping = req.keep is not None  # which candidates are sent is known only at the end
         with self.saved.lent(other):  # the prefill too runs with the asked-for version
             gen = Generation(self.policy, self.tokenizer, req.messages, n=req.n, max_new_tokens=req.max_new_tokens,
                              temperature=req.temperature, top_p=req.top_p, seed=req.seed, started=began)
@@ -205,20 +202,10 @@ class LiveEngine:
                 break
             with self.saved.lent(other):  # per step: an update step may run between two of them
                 pieces = next(gen)
-            for candidate, text in pieces if not keeping else ():
+            for candidate, text in pieces:
                 emit("token", candidate=candidate, text=text)
             yield
-        candidates = gen.results()
-        if keeping and not job.cancelled.is_set():
-            self._use_attention(self.train_attention)
-            with self.saved.lent(other):
-                rewards = self.trainer("dpo").implicit_rewards(req.messages, [c["text"] for c in candidates])
-            best = sorted(sorted(range(req.n), key=lambda i: -rewards[i])[:req.keep])  # sampled order
-            candidates = [{**candidates[i], "reward": round(rewards[i], 4)} for i in best]
-            yield
-        elif keeping:
-            candidates = candidates[:req.keep]
-        emit("done", candidates=candidates, version=self.version if other is None else req.version, seed=gen.seed,
+        emit("done", candidates=gen.results(), version=self.version if other is None else req.version, seed=gen.seed,
              seconds=round(time.perf_counter() - received, 4), queued_s=round(began - received, 4))
 
     def score_reference_job(self, job, rows: list[dict], emit):

@@ -247,7 +247,6 @@ class Generate:
     top_p: float = 0.95
     seed: int | None = None
     version: int | None = None  # sample with this saved version's adapter (the live one stays); null: the live one
-    keep: int | None = None  # return the `keep` of the n the implicit reward rates highest (no token events); null: all n, streamed
 
 
 @dataclass

@@ -63,25 +63,22 @@ class FakeEngine:
     async def restart(self) -> dict:
         return await self.start()
 
-    async def generate(self, messages, n=2, max_new_tokens=64, temperature=0.8, top_p=0.95, seed=None, version=None,
-                       keep=None):
+    async def generate(self, messages, n=2, max_new_tokens=64, temperature=0.8, top_p=0.95, seed=None, version=None):
         self._check("generate")
         if version is not None and version and version not in self.parents:
             raise EngineError("bad_request", f"no version {version}")
-        self.generated.append({"messages": messages, "n": n, "seed": seed, "keep": keep,
+        self.generated.append({"messages": messages, "n": n, "seed": seed,
                                "version": self.version if version is None else version})
         texts = [self.replies[i % len(self.replies)] + ("" if i < len(self.replies) else f" ({i})") for i in range(n)]
         if version is not None:  # another version's replies: told apart by a mark
             texts = [f"{t} [v{version}]" for t in texts]
-        for i, text in enumerate(texts if keep is None else ()):
+        for i, text in enumerate(texts):
             for word in text.split(" "):
                 await asyncio.sleep(0)
                 yield {"type": "token", "candidate": i, "text": word + " "}
         done = [{"text": t, "finish_reason": self.finish_reason, "tokens": len(t.split())} for t in texts]
         if self.candidates:
             done = [dict(self.candidates[i % len(self.candidates)], text=t) for i, t in enumerate(texts)]
-        if keep is not None:  # the fake's implicit reward: the later a reply was sampled, the higher
-            done = [dict(c, reward=float(i)) for i, c in enumerate(done)][n - keep:]
         yield {"type": "done", "version": self.version if version is None else version, "candidates": done}
 
     async def score_reference(self, examples):

@@ -108,29 +108,6 @@ async def test_generate_with_a_version_leaves_the_live_one_live(client):
         await texts_of(999)
 
 
-async def test_generate_keep_sends_the_replies_the_live_version_rates_highest(client):
-    """`keep`: n replies sampled, only the `keep` with the highest implicit reward sent, in sampled order,
-    and no token events (which ones are sent is known only at the end)."""
-    async def events(**keep):
-        return [e async for e in client.generate(HI, n=6, max_new_tokens=10, seed=5, **keep)]
-
-    await client.rollback(0)
-    await client.update("dpo", [PAIR], {"lr": 0.05, "steps": 3})
-    streamed = (await events())[-1]["candidates"]
-    scored = await events(keep=6)
-    assert [e["type"] for e in scored] == ["done"]
-    scored = scored[0]["candidates"]
-    assert [c["text"] for c in scored] == [c["text"] for c in streamed]  # scoring changes no reply
-    rewards = [c["reward"] for c in scored]
-    assert len(set(rewards)) > 1  # the update moved the replies' log-probs apart
-    kept = (await events(keep=2))[0]["candidates"]
-    best = sorted(sorted(range(6), key=lambda i: -rewards[i])[:2])
-    assert [c["text"] for c in kept] == [scored[i]["text"] for i in best]
-    assert [c["reward"] for c in kept] == [rewards[i] for i in best]
-    with pytest.raises(EngineError, match="keep must be between 1 and n"):
-        await events(keep=7)
-
-
 async def test_score_reference_then_update_uses_it(client):
     scored = await client.score_reference([PAIR, {**PAIR, "chosen": "Hi!"}])
     assert len(scored) == 2 and all(r["ref_chosen_logps"] < 0 and r["ref_rejected_logps"] < 0 for r in scored)

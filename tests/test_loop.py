@@ -111,23 +111,6 @@ async def test_picking_the_best_of_four_beats_the_other_three(store):
     assert pairs == {(r.response_at(3), r.response_at(s)) for s in range(3)} and loop.state.pending == 3
 
 
-async def test_after_an_update_the_loop_shows_the_candidates_the_live_version_rates_highest(store):
-    """v0 has learned nothing: its round streams the candidates it shows. From v1 on, `sampled` replies are
-    sampled and the engine sends the `candidates` with the highest implicit reward; only those are stored."""
-    loop, engine, _ = make_loop(store, candidates=2, sampled=5, update_every=1)
-    await loop.start()
-    first = await judged_round(loop, store)
-    assert (engine.generated[0]["n"], engine.generated[0]["keep"]) == (2, None)
-    loop.pick(first, 0)
-    await settle(loop)
-    second = await judged_round(loop, store, "Again")
-    assert (engine.generated[-1]["n"], engine.generated[-1]["keep"]) == (5, 2)
-    assert [c["reward"] for c in second.results] == [3.0, 4.0] and second.n == 2
-    assert sorted(second.text_at(s) for s in range(2)) == sorted(c["text"] for c in second.results)
-    stored = store.responses(second.turn_id)
-    assert len(stored) == 2 and json.loads(stored[0]["sampling"])["sampled"] == 5
-
-
 @pytest.mark.parametrize("kind, outcome", [("tie", "tie"), ("both_bad", "both_bad"), ("skip", "skipped")])
 async def test_tie_both_bad_and_skip_are_kept_never_trained(store, kind, outcome):
     loop, _, _ = make_loop(store)

@@ -219,20 +219,3 @@ def test_reference_cache_follows_the_settings_that_change_the_value(tiny_policy)
     trainer.config = replace(trainer.config, loss_type=["sigmoid"], max_length=8)
     (truncated,) = trainer.reference_logps(PAIRS[:1])
     assert truncated != summed and len(trainer.reference_cache) == 4  # two replies x two truncations
-
-
-def test_implicit_rewards_are_the_dpo_rewards_of_each_reply(tiny_policy):
-    """A reply's implicit reward is the one the DPO loss gives it (rewards/chosen of a pair where it is
-    chosen), whichever replies it is scored with."""
-    model, tokenizer = tiny_policy
-    trainer = DPOTrainer(model, tokenizer, TrainConfig(lr=5e-3, beta=0.1))
-    for _ in range(4):
-        trainer.step(PICKS[:3])
-    prompt, replies = PICKS[0]["prompt"], ["An apple.", "No.", "Pear, maybe, or a fig.", "No, thank you."]
-    rewards = trainer.implicit_rewards(prompt, replies)
-    with torch.no_grad():
-        for reply, reward in zip(replies, rewards):
-            _, metrics = trainer.loss([{"prompt": prompt, "chosen": _chat(reply), "rejected": _chat("Hm.")}])
-            assert reward == pytest.approx(metrics["rewards/chosen"], abs=1e-4)
-    assert rewards[0] > rewards[1]  # trained toward "An apple." over "No."
-    assert trainer.implicit_rewards(prompt, replies[1:2]) == pytest.approx(rewards[1:2], abs=1e-5)

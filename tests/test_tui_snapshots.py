@@ -44,7 +44,7 @@ def snapshot_app(tmp_path) -> ChatTrainApp:
         store.record_version(number, write_version(store.versions_dir, number, parent=number - 1), metrics)
     engine = FakeEngine(candidates=CANDIDATES, model="SmolLM2-135M-Instruct")
     engine.parents = {number: number - 1 for number in range(1, len(UPDATES) + 1)}
-    return ChatTrainApp(store, LoopConfig(seed=0, candidates=2, sampled=2), engine)  # streamed as sampled
+    return ChatTrainApp(store, LoopConfig(seed=0, candidates=2), engine)
 
 
 async def judging(pilot, metrics: bool = False) -> None:

@@ -197,19 +197,16 @@ class EngineClient:
         return self.info
 
     async def generate(self, messages: list[dict], n: int = 2, max_new_tokens: int = 128, temperature: float = 0.8,
-                       top_p: float = 0.95, seed: int | None = None, version: int | None = None,
-                       keep: int | None = None) -> AsyncIterator[dict]:
+                       top_p: float = 0.95, seed: int | None = None, version: int | None = None) -> AsyncIterator[dict]:
         """Yield `token` events ({candidate, text}) as they come, then the `done` event. `version`: sample
-        with that saved version's adapter (the live one stays live). `keep`: only the `done` event, with the
-        `keep` of the `n` replies the implicit reward rates highest."""
+        with that saved version's adapter (the live one stays live)."""
         id_, queue = self._open("generate")
         self._generating.add(id_)
         finished = False
         try:
             await self._send("generate", id_, messages=messages, n=n, max_new_tokens=max_new_tokens,
                              temperature=temperature, top_p=top_p, seed=seed,
-                             **({"version": version} if version is not None else {}),
-                             **({"keep": keep} if keep is not None else {}))
+                             **({"version": version} if version is not None else {}))
             while True:
                 event = await self._next(id_, queue)
                 if event["type"] == "done":

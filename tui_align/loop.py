@@ -36,10 +36,6 @@ class LoopConfig:
 
     method: str = "dpo"
     candidates: int = 4  # replies per round, sampled as one batch; a pick of the best stores 3 pairs
-    # Replies sampled per round once an update has run (dpo), of which the `candidates` the live version's
-    # implicit reward rates highest are shown: what the picks so far taught shows up more often, so fewer
-    # rounds are ties. Such a round's replies appear when all are done (which are shown is known only then).
-    sampled: int = 4
     update_every: int = 6  # new training rows that start an update: two picks of the best of 4
     # Rounds since the last update after which fewer new rows train too: ties and a rare edit leave a
     # sparse signal that would otherwise wait for rows that do not come. 0: only update_every.
@@ -237,9 +233,7 @@ class LiveLoop(Judging):
         rival = arena_opponent(live, self.store.version_numbers(), self.store.arena_votes()) if arena else None
         if rival is not None:
             return Round.start(turn_id, self.store.prompt(turn_id), 2, self.rng, version=live, versions=[live, rival])
-        cfg = self.config
-        sampled = cfg.sampled if cfg.method == "dpo" and live else 0  # v0 has learned nothing to rate them by
-        return Round.start(turn_id, self.store.prompt(turn_id), cfg.candidates, self.rng, version=live, sampled=sampled)
+        return Round.start(turn_id, self.store.prompt(turn_id), self.config.candidates, self.rng, version=live)
 
     async def generate(self, round_: Round, on_token: Callable[[int, str], None] | None = None) -> Round:
         """Stream the round's candidates (on_token(slot, text)), then store them. Raises EngineDied or
@@ -252,12 +246,11 @@ class LiveLoop(Judging):
         # seed: two close versions sampled with one seed often give the same reply, a judgment wasted.
         requests = ([(None, range(round_.n))] if round_.versions is None else
                     [(v, [i]) for i, v in enumerate(round_.versions)])
-        keep = {"n": round_.sampled, "keep": round_.n} if round_.sampled else {}  # the engine sends the best
         results: list[dict] = [{}] * round_.n
         try:
             for number, (version, candidates) in enumerate(requests):
-                async for event in self.client.generate(round_.prompt, **({"n": len(candidates)} | keep),
-                                                        seed=seed + number, version=version, **cfg.sampling):
+                async for event in self.client.generate(round_.prompt, n=len(candidates), seed=seed + number,
+                                                        version=version, **cfg.sampling):
                     if event["type"] == "token":
                         candidate = candidates[event["candidate"]]
                         round_.texts[candidate] += event["text"]
@@ -281,9 +274,8 @@ class LiveLoop(Judging):
         with self.store.storing("the replies"):
             round_.response_ids = self.store.add_responses(round_.turn_id, round_.results,
                                                            round_.versions or round_.version,
-                                                           {**cfg.sampling, "seed": seed, "sampled": round_.sampled or round_.n},
-                                                           shown_order=round_.shown_order)
-        if cfg.method == "dpo" and round_.n >= 2 and not round_.sampled:  # a ranked round's are scored already
+                                                           {**cfg.sampling, "seed": seed}, shown_order=round_.shown_order)
+        if cfg.method == "dpo" and round_.n >= 2:
             self._spawn(self._score_reference(round_))
         return round_
 

@@ -30,19 +30,17 @@ class Round:
     response_ids: list[int] = field(default_factory=list)  # by candidate index, once stored
     version: int = 0  # the adapter version that produced the candidates
     versions: list[int] | None = None  # an arena round: the version of each candidate (blind to the person)
-    sampled: int = 0  # replies sampled when more than shown: the engine sends those the live version rates highest
     ranking: list[int] = field(default_factory=list)  # slots pressed so far, best first
     scores: dict[int, int] = field(default_factory=dict)  # slot -> 1..5 (ppo, grpo)
     complete: bool = False  # judged and stored: the next key starts the next round
 
     @classmethod
     def start(cls, turn_id: int, prompt: list[dict], n: int, rng: random.Random, version: int = 0,
-              versions: list[int] | None = None, sampled: int = 0) -> Round:
+              versions: list[int] | None = None) -> Round:
         """Left/right order is shuffled per round (as Chatbot Arena does): position bias stays out of the data."""
         order = list(range(n))
         rng.shuffle(order)
-        return cls(turn_id, prompt, order, [""] * n, version=version, versions=versions,
-                   sampled=sampled if sampled > n else 0)
+        return cls(turn_id, prompt, order, [""] * n, version=version, versions=versions)
 
     @property
     def n(self) -> int:

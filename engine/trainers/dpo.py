@@ -57,24 +57,6 @@ class DPOTrainer(Trainer):
             del self.reference_cache[next(iter(self.reference_cache))]
         return values
 
-    def implicit_rewards(self, prompt: list[dict], replies: list[str]) -> list[float]:
-        """Each reply's DPO implicit reward, beta * (log pi(y|x) - log pi_ref(y|x)): how far the updates so
-        far have moved toward it. The reference log-probs land in the cache, so a pair made of these
-        replies later trains without scoring them again."""
-        reply = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
-        examples = [{"prompt": prompt, "chosen": reply(replies[0]), "rejected": reply(text)}
-                    for text in replies[1:] or replies]  # each reply once: the first as every row's chosen
-        packed = packed_groups(self.tokenizer, examples, self.config.max_length, self.device)
-        reference = self.reference_logps(examples, packed)
-        was_training = self.model.training
-        self.model.eval()
-        with torch.inference_mode():
-            chosen, rejected = self.completion_logps(packed)
-        self.model.train(was_training)
-        policy = [chosen[0].item(), *rejected.tolist()][:len(replies)]
-        ref = [reference[0][0], *(r for _, r in reference)]
-        return [self.config.beta * (p - r) for p, r in zip(policy, ref)]
-
     def _key(self, example: dict, reply: str) -> str:
         """What a reply's reference log-prob depends on: the prompt, the reply and the truncation. (The
         live loop swaps `config` between updates; the base weights never change.) Each

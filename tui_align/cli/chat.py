@@ -24,8 +24,6 @@ def chat_train(
                                "(mark each reply + or -), grpo (score each of the N candidates 1-5: one group), or "
                                "sft (edits as demonstrations); default: the session's method, else dpo."),
     candidates: int = typer.Option(LOOP.candidates, "--candidates", min=1, max=8, help="Candidate replies per round (1-8)."),
-    sampled: int = typer.Option(LOOP.sampled, "--sampled", min=1, max=16, help="dpo: replies sampled per round once an "
-                                "update has run, of which the --candidates the live version rates highest are shown (1-16)."),
     update_every: int = typer.Option(LOOP.update_every, "--update-every", min=1,
                                      help="Train after this many new training rows (a pick of 2 makes one pair)."),
     update_after: int = typer.Option(LOOP.update_after, "--update-after", min=0, help="Train on fewer new rows too "
@@ -93,8 +91,8 @@ def chat_train(
 
     from tui_align.app import ChatTrainApp, engine_client  # Textual only now: --help stays instant
 
-    config = LoopConfig(method=method, candidates=candidates, sampled=sampled, update_every=update_every,
-                        update_after=update_after, window=window, arena_every=arena_every,
+    config = LoopConfig(method=method, candidates=candidates, update_every=update_every, update_after=update_after,
+                        window=window, arena_every=arena_every,
                         max_new_tokens=max_new_tokens, temperature=temperature, system=system or None)
     app = ChatTrainApp(store, config, engine_client(store, model or store.meta["model"], method, device, report_to,
                                                                gradient_checkpointing))

@@ -68,8 +68,6 @@ def simulate(
     model: str = typer.Option(None, "--model", help="Model folder, GGUF file or hub id (default: bundled SmolLM2-135M-Instruct)."),
     candidates: int = typer.Option(LOOP.candidates, "--candidates", help="Replies per round; dpo: the judge picks the best "
                                    "of them, as a person pressing one letter does (pairwise, by knock-out; kto too); grpo: the group, at least 2."),
-    sampled: int = typer.Option(LOOP.sampled, "--sampled", help="dpo: replies sampled per round once an update has "
-                                "run, of which the --candidates the live version's implicit reward rates highest are shown (up to 16)."),
     update_every: int = typer.Option(LOOP.update_every, "--update-every", help="Run an update after this many new training rows."),
     update_after: int = typer.Option(LOOP.update_after, "--update-after", min=0, help="Train on fewer new rows too once "
                                      "this many rounds have passed without an update (0: never)."),
@@ -108,8 +106,6 @@ def simulate(
 
         if not 2 <= candidates <= 8:
             fail("--candidates must be 2 to 8")
-        if not 1 <= sampled <= 16:
-            fail("--sampled must be 1 to 16")
         for name, value in (("--rounds", rounds), ("--update-every", update_every), ("--window", window),
                             ("--steps", steps or 1), ("--max-new-tokens", max_new_tokens)):
             if value < 1:
@@ -142,7 +138,7 @@ def simulate(
         overrides = {k: v for k, v in dict(steps=steps, lr=lr, beta=beta, rpo_alpha=rpo_alpha).items() if v is not None}
         curves = {}
         for one in seeds:
-            config = replace(LOOP, method=method, candidates=candidates, sampled=sampled, update_every=update_every,
+            config = replace(LOOP, method=method, candidates=candidates, update_every=update_every,
                              update_after=update_after, window=window,
                              max_new_tokens=max_new_tokens, temperature=temperature, system=system or None, seed=one,
                              arena_every=arena_every)

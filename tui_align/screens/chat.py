@@ -167,8 +167,7 @@ class ChatScreen(Screen):
 
     def begin_round(self, round_: Round) -> None:
         self.round = round_
-        self.candidates.reset(round_.n, f"sampling {round_.sampled}: the {round_.n} v{round_.version} rates highest "
-                                        "appear when all are done" if round_.sampled else "")
+        self.candidates.reset(round_.n)
         self.phase = Phase.GENERATING
         self.generate(round_)
 

@@ -51,12 +51,12 @@ class CandidateView(VerticalScroll):
     def action_move(self, step: int) -> None:
         self.parent.action_move(step)
 
-    def reset(self, waiting: str = "") -> None:
+    def reset(self) -> None:
         self.text = ""
         self.border_title = self.letter
         self.border_subtitle = "…"
-        self.set_classes("candidate streaming" + (" waiting" if waiting else ""))
-        self.body.update(Text(waiting))
+        self.set_classes("candidate streaming")
+        self.body.update("")
 
     def append(self, piece: str) -> None:
         """Repaint the reply on every token; once it wraps onto another line, ask the pane for a layout."""

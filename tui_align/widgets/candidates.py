@@ -94,12 +94,11 @@ class CandidatePane(Container):
         views = self.views
         views[(self.focused_slot() + step) % len(views)].focus()
 
-    def reset(self, n: int | None = None, waiting: str = "") -> None:
-        """Empty every view for a new round of `n` candidates (default: as many as before), each saying
-        `waiting` until its reply comes (a round whose replies come only when all are done)."""
+    def reset(self, n: int | None = None) -> None:
+        """Empty every view for a new round of `n` candidates (default: as many as before)."""
         self.n = n or self.n
         for view in self.query(CandidateView):
-            view.reset(waiting)
+            view.reset()
             view.display = view.slot < self.n
 
     def relayout_soon(self, view: CandidateView) -> None:

@@ -300,7 +300,9 @@ def _replies_alone(tokenizer, prompt: list, replies: list, max_length: int | Non
     out = []
     for reply in replies:
         ids, (completion,) = tokenize_pair(tokenizer, prompt, [reply], max_length)
-        if ids != (prompt_ids := prompt_ids or ids):
+        if prompt_ids is None:
+            prompt_ids = ids
+        elif ids != prompt_ids:
             return None
         out.append(completion)
     return prompt_ids, out

@@ -203,7 +203,7 @@ class LiveTraining:
     lr: float = 2e-4
     # A dpo update's: at 2e-4, 16 judgments moved a rare feature (an edited question, warm words) too
     # little to show in held-out replies; 4e-4 gained 8-38 points on 5 judges of 6 and cost on_topic
-    # 11 (bench/RESULTS.md, "twice the live learning rate", issue 12).
+    # about 7 on average (bench/RESULTS.md, "twice the live learning rate", issue 12).
     dpo_lr: float = 4e-4
     beta: float = 0.1
     loss_type: tuple[str, ...] = ("sigmoid", SFT_TERM)

@@ -24,6 +24,7 @@ from tui_align.arena import opponent as arena_opponent
 from tui_align.client import EngineClient, EngineDied, EngineError, describe, last_error
 from tui_align.errors import WriteFailed
 from tui_align.feedback import PENDING_CAP, grpo_groups
+from tui_align.guard import ReplyGuard
 from tui_align.judging import Judging, Judgment
 from tui_align.rounds import Round
 
@@ -104,6 +105,7 @@ class LiveLoop(Judging):
         self.trained_upto = 0  # the newest example id of the last successful update's window
         self.rounds_since_update = 0  # rounds generated since the last update started (update_after)
         self.fallback: int | None = None  # the newest intact version, offered when the live one is damaged
+        self.guard = ReplyGuard()  # counts each version's candidates: a cut-off or repeating version goes back
         self._update_task: asyncio.Task | None = None
         self._update_id: int | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -275,8 +277,12 @@ class LiveLoop(Judging):
             round_.response_ids = self.store.add_responses(round_.turn_id, round_.results,
                                                            round_.versions or round_.version,
                                                            {**cfg.sampling, "seed": seed}, shown_order=round_.shown_order)
+        for version, result in zip(round_.versions or [round_.version] * round_.n, round_.results):
+            self.guard.observe(version, result)
         if cfg.method == "dpo" and round_.n >= 2:
             self._spawn(self._score_reference(round_))
+        if not self.updating:  # an update checks it before it trains
+            await self._keep_healthy()
         return round_
 
     async def _score_reference(self, round_: Round) -> None:
@@ -327,6 +333,7 @@ class LiveLoop(Judging):
         rows = self.store.update_window(method, self.config.window, self.config.replay, self.rng)
         if not rows or not self.ready:
             return None
+        await self._keep_healthy()  # train from the parent, not from a version the guard sends back
         ids, examples = [i for i, _ in rows], [e for _, e in rows]
         self.rounds_since_update = 0
         if method == "grpo":
@@ -390,6 +397,20 @@ class LiveLoop(Judging):
         current = self.client.version
         if current <= 0:
             return "already at v0, the base model"
+        return await self._roll_back(current)
+
+    async def _keep_healthy(self) -> None:
+        """Roll the live version back to its parent once its candidates are plainly cut off or repeating
+        more often than the baseline's (tui_align/guard.py)."""
+        current = self.client.version
+        reason = self.guard.problem(current) if self.ready and current > 0 else None
+        if reason is None:
+            return
+        said = await self._roll_back(current)
+        self.store.log("warning", f"{reason}: {said}")
+        self.on_notice(f"{reason}: {said}; what you judge next trains from there", "warning")
+
+    async def _roll_back(self, current: int) -> str:
         try:
             versions = {v["version"]: v for v in await self.client.versions()}
             parent = versions.get(current, {}).get("parent")  # the version this update was trained from

@@ -1,0 +1,83 @@
+"""The guard against reward hacking: its verdicts alone, and the loop rolling a cut-off or repeating version back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.fakes import FakeEngine
+from tui_align.guard import EVIDENCE, ReplyGuard
+from tui_align.loop import LiveLoop, LoopConfig
+from tui_align.store import SessionStore
+
+LOOP = "the cat sat on the mat " * 4  # every trigram after the first round of six repeats
+
+
+def seen(guard: ReplyGuard, version: int, finished: int, cut: int, text: str = "A fine reply.") -> None:
+    for reason in ["stop"] * finished + ["length"] * cut:
+        guard.observe(version, {"text": text, "finish_reason": reason})
+
+
+def test_a_version_is_judged_only_on_enough_candidates_of_both():
+    guard = ReplyGuard()
+    seen(guard, 0, EVIDENCE, 0)
+    seen(guard, 1, 0, EVIDENCE - 1)
+    assert guard.problem(1) is None  # seven cut-off replies are not yet evidence
+    seen(guard, 1, 0, 1)
+    assert guard.problem(1) == "0 of v1's 8 replies finished, against 100% of v0's"
+    assert guard.problem(0) is None  # the baseline is never sent back
+
+
+def test_a_fuller_version_that_still_mostly_finishes_stays():
+    guard = ReplyGuard()
+    seen(guard, 0, 6, 2)  # 75%
+    seen(guard, 1, 4, 4)  # 50%: less, but not plainly
+    assert guard.problem(1) is None
+    seen(guard, 2, 3, 5)  # 37.5%: 37.5 points under the baseline
+    assert "3 of v2's 8 replies finished" in guard.problem(2)
+
+
+def test_repeating_replies_are_sent_back_and_cancelled_ones_count_for_nothing():
+    guard = ReplyGuard()
+    seen(guard, 0, EVIDENCE, 0)
+    guard.observe(1, {"text": "", "finish_reason": "cancelled"})
+    seen(guard, 1, EVIDENCE - 1, 0, text=LOOP)
+    assert guard.seen[1].replies == EVIDENCE - 1 and guard.problem(1) is None
+    seen(guard, 1, 1, 0, text=LOOP)
+    assert guard.problem(1).startswith("v1's replies repeat 73% of their word trigrams, v0's 0%")
+
+
+@pytest.fixture
+def store(tmp_path):
+    with SessionStore.open(tmp_path, "s") as s:
+        yield s
+
+
+async def test_the_loop_rolls_a_cut_off_version_back_and_trains_from_its_parent(store):
+    engine, notices = FakeEngine(replies=["One.", "Two.", "Three.", "Four."]), []
+    loop = LiveLoop(store, engine, LoopConfig(candidates=4, update_every=6, update_after=0, window=12, seed=0),
+                    on_notice=lambda text, severity: notices.append((text, severity)))
+    await loop.start()
+    conversation = store.new_conversation(None)
+
+    async def judged(text: str) -> None:
+        loop.pick(await loop.generate(loop.begin(conversation, text)), 0)
+        await asyncio.sleep(0)
+        await loop.wait_for_update()
+
+    await judged("a")
+    await judged("b")  # v0: 8 finished candidates, and its 6 rows made v1
+    assert engine.version == 1
+    engine.finish_reason = "length"  # v1 learnt to run on
+    await judged("c")
+    assert engine.version == 1 and loop.state.version == 1  # 4 candidates: not yet evidence
+    round_ = await loop.generate(loop.begin(conversation, "d"))
+    assert engine.version == 0 and loop.state.version == 0 and store.active_version() == 0  # back before the judgment
+    assert ("0 of v1's 8 replies finished, against 100% of v0's: rolled back to v0; what you judge next trains "
+            "from there", "warning") in notices
+    engine.finish_reason = "stop"
+    loop.pick(round_, 0)
+    await asyncio.sleep(0)
+    await loop.wait_for_update()
+    assert engine.version == 2 and engine.parents[2] == 0  # the next update trained from the parent

@@ -1,0 +1,70 @@
+"""The live loop's guard against reward hacking: picks alone do not keep a version live whose
+candidates are cut off, or repeat themselves, plainly more often than the baseline's (the first
+version this run of the loop saw: v0 in a new session).
+
+A person who prefers fuller replies pushes the length up, and DPO at a live learning rate can push
+it past the token budget: most candidates are then cut off, rounds tie, and nothing pulls the length
+back. A preference for list items can be won by items that repeat. Both show in the candidates the
+person is shown (bench/RESULTS.md, issue 12: substance seed 2, listed seed 3), so the loop counts
+them per version and rolls a version back to its parent once they are plainly worse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tui_align.degeneration import repeated_ngrams
+
+EVIDENCE = 8  # a version's candidates before it is judged (two rounds of four): fewer is noise
+FINISHED_DROP = 0.3  # a version whose candidates finish this much less often than the baseline's goes back
+REPEATED_RISE = 0.15  # ... or whose candidates repeat this much more of their word trigrams
+
+
+@dataclass
+class Health:
+    """One version's candidates so far: how many, how many finished, their repeated trigrams summed."""
+
+    replies: int = 0
+    finished: int = 0
+    repeated: float = 0.0
+
+    def add(self, result: dict) -> None:
+        reason = result.get("finish_reason")
+        if reason not in ("stop", "length"):  # cancelled: the person stopped it, it says nothing
+            return
+        self.replies += 1
+        self.finished += reason == "stop"
+        self.repeated += repeated_ngrams(result.get("text", ""))
+
+    @property
+    def finished_rate(self) -> float:
+        return self.finished / self.replies if self.replies else 1.0
+
+    @property
+    def repeated_rate(self) -> float:
+        return self.repeated / self.replies if self.replies else 0.0
+
+
+class ReplyGuard:
+    def __init__(self):
+        self.seen: dict[int, Health] = {}
+        self.baseline: int | None = None
+
+    def observe(self, version: int, result: dict) -> None:
+        """Count one candidate of `version` (the engine's `done` payload for it)."""
+        if self.baseline is None:
+            self.baseline = version
+        self.seen.setdefault(version, Health()).add(result)
+
+    def problem(self, version: int) -> str | None:
+        """Why `version` should not stay live, or None (also while either side has too few candidates)."""
+        base, live = self.seen.get(self.baseline), self.seen.get(version)
+        if version == self.baseline or base is None or live is None or min(base.replies, live.replies) < EVIDENCE:
+            return None
+        if live.finished_rate <= base.finished_rate - FINISHED_DROP:
+            return (f"{live.finished} of v{version}'s {live.replies} replies finished, against "
+                    f"{base.finished_rate:.0%} of v{self.baseline}'s")
+        if live.repeated_rate >= base.repeated_rate + REPEATED_RISE:
+            return (f"v{version}'s replies repeat {live.repeated_rate:.0%} of their word trigrams, "
+                    f"v{self.baseline}'s {base.repeated_rate:.0%}")
+        return None

@@ -5,9 +5,9 @@
 
 Each run is one `simulate` process on the default model, through the LiveLoop with chat-train's
 defaults (a judge with an `edit` function also plays the editor), `--rounds` judgments, then the
-blind win rate of the final version vs v0 on the built-in held-out prompts, and the held-out
-replies' finished fraction and degeneration measures for v0 and the final version, the judging
-time (the person's: the rounds and the updates they wait for) and the process's wall time. The table
+blind win rate of the final version vs v0 on the built-in held-out prompts (and how many versions
+the loop's guard sent back on the way), the held-out replies' finished fraction and degeneration
+measures for v0 and the final version, the judging time (the person's: the rounds and the updates they wait for) and the process's wall time. The table
 (markdown) goes to stdout and to --out, row by row as the runs finish.
 """
 
@@ -49,15 +49,17 @@ def run(name: str, seed: int, rounds: int, sessions: Path, extra: list[str]) -> 
     quality = {int(v): (int(f), float(r), int(d)) for v, f, r, d in QUALITY.findall(done.stdout)}
     return {"judge": name, "seed": seed, "version": int(version), "win_rate": float(rate), "wins": int(wins),
             "ties": int(ties), "losses": int(losses), "judgments": int(judgments), "picks": int(picks),
-            "edits": int(edits), "judging": int(judging), "wall": int(wall), "final": quality.get(int(version)), "v0": quality.get(0)}
+            "edits": int(edits), "judging": int(judging), "wall": int(wall), "final": quality.get(int(version)), "v0": quality.get(0),
+            "sent_back": done.stdout.count(": rolled back to v")}  # the loop's guard (tui_align/guard.py)
 
 
 def row(r: dict) -> str:
     if "error" in r:
         return f"| {r['judge']} | {r['seed']} | failed: {r['error']} | | | | | |"
+    sent_back = f" ({r['sent_back']} sent back)" if r["sent_back"] else ""
     q = lambda t: f"{t[0]}% / {t[1]:.1f}% / {t[2]}%" if t else "-"  # noqa: E731
     return (f"| {r['judge']} | {r['seed']} | **{r['win_rate']:.1f}%** ({r['wins']}/{r['ties']}/{r['losses']}) | "
-            f"{r['judgments']} ({r['picks']} picks, {r['edits']} edits) | v{r['version']} | {q(r['final'])} | "
+            f"{r['judgments']} ({r['picks']} picks, {r['edits']} edits) | v{r['version']}{sent_back} | {q(r['final'])} | "
             f"{q(r['v0'])} | {r['judging']} s | {r['wall']} s |")
 
 

@@ -38,6 +38,16 @@ def test_a_fuller_version_that_still_mostly_finishes_stays():
     assert "3 of v2's 8 replies finished" in guard.problem(2)
 
 
+def test_a_noisy_baseline_does_not_send_back_a_version_that_mostly_finishes():
+    guard = ReplyGuard()
+    seen(guard, 0, 8, 0)  # two easy prompts: 100%
+    seen(guard, 1, 5, 3)  # 62.5%: 37.5 points under, but most of its replies finish
+    assert guard.problem(1) is None
+    seen(guard, 2, 2, 2)
+    seen(guard, 2, 0, 4)  # 25%, and 75 points under
+    assert guard.problem(2) == "2 of v2's 8 replies finished, against 100% of v0's"
+
+
 def test_repeating_replies_are_sent_back_and_cancelled_ones_count_for_nothing():
     guard = ReplyGuard()
     seen(guard, 0, EVIDENCE, 0)

@@ -91,3 +91,18 @@ async def test_the_loop_rolls_a_cut_off_version_back_and_trains_from_its_parent(
     await asyncio.sleep(0)
     await loop.wait_for_update()
     assert engine.version == 2 and engine.parents[2] == 0  # the next update trained from the parent
+
+
+async def test_a_rollback_that_fails_says_so_and_the_version_stays(store):
+    from tui_align.client import EngineError
+
+    engine, notices = FakeEngine(finish_reason="length"), []
+    loop = LiveLoop(store, engine, LoopConfig(candidates=4, update_every=100, update_after=0, seed=0),
+                    on_notice=lambda text, severity: notices.append(text))
+    await loop.start()
+    seen(loop.guard, 0, EVIDENCE, 0)
+    engine.parents[1], engine.version = 0, 1
+    engine.fail_next["rollback"] = EngineError("internal", "disk gone")
+    await loop.generate(loop.begin(store.new_conversation(None), "a"))
+    await loop.generate(loop.begin(store.new_conversation(None), "b"))
+    assert engine.version == 1 and notices[-1].endswith(": rollback failed: disk gone")

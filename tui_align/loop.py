@@ -3,7 +3,8 @@
 It knows no Textual. It records every judgment through the SessionStore (committed before
 the call returns, so a view may say "stored" right after), decides when to update and on
 exactly which rows (a bounded window, whatever the session holds: SessionStore.update_window),
-sends the update, records the version, rolls back, restarts a dead engine, and reports every
+sends the update, records the version, rolls back (also on its own, when the guard of
+tui_align/guard.py sends a version back), restarts a dead engine, and reports every
 change of its state to whoever listens (`on_state`, `on_notice`).
 
 Updates run as asyncio tasks beside the rounds: the engine pre-empts an update step for a
@@ -407,8 +408,10 @@ class LiveLoop(Judging):
         if reason is None:
             return
         said = await self._roll_back(current)
+        if self.client.version != current:
+            said += "; what you judge next trains from there"
         self.store.log("warning", f"{reason}: {said}")
-        self.on_notice(f"{reason}: {said}; what you judge next trains from there", "warning")
+        self.on_notice(f"{reason}: {said}", "warning")
 
     async def _roll_back(self, current: int) -> str:
         try:

@@ -83,8 +83,8 @@ def test_a_killed_ppo_run_resumes_to_the_same_adapter_value_head_and_history(run
     for file in ("adapter_model.safetensors", "value_head.safetensors"):
         resumed, straight = (load_file(tmp / name / file) for name in ("resumed", "straight"))
         assert resumed.keys() == straight.keys()
-        for key in straight:
-            assert float((resumed[key] - straight[key]).abs().max()) < 1e-6, (file, key)
+        for key in straight:  # float32 sums differ in the last bits across CPUs (1.4e-6 on an AVX512 Xeon); a step is ~1e-2
+            assert float((resumed[key] - straight[key]).abs().max()) < 1e-5, (file, key)
     assert any(float(t.abs().max()) > 1e-3 for k, t in load_file(tmp / "straight" / "adapter_model.safetensors").items()
                if "lora_B" in k)  # it trained
     histories = [[json.loads(line) for line in (tmp / name / "history.jsonl").read_text().splitlines()]

@@ -70,8 +70,8 @@ def test_a_killed_run_resumes_to_the_same_adapter(runs):
     resumed, straight = (load_file(runs["tmp"] / name / "adapter_model.safetensors") for name in ("resumed", "straight"))
     assert resumed.keys() == straight.keys()
     assert any(float(t.abs().max()) > 1e-3 for k, t in straight.items() if "lora_B" in k)  # it trained
-    for key in straight:
-        assert float((resumed[key] - straight[key]).abs().max()) < 1e-6, key
+    for key in straight:  # float32 sums differ in the last bits across CPUs (2e-6 on an AVX512 Xeon); a step is ~2e-2
+        assert float((resumed[key] - straight[key]).abs().max()) < 1e-5, key
     meta = json.loads((runs["tmp"] / "resumed" / "metadata.json").read_text())
     assert meta["metrics"]["step"] == 6 and "eval/rewards/accuracies" in meta["metrics"]
     state = json.loads((runs["tmp"] / "resumed" / "checkpoint-4" / "trainer_state.json").read_text())

@@ -83,8 +83,10 @@ def test_a_killed_ppo_run_resumes_to_the_same_adapter_value_head_and_history(run
     for file in ("adapter_model.safetensors", "value_head.safetensors"):
         resumed, straight = (load_file(tmp / name / file) for name in ("resumed", "straight"))
         assert resumed.keys() == straight.keys()
-        for key in straight:  # float32 sums differ in the last bits across CPUs (1.4e-6 on an AVX512 Xeon); a step is ~1e-2
-            assert float((resumed[key] - straight[key]).abs().max()) < 1e-5, (file, key)
+        # Float32 sums are not bit-reproducible from one process to the next on every CPU (up to 3.3e-5 on an
+        # AVX512 Xeon); one step at lr 1e-2 moves a weight ~1e-2, a lost step far more than 1e-3.
+        for key in straight:
+            assert float((resumed[key] - straight[key]).abs().max()) < 1e-3, (file, key)
     assert any(float(t.abs().max()) > 1e-3 for k, t in load_file(tmp / "straight" / "adapter_model.safetensors").items()
                if "lora_B" in k)  # it trained
     histories = [[json.loads(line) for line in (tmp / name / "history.jsonl").read_text().splitlines()]
@@ -93,7 +95,7 @@ def test_a_killed_ppo_run_resumes_to_the_same_adapter_value_head_and_history(run
     assert [h["sample"] for h in histories[0]] == [h["sample"] for h in histories[1]]  # the same replies
     for key in ("score", "kl", "kl_coef", "eval/reward"):  # the same scores, the same KL controller
         assert [h.get(key, 0.0) for h in histories[0]] == pytest.approx([h.get(key, 0.0) for h in histories[1]],
-                                                                         abs=1e-6), key
+                                                                         rel=1e-3, abs=1e-5), key
     assert len({h["kl_coef"] for h in histories[1]}) > 1  # the adaptive coefficient moved
     state = json.loads((tmp / "resumed" / "checkpoint-2" / "trainer_state.json").read_text())
     assert (state["method"], state["step"], state["reward"]) == ("ppo", 2, "length")

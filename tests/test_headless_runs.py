@@ -70,8 +70,10 @@ def test_a_killed_run_resumes_to_the_same_adapter(runs):
     resumed, straight = (load_file(runs["tmp"] / name / "adapter_model.safetensors") for name in ("resumed", "straight"))
     assert resumed.keys() == straight.keys()
     assert any(float(t.abs().max()) > 1e-3 for k, t in straight.items() if "lora_B" in k)  # it trained
-    for key in straight:  # float32 sums differ in the last bits across CPUs (2e-6 on an AVX512 Xeon); a step is ~2e-2
-        assert float((resumed[key] - straight[key]).abs().max()) < 1e-5, key
+    # Float32 sums are not bit-reproducible from one process to the next on every CPU (up to 3e-5 after a
+    # few Adam steps on an AVX512 Xeon); one step at lr 2e-2 moves a weight ~2e-2, a lost step far more than 1e-3.
+    for key in straight:
+        assert float((resumed[key] - straight[key]).abs().max()) < 1e-3, key
     meta = json.loads((runs["tmp"] / "resumed" / "metadata.json").read_text())
     assert meta["metrics"]["step"] == 6 and "eval/rewards/accuracies" in meta["metrics"]
     state = json.loads((runs["tmp"] / "resumed" / "checkpoint-4" / "trainer_state.json").read_text())

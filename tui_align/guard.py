@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from tui_align.degeneration import repeated_ngrams
 
 EVIDENCE = 8  # a version's candidates before it is judged (two rounds of four): fewer is noise
-# A version goes back when fewer than half its candidates finish and that is this much under the
-# baseline's rate. Both: 8 candidates of 2 prompts are a noisy rate (5 of 8 against a baseline's 8 of
-# 8 sent good versions back, bench/RESULTS.md), and a fuller reply that mostly finishes is a preference.
+# A version goes back when fewer than FINISHED_FLOOR of its candidates finish and that is FINISHED_DROP
+# under the baseline's rate. Both: 8 candidates of 2 prompts are a noisy rate (5 of 8 against a baseline's
+# 8 of 8 sent good versions back, bench/RESULTS.md), and a fuller reply that mostly finishes is a preference.
+FINISHED_FLOOR = 0.5
 FINISHED_DROP = 0.3
 REPEATED_RISE = 0.15  # ... or whose candidates repeat this much more of their word trigrams
 
@@ -64,7 +65,7 @@ class ReplyGuard:
         base, live = self.seen.get(self.baseline), self.seen.get(version)
         if version == self.baseline or base is None or live is None or min(base.replies, live.replies) < EVIDENCE:
             return None
-        if live.finished_rate < 0.5 and live.finished_rate <= base.finished_rate - FINISHED_DROP:
+        if live.finished_rate < FINISHED_FLOOR and live.finished_rate <= base.finished_rate - FINISHED_DROP:
             return (f"{live.finished} of v{version}'s {live.replies} replies finished, against "
                     f"{base.finished_rate:.0%} of v{self.baseline}'s")
         if live.repeated_rate >= base.repeated_rate + REPEATED_RISE:

@@ -23,6 +23,7 @@ from transformers.cache_utils import DynamicLayer
 
 from engine.chat import chat_ids, check_messages
 from engine.lora_decode import direct, plain_layers
+from engine.protocol import CANCELLED, CUT_OFF, FINISHED
 
 
 TOP_K_FIRST = 512
@@ -35,7 +36,7 @@ class Candidate:
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     settled: int = 0  # tokens whose text is in `text`
-    finish_reason: str | None = None  # stop | length | cancelled
+    finish_reason: str | None = None  # FINISHED | CUT_OFF | CANCELLED (engine.protocol)
     first_token_at: float | None = None
     finished_at: float | None = None
 
@@ -136,7 +137,7 @@ class Generation:
                 cand.first_token_at = now
             cand.tokens.append(token)
             if token in self.stops:
-                deltas += self._finish(index, "stop", now)
+                deltas += self._finish(index, FINISHED, now)
                 continue
             delta = self._new_text(cand)
             if delta is not None:  # None: an incomplete UTF-8 sequence waits for its next byte-token
@@ -145,7 +146,7 @@ class Generation:
                 cand.text += delta
                 cand.settled = len(cand.tokens)
             if len(cand.tokens) >= self.max_new_tokens:
-                deltas += self._finish(index, "length", now)
+                deltas += self._finish(index, CUT_OFF, now)
             else:
                 keep.append(row)
         return deltas, keep
@@ -200,7 +201,7 @@ class Generation:
     def cancel(self) -> None:
         now = time.perf_counter()
         for index in self.live:
-            self._finish(index, "cancelled", now)
+            self._finish(index, CANCELLED, now)
         self.live = []
         self.cache = None
 
@@ -211,7 +212,7 @@ class Generation:
             out.append({
                 "text": cand.text,
                 "tokens": len(cand.tokens),
-                "finish_reason": cand.finish_reason or "cancelled",
+                "finish_reason": cand.finish_reason or CANCELLED,
                 "ttft_s": round(cand.first_token_at - self.started, 4) if cand.first_token_at else None,
                 "tokens_per_s": round(len(cand.tokens) / elapsed, 2) if elapsed > 0 and cand.tokens else 0.0,
             })

@@ -299,6 +299,8 @@ REQUESTS: dict[str, type] = {
     "cancel": Cancel, "shutdown": Shutdown,
 }
 EVENTS = ("token", "progress", "done", "error")
+# A candidate's finish_reason: its end-of-sequence token, max_new_tokens reached, or stopped before either.
+FINISHED, CUT_OFF, CANCELLED = "stop", "length", "cancelled"
 
 
 def encode(type_: str, id_: str, **payload: Any) -> bytes:

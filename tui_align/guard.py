@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.protocol import CUT_OFF, FINISHED
 from tui_align.degeneration import repeated_ngrams
 
 EVIDENCE = 8  # a version's candidates before it is judged (two rounds of four): fewer is noise
@@ -34,10 +35,10 @@ class Health:
 
     def add(self, result: dict) -> None:
         reason = result.get("finish_reason")
-        if reason not in ("stop", "length"):  # cancelled: the person stopped it, it says nothing
+        if reason not in (FINISHED, CUT_OFF):  # cancelled: the person stopped it, it says nothing
             return
         self.replies += 1
-        self.finished += reason == "stop"
+        self.finished += reason == FINISHED
         self.repeated += repeated_ngrams(result.get("text", ""))
 
     @property

@@ -15,7 +15,7 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from engine.protocol import UserError
+from engine.protocol import CUT_OFF, UserError
 
 
 class Reply(str):
@@ -31,7 +31,7 @@ class Reply(str):
 
     @property
     def finished(self) -> bool:
-        return self.finish_reason != "length"
+        return self.finish_reason != CUT_OFF
 
 
 def shorter(prompt: str, a: Reply, b: Reply) -> int | None:

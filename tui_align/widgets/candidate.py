@@ -8,16 +8,17 @@ from textual.containers import VerticalScroll
 from textual.geometry import Size
 from textual.widgets import Static
 
-FINISHED = ("stop", "eos", "finished")
+from engine.protocol import CUT_OFF, FINISHED
+
 
 
 def finish_note(result: dict) -> tuple[str, bool]:
     """('finished · 42 tok', True) or ('cut off at 128 tok', False): cut-off pairs teach only length."""
     reason = result.get("finish_reason", "")
     tokens = result.get("tokens", 0)
-    if reason in FINISHED:
+    if reason == FINISHED:
         return f"finished · {tokens} tok", True
-    if reason == "length":
+    if reason == CUT_OFF:
         return f"cut off at {tokens} tok", False
     return f"{reason or 'stopped'} · {tokens} tok", False
 

@@ -47,7 +47,9 @@ class LoopConfig:
     window: int = 12
     replay: int = 0  # more rows per update, sampled from all older trained ones
     max_new_tokens: int = 96  # room to finish a fuller reply (cut-off pairs teach only length)
-    temperature: float = 0.8
+    # The candidates' and the held-out replies': at 0.6 what the picks taught shows in more of the replies than
+    # at 0.8 (bench/RESULTS.md, "a cooler sampling temperature", issue 12).
+    temperature: float = 0.6
     top_p: float = 0.95
     system: str | None = DEFAULT_SYSTEM_PROMPT  # of new conversations; None: no system prompt
     seed: int | None = None  # shown order and sampling seeds; None: fresh each run

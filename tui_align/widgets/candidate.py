@@ -11,7 +11,6 @@ from textual.widgets import Static
 from engine.protocol import CUT_OFF, FINISHED
 
 
-
 def finish_note(result: dict) -> tuple[str, bool]:
     """('finished · 42 tok', True) or ('cut off at 128 tok', False): cut-off pairs teach only length."""
     reason = result.get("finish_reason", "")

@@ -47,9 +47,7 @@ class LoopConfig:
     window: int = 12
     replay: int = 0  # more rows per update, sampled from all older trained ones
     max_new_tokens: int = 96  # room to finish a fuller reply (cut-off pairs teach only length)
-    # 0.6 won as often over 5 judges x 5 seeds (75% against 74%) but cost the edited rare feature 14 points
-    # (bench/RESULTS.md, "a cooler sampling temperature").
-    temperature: float = 0.8
+    temperature: float = 0.8  # 0.6 won as often but cost an edited feature 14 points (bench/RESULTS.md, issue 12)
     top_p: float = 0.95
     system: str | None = DEFAULT_SYSTEM_PROMPT  # of new conversations; None: no system prompt
     seed: int | None = None  # shown order and sampling seeds; None: fresh each run

@@ -86,13 +86,15 @@ def test_first_step_matches_trls_dpo_trainer(tiny_model_dir, tmp_path, loss_type
     assert ours["rewards/margins"] != 0  # the reference really differs from the policy
 
 
-def test_live_default_is_what_rpo_alpha_one_was():
-    """`sigmoid,sft` with weights 1,1 is DPO + 1.0 x the chosen reply's NLL (TRL averages the NLL over
-    the batch's chosen tokens, as RPO's rpo_alpha term did), so the live default did not change."""
+def test_the_live_default_and_the_rpo_alpha_alias():
+    """The live default is DPO + 1.0 x the chosen reply's NLL past the prefix it shares with the rejected
+    one; `rpo_alpha` (RPO's name) sets the weight of the list's NLL term, sft or sft_suffix."""
     live = TrainConfig.from_dict(LIVE_TRAINING.for_method("dpo"))
-    assert (live.loss_type, live.loss_weights) == (["sigmoid", "sft"], [1.0, 1.0])
-    assert loss_terms("sigmoid", rpo_alpha=1.0) == (live.loss_type, live.loss_weights)
+    assert (live.loss_type, live.loss_weights) == (["sigmoid", "sft_suffix"], [1.0, 1.0])
+    assert loss_terms("sigmoid,sft_suffix", rpo_alpha=1.0) == (live.loss_type, live.loss_weights)
+    assert loss_terms("sigmoid", rpo_alpha=1.0) == (["sigmoid", "sft"], [1.0, 1.0])  # TRL's RPO
     assert loss_terms("ipo,sft", "1,2", rpo_alpha=0.5) == (["ipo", "sft"], [1.0, 0.5])  # the alias sets the weight
+    assert loss_terms("sigmoid,sft_suffix", rpo_alpha=0.5) == (["sigmoid", "sft_suffix"], [1.0, 0.5])
     assert loss_terms("sigmoid,sft", rpo_alpha=0) == (["sigmoid"], [1.0])  # and 0 removes the term
 
 
@@ -129,8 +131,8 @@ def test_an_updates_hyperparameters_set_the_loss_on_the_live_default():
         config, _ = engine.check_hyperparameters("dpo", values)
         return config.loss_type, config.loss_weights
 
-    assert loss() == (["sigmoid", "sft"], [1.0, 1.0])
-    assert loss(rpo_alpha=0.5) == (["sigmoid", "sft"], [1.0, 0.5])  # old sessions' override still means this
+    assert loss() == (["sigmoid", "sft_suffix"], [1.0, 1.0])
+    assert loss(rpo_alpha=0.5) == (["sigmoid", "sft_suffix"], [1.0, 0.5])  # old sessions' override: the NLL's weight
     assert loss(rpo_alpha=0) == (["sigmoid"], [1.0])
     assert loss(loss_type=["ipo"]) == (["ipo"], [1.0])  # a new list starts from weights 1, not the default's
     assert loss(loss_type="apo_zero,sft", loss_weights=[1, 2]) == (["apo_zero", "sft"], [1.0, 2.0])
@@ -143,3 +145,28 @@ def test_an_updates_hyperparameters_set_the_loss_on_the_live_default():
     engine.options = EngineOptions(loss_type="ipo,sft", loss_weights="1,0.1")
     assert loss() == (["ipo", "sft"], [1.0, 0.1])
     assert loss(loss_type="exo_pair", label_smoothing=1e-3) == (["exo_pair"], [1.0])
+
+
+def test_the_sft_suffix_term_is_the_nll_past_the_shared_prefix(tiny_policy):
+    """An edit that adds a sentence trains that sentence: the chosen reply's tokens from where it parts from
+    the rejected one, a mean per pair; a pair that shares no prefix trains the whole chosen reply."""
+    from engine.data import tokenize_pair
+
+    model, tokenizer = tiny_policy
+    kept = " The sky is blue because air scatters blue light."
+    pair = {"prompt": [{"role": "user", "content": "Why is the sky blue?"}],
+            "chosen": [{"role": "assistant", "content": kept + " What do you think?"}],
+            "rejected": [{"role": "assistant", "content": kept}]}
+    prompt_ids, (chosen, rejected) = tokenize_pair(tokenizer, pair["prompt"], [pair["chosen"], pair["rejected"]], 512)
+    shared = next(i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b)
+    assert 5 < shared < len(chosen) - 3  # the kept sentence, then the added one
+    with torch.no_grad():
+        ids = torch.tensor([prompt_ids + chosen])
+        logps = torch.log_softmax(model(ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None])[:, 0]
+        by_token = logps[len(prompt_ids) - 1:]  # the chosen reply's tokens
+        config = TrainConfig(loss_type="sigmoid,sft_suffix", loss_weights="0,1")
+        _, suffix = DPOTrainer(model, tokenizer, config).loss([pair])
+        swapped = {**pair, "rejected": [{"role": "assistant", "content": "No."}]}
+        _, whole = DPOTrainer(model, tokenizer, config).loss([swapped])
+    assert suffix["nll"] == pytest.approx(-by_token[shared:].mean().item(), abs=1e-4)
+    assert whole["nll"] == pytest.approx(-by_token.mean().item(), abs=1e-4)

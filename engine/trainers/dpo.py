@@ -16,7 +16,7 @@ import torch
 from engine.data import packed_groups, tokenize_pair
 from engine.logprobs import pair_token_logps
 from engine.losses import LENGTH_AVERAGED, dpo_loss
-from engine.protocol import SFT_TERM
+from engine.protocol import SFT_SUFFIX_TERM, SFT_TERM
 from engine.trainers.base import Trainer
 
 REFERENCE_CACHE_SIZE = 200_000  # replies (~1 KB each): bounds a very long live session
@@ -100,7 +100,8 @@ class DPOTrainer(Trainer):
         if any("ref_chosen_logps" not in ex for ex in examples):
             refs = self.reference_logps(examples, packed)
             examples = [{**ex, "ref_chosen_logps": c, "ref_rejected_logps": r} for ex, (c, r) in zip(examples, refs)]
-        chosen, rejected = _per_pair(pair_token_logps(self.model, **batch), batch["segments"], index)
+        token_logps = pair_token_logps(self.model, **batch)
+        chosen, rejected = _per_pair(token_logps, batch["segments"], index)
         chosen_length, rejected_length = _per_pair(batch["segments"] > 0, batch["segments"], index)
         ref_chosen = torch.tensor([ex["ref_chosen_logps"] for ex in examples], device=self.device)
         ref_rejected = torch.tensor([ex["ref_rejected_logps"] for ex in examples], device=self.device)
@@ -113,6 +114,9 @@ class DPOTrainer(Trainer):
         for term, weight in zip(cfg.loss_type, cfg.loss_weights, strict=True):
             if term == SFT_TERM:  # the chosen reply's NLL, a mean over its tokens in every pair (as TRL)
                 value = -chosen.sum() / norm["chosen_tokens"]
+                metrics["nll"] = value.item()
+            elif term == SFT_SUFFIX_TERM:
+                value = -_suffix_means(token_logps, batch["input_ids"], batch["segments"], index).sum() / pairs
                 metrics["nll"] = value.item()
             else:
                 logps = [s / n for s, n in zip(summed, lengths)] if term in LENGTH_AVERAGED else summed
@@ -140,3 +144,18 @@ def _per_pair(values: torch.Tensor, segments: torch.Tensor, index: torch.Tensor)
     sums = torch.zeros(segments.shape[0], int(segments.max()) + 1, dtype=values.dtype, device=values.device)
     sums = sums.scatter_add(1, segments.clamp(min=0), values)  # [rows, replies + 1]: column s sums segment s
     return sums[index[:, 0], index[:, 1]], sums[index[:, 0], index[:, 2]]
+
+
+def _suffix_means(token_logps: torch.Tensor, input_ids: torch.Tensor, segments: torch.Tensor,
+                  index: torch.Tensor) -> torch.Tensor:
+    """Per pair, the mean log-prob of the chosen reply's tokens from the first one where it parts from the
+    rejected reply (all of them, should it part nowhere)."""
+    means = []
+    for row, chosen, rejected in index.tolist():
+        at = (segments[row] == chosen).nonzero().squeeze(-1)
+        ids, other = input_ids[row, at], input_ids[row][segments[row] == rejected]
+        n = min(len(ids), len(other))
+        parts = (ids[:n] != other[:n]).nonzero()
+        shared = int(parts[0]) if len(parts) else n
+        means.append(token_logps[row, at[shared:] if shared < len(at) else at].mean())
+    return torch.stack(means)

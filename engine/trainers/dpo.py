@@ -115,8 +115,9 @@ class DPOTrainer(Trainer):
             if term == SFT_TERM:  # the chosen reply's NLL, a mean over its tokens in every pair (as TRL)
                 value = -chosen.sum() / norm["chosen_tokens"]
                 metrics["nll"] = value.item()
-            elif term == SFT_SUFFIX_TERM:
-                value = -_suffix_means(token_logps, batch["input_ids"], batch["segments"], index).sum() / pairs
+            elif term == SFT_SUFFIX_TERM:  # ... past the prefix it shares with the rejected reply, a mean per pair
+                weights = _suffix_weights(batch["input_ids"], batch["segments"], index)
+                value = -(token_logps.float() * weights).sum() / pairs
                 metrics["nll"] = value.item()
             else:
                 logps = [s / n for s, n in zip(summed, lengths)] if term in LENGTH_AVERAGED else summed
@@ -146,16 +147,18 @@ def _per_pair(values: torch.Tensor, segments: torch.Tensor, index: torch.Tensor)
     return sums[index[:, 0], index[:, 1]], sums[index[:, 0], index[:, 2]]
 
 
-def _suffix_means(token_logps: torch.Tensor, input_ids: torch.Tensor, segments: torch.Tensor,
-                  index: torch.Tensor) -> torch.Tensor:
-    """Per pair, the mean log-prob of the chosen reply's tokens from the first one where it parts from the
-    rejected reply (all of them, should it part nowhere)."""
-    means = []
+def _suffix_weights(input_ids: torch.Tensor, segments: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Per-token weights [rows, T] that turn a sum of log-probs into the sum over pairs of the mean log-prob
+    of the chosen reply's tokens from the first one where it parts from the rejected reply (all of them,
+    should it part nowhere). Found on the CPU, where the ids are compared pair by pair without a device sync."""
+    ids, segments = input_ids.cpu(), segments.cpu()
+    weights = torch.zeros(ids.shape, dtype=torch.float32)
     for row, chosen, rejected in index.tolist():
         at = (segments[row] == chosen).nonzero().squeeze(-1)
-        ids, other = input_ids[row, at], input_ids[row][segments[row] == rejected]
-        n = min(len(ids), len(other))
-        parts = (ids[:n] != other[:n]).nonzero()
+        own, other = ids[row, at], ids[row][segments[row] == rejected]
+        n = min(len(own), len(other))
+        parts = (own[:n] != other[:n]).nonzero()
         shared = int(parts[0]) if len(parts) else n
-        means.append(token_logps[row, at[shared:] if shared < len(at) else at].mean())
-    return torch.stack(means)
+        trained = at[shared:] if shared < len(at) else at
+        weights[row, trained] += 1.0 / len(trained)  # a chosen reply shared by several pairs sums their weights
+    return weights.to(input_ids.device)

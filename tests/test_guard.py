@@ -106,3 +106,39 @@ async def test_a_rollback_that_fails_says_so_and_the_version_stays(store):
     await loop.generate(loop.begin(store.new_conversation(None), "a"))
     await loop.generate(loop.begin(store.new_conversation(None), "b"))
     assert engine.version == 1 and notices[-1].endswith(": rollback failed: disk gone")
+
+
+async def test_a_new_version_is_checked_on_the_latest_prompts_before_its_replies_are_shown(store):
+    engine, notices = FakeEngine(replies=["One.", "Two.", "Three.", "Four."]), []
+    loop = LiveLoop(store, engine, LoopConfig(candidates=4, update_every=6, update_after=0, window=12, seed=0),
+                    on_notice=lambda text, severity: notices.append(text))
+    await loop.start()
+    conversation = store.new_conversation(None)
+    first = await loop.generate(loop.begin(conversation, "a"))
+    loop.pick(first, 0)
+    second = await loop.generate(loop.begin(conversation, "b"))
+    engine.finish_reason = "length"  # what v1 will do
+    loop.pick(second, 0)  # 6 rows: v1 trains, then is checked while the person reads
+    await asyncio.sleep(0)
+    await loop.wait_for_idle()
+    checked = engine.generated[-2:]
+    assert [c["messages"] for c in checked] == [second.prompt, first.prompt]  # the newest prompt first
+    assert all(c["version"] == 1 and c["n"] == 4 for c in checked)
+    assert engine.version == 0 and store.active_version() == 0 and loop.state.version == 0
+    assert notices[-1] == ("0 of v1's 8 replies finished, against 100% of v0's: rolled back to v0; what you judge "
+                           "next trains from there")
+
+
+async def test_the_persons_next_round_cancels_a_check_that_is_sampling(store):
+    engine = FakeEngine(replies=["A reply of several words to read."])
+    loop = LiveLoop(store, engine, LoopConfig(candidates=4, update_every=4, update_after=0, seed=0))
+    await loop.start()
+    conversation = store.new_conversation(None)
+    loop.pick(await loop.generate(loop.begin(conversation, "a")), 0)
+    loop.pick(await loop.generate(loop.begin(conversation, "b")), 0)
+    await loop.wait_for_update()
+    await asyncio.sleep(0)  # the check has begun to sample v1
+    assert engine.version == 1 and loop._check_task is not None and not loop._check_task.done()
+    round_ = await loop.generate(loop.begin(conversation, "c"))
+    assert loop._check_task.cancelled() and round_.version == 1
+    assert loop.guard.seen[1].replies == 4  # the round's own candidates: the cancelled check counted none

@@ -6,7 +6,9 @@ A person who prefers fuller replies pushes the length up, and DPO at a live lear
 it past the token budget: most candidates are then cut off, rounds tie, and nothing pulls the length
 back. A preference for list items can be won by items that repeat. Both show in the candidates the
 person is shown (bench/RESULTS.md, issue 12: substance seed 2, listed seed 3), so the loop counts
-them per version and rolls a version back to its parent once they are plainly worse.
+them per version and rolls a version back to its parent once they are plainly worse. A new version
+is also sampled on the person's latest prompts while they read (LiveLoop._check), so it can go back
+before they see its replies, and the version trained after their last judgment is counted too.
 """
 
 from __future__ import annotations

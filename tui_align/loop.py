@@ -14,6 +14,7 @@ waiting generate, so a person is never made to wait for one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from tui_align.arena import opponent as arena_opponent
 from tui_align.client import EngineClient, EngineDied, EngineError, describe, last_error
 from tui_align.errors import WriteFailed
 from tui_align.feedback import PENDING_CAP, grpo_groups
-from tui_align.guard import ReplyGuard
+from tui_align.guard import EVIDENCE, ReplyGuard
 from tui_align.judging import Judging, Judgment
 from tui_align.rounds import Round
 
@@ -107,6 +108,10 @@ class LiveLoop(Judging):
         self.rounds_since_update = 0  # rounds generated since the last update started (update_after)
         self.fallback: int | None = None  # the newest intact version, offered when the live one is damaged
         self.guard = ReplyGuard()  # counts each version's candidates: a cut-off or repeating version goes back
+        self.recent_prompts: list[list[dict]] = []  # the newest rounds' prompts, newest last: what a check samples
+        self.check_rng = random.Random(None if config.seed is None else config.seed + 1)  # the rounds' seeds stay as they were
+        self._check_task: asyncio.Task | None = None
+        self._check_verdict = False  # a check giving its verdict (a rollback) is waited for; one sampling is cancelled
         self._update_task: asyncio.Task | None = None
         self._update_id: int | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -242,8 +247,11 @@ class LiveLoop(Judging):
         """Stream the round's candidates (on_token(slot, text)), then store them. Raises EngineDied or
         EngineError after reporting it."""
         cfg = self.config
+        await self._stop_check()
         seed = self.rng.randrange(2**31)
         self.rounds_since_update += 1
+        if round_.versions is None:
+            self.recent_prompts = [p for p in self.recent_prompts if p != round_.prompt][-3:] + [round_.prompt]
         self._set(generating=True)
         # One request for the round's candidates, or one per version in an arena round, each with its own
         # seed: two close versions sampled with one seed often give the same reply, a judgment wasted.
@@ -328,12 +336,19 @@ class LiveLoop(Judging):
         while self.updating:
             await asyncio.shield(self._update_task)
 
+    async def wait_for_idle(self) -> None:
+        """Until the updates and the check of the last new version have finished: where a person who
+        stops judging leaves the session."""
+        while running := [t for t in (self._update_task, self._check_task) if t is not None and not t.done()]:
+            await asyncio.wait(running)
+
     async def update(self) -> dict | None:
         """One update on the window; its version is recorded before this returns. None if it failed."""
         method = self.config.method
         rows = self.store.update_window(method, self.config.window, self.config.replay, self.rng)
         if not rows or not self.ready:
             return None
+        await self._stop_check()  # the person's new rows come first
         await self._keep_healthy()  # train from the parent, not from a version the guard sends back
         ids, examples = [i for i, _ in rows], [e for _, e in rows]
         self.rounds_since_update = 0
@@ -385,6 +400,8 @@ class LiveLoop(Judging):
         self.on_notice(f"v{version} is live" + (f" (loss {loss:.3f})" if isinstance(loss, float) else ""), "update")
         self._update_task = None
         self.maybe_update()  # the rows judged while it trained
+        if not self.updating:
+            self._check_task = self._spawn(self._check(version))
         return done
 
     def _progress(self, event: dict) -> None:
@@ -412,6 +429,45 @@ class LiveLoop(Judging):
             said += "; what you judge next trains from there"
         self.store.log("warning", f"{reason}: {said}")
         self.on_notice(f"{reason}: {said}", "warning")
+
+    async def _check(self, version: int) -> None:
+        """Sample a new version's replies to the person's latest prompts while they read, so that the guard
+        can send it back before its own replies are shown (and the version trained after a person's last
+        judgment is checked too). The person's next round cancels the sampling; what finished counts."""
+        cfg = self.config
+        try:
+            for prompt in reversed(self.recent_prompts):
+                health = self.guard.seen.get(version)
+                if (self.guard.baseline is None or self.client.version != version
+                        or (health is not None and health.replies >= EVIDENCE)):
+                    break
+                async for event in self.client.generate(prompt, n=max(2, cfg.candidates), version=version,
+                                                        seed=self.check_rng.randrange(2**31), **cfg.sampling):
+                    if event["type"] == "done":
+                        for result in event["candidates"]:
+                            self.guard.observe(version, result)
+        except EngineDied as exc:
+            self._died(exc)
+            return
+        except EngineError as exc:
+            self.store.log("warning", f"the check of v{version} failed: {describe(exc)}")
+            return
+        if self.client.version == version and not self.updating:
+            self._check_verdict = True
+            try:
+                await self._keep_healthy()
+            finally:
+                self._check_verdict = False
+
+    async def _stop_check(self) -> None:
+        """Cancel a check that is still sampling; wait for one that is giving its verdict (a rollback)."""
+        task = self._check_task
+        if task is None or task.done() or task is asyncio.current_task():
+            return
+        if not self._check_verdict:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _roll_back(self, current: int) -> str:
         try:

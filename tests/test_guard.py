@@ -81,7 +81,7 @@ async def test_the_loop_rolls_a_cut_off_version_back_and_trains_from_its_parent(
     await judged("b")  # v0: 8 finished candidates, and its 6 rows made v1
     assert engine.version == 1
     engine.finish_reason = "length"  # v1 learnt to run on
-    await judged("c")
+    await judged("c")  # its round cancels the check of v1 (begun while "b" was judged) before any reply is done
     assert engine.version == 1 and loop.state.version == 1  # 4 candidates: not yet evidence
     round_ = await loop.generate(loop.begin(conversation, "d"))
     assert engine.version == 0 and loop.state.version == 0 and store.active_version() == 0  # back before the judgment
@@ -145,3 +145,31 @@ async def test_the_persons_next_round_cancels_a_check_that_is_sampling(store):
     round_ = await loop.generate(loop.begin(conversation, "c"))
     assert loop._check_task.cancelled() and round_.version == 1
     assert loop.guard.seen[1].replies == 4  # the round's own candidates: the cancelled check counted none
+
+
+async def test_a_round_waits_for_a_check_that_is_rolling_back(store):
+    """Cancelled mid-rollback, the check would leave the client at a version the engine no longer has live."""
+    engine, gate = FakeEngine(replies=["One.", "Two.", "Three.", "Four."]), asyncio.Event()
+    roll_back = engine.rollback
+
+    async def slow_rollback(version):
+        await gate.wait()
+        return await roll_back(version)
+
+    engine.rollback = slow_rollback
+    loop = LiveLoop(store, engine, LoopConfig(candidates=4, update_every=6, update_after=0, seed=0))
+    await loop.start()
+    conversation = store.new_conversation(None)
+    loop.pick(await loop.generate(loop.begin(conversation, "a")), 0)
+    second = await loop.generate(loop.begin(conversation, "b"))
+    engine.finish_reason = "length"
+    loop.pick(second, 0)
+    while not loop._check_verdict:  # v1 trained, sampled and found cut off: its rollback is in flight
+        await asyncio.sleep(0)
+    waiting = asyncio.ensure_future(loop.generate(loop.begin(conversation, "c")))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not waiting.done() and engine.version == 1 and len(engine.generated) == 4  # 2 rounds, 2 checks
+    gate.set()
+    round_ = await waiting
+    assert round_.version == 0 and engine.version == 0 and loop.client.version == 0 and loop.sent_back == 1

@@ -14,7 +14,6 @@ waiting generate, so a person is never made to wait for one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -116,6 +115,7 @@ class LiveLoop(Judging):
         self.recent_prompts: list[list[dict]] = []  # the newest rounds' prompts, newest last: what a check samples
         self.check_rng = random.Random(None if config.seed is None else config.seed + 1)  # the rounds' seeds stay as they were
         self._check_task: asyncio.Task | None = None
+        self._healing = asyncio.Lock()  # one rollback at a time: the guard's (a round's or a check's) or the person's
         self._check_verdict = False  # a check giving its verdict (a rollback) is waited for; one sampling is cancelled
         self._update_task: asyncio.Task | None = None
         self._update_id: int | None = None
@@ -355,6 +355,8 @@ class LiveLoop(Judging):
             return None
         await self._stop_check()  # the person's new rows come first
         await self._keep_healthy()  # train from the parent, not from a version the guard sends back
+        if not self.ready:  # the engine died meanwhile
+            return None
         ids, examples = [i for i, _ in rows], [e for _, e in rows]
         self.rounds_since_update = 0
         if method == "grpo":
@@ -425,22 +427,24 @@ class LiveLoop(Judging):
         """Undo the last update (the previous version's weights, exactly); says what happened."""
         if self.updating or not self.ready:
             return "wait for the engine to be idle before rolling back"
-        current = self.client.version
-        if current <= 0:
-            return "already at v0, the base model"
-        return await self._roll_back(current)
+        async with self._healing:
+            current = self.client.version
+            if current <= 0:
+                return "already at v0, the base model"
+            return await self._roll_back(current)
 
     async def _keep_healthy(self) -> None:
         """Roll the live version back to its parent once its candidates are plainly cut off or repeating
         more often than the baseline's (tui_align/guard.py)."""
-        current = self.client.version
-        reason = self.guard.problem(current) if self.ready and current > 0 else None
-        if reason is None:
-            return
-        said = await self._roll_back(current)
-        if self.client.version != current:
-            self.sent_back += 1
-            said += "; what you judge next trains from there"
+        async with self._healing:
+            current = self.client.version
+            reason = self.guard.problem(current) if self.ready and current > 0 else None
+            if reason is None:
+                return
+            said = await self._roll_back(current)
+            if self.client.version != current:
+                self.sent_back += 1
+                said += "; what you judge next trains from there"
         self.store.log("warning", f"{reason}: {said}")
         self.on_notice(f"{reason}: {said}", "warning")
 
@@ -451,10 +455,10 @@ class LiveLoop(Judging):
         cfg = self.config
         try:
             for prompt in reversed(self.recent_prompts):
-                health = self.guard.seen.get(version)
-                if (self.guard.baseline is None or self.client.version != version
+                base, health = self.guard.seen.get(self.guard.baseline), self.guard.seen.get(version)
+                if (base is None or base.replies < EVIDENCE or self.client.version != version
                         or (health is not None and health.replies >= EVIDENCE)):
-                    break
+                    break  # no verdict possible, a stale version, or enough evidence
                 async for event in self.client.generate(prompt, n=max(2, cfg.candidates), version=version,
                                                         seed=self.check_rng.randrange(2**31), **cfg.sampling):
                     if event["type"] == "done":
@@ -466,22 +470,22 @@ class LiveLoop(Judging):
         except EngineError as exc:
             self.store.log("warning", f"the check of v{version} failed: {describe(exc)}")
             return
-        if self.client.version == version and not self.updating:
-            self._check_verdict = True
+        if self.client.version == version and not self.updating and not self.state.generating:
+            self._check_verdict = True  # (a round that is generating gives the verdict itself when done)
             try:
                 await self._keep_healthy()
             finally:
                 self._check_verdict = False
 
     async def _stop_check(self) -> None:
-        """Cancel a check that is still sampling; wait for one that is giving its verdict (a rollback)."""
+        """Cancel a check that is still sampling; wait for one that is giving its verdict (a rollback cut
+        short would leave the client's version stale). A cancelled caller does not cancel the verdict."""
         task = self._check_task
         if task is None or task.done() or task is asyncio.current_task():
             return
         if not self._check_verdict:
             task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.wait({task})
 
     async def _roll_back(self, current: int) -> str:
         try:

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from engine.protocol import LIVE_TRAINING
 from tui_align import DEFAULT_SYSTEM_PROMPT
 from tui_align.arena import opponent as arena_opponent
 from tui_align.client import EngineClient, EngineDied, EngineError, describe, last_error
@@ -52,9 +51,6 @@ class LoopConfig:
     top_p: float = 0.95
     system: str | None = DEFAULT_SYSTEM_PROMPT  # of new conversations; None: no system prompt
     seed: int | None = None  # shown order and sampling seeds; None: fresh each run
-    # The learning rate's factor after each version the guard sends back, for the rest of the run: the
-    # parent's next update, on much the same rows, drifts the same way at the same rate.
-    backoff: float = 0.5
     arena_every: int = 5  # every K-th prompt is a blind arena round: the live version against an earlier one; 0: never
 
     @property
@@ -110,7 +106,6 @@ class LiveLoop(Judging):
         self.trained_upto = 0  # the newest example id of the last successful update's window
         self.rounds_since_update = 0  # rounds generated since the last update started (update_after)
         self.fallback: int | None = None  # the newest intact version, offered when the live one is damaged
-        self.sent_back = 0  # versions the guard rolled back in this run (each one halves the learning rate)
         self.guard = ReplyGuard()  # counts each version's candidates: a cut-off or repeating version goes back
         self.recent_prompts: list[list[dict]] = []  # the newest rounds' prompts, newest last: what a check samples
         self.check_rng = random.Random(None if config.seed is None else config.seed + 1)  # the rounds' seeds stay as they were
@@ -372,7 +367,7 @@ class LiveLoop(Judging):
         self._update_id = update_id
         self._set(updating=True, note=f"training on {len(examples)} examples…")
         try:
-            done = await self.client.update(method, examples, self._hyperparameters(method) or None,
+            done = await self.client.update(method, examples, self.store.overrides or None,
                                             on_progress=self._progress)
         except EngineDied as exc:
             self._died(exc)
@@ -411,14 +406,6 @@ class LiveLoop(Judging):
             self._check_task = self._spawn(self._check(version))
         return done
 
-    def _hyperparameters(self, method: str) -> dict:
-        """The session's overrides, with the learning rate backed off after versions the guard sent back."""
-        values = dict(self.store.overrides)
-        lr = values.get("lr", LIVE_TRAINING.for_method(method).get("lr"))
-        if self.sent_back and lr is not None:
-            values["lr"] = lr * self.config.backoff ** self.sent_back
-        return values
-
     def _progress(self, event: dict) -> None:
         if event.get("step") is not None:
             self._set(note=f"training step {event['step']}…")
@@ -443,7 +430,6 @@ class LiveLoop(Judging):
                 return
             said = await self._roll_back(current)
             if self.client.version != current:
-                self.sent_back += 1
                 said += "; what you judge next trains from there"
         self.store.log("warning", f"{reason}: {said}")
         self.on_notice(f"{reason}: {said}", "warning")

@@ -3,8 +3,8 @@
 It knows no Textual. It records every judgment through the SessionStore (committed before
 the call returns, so a view may say "stored" right after), decides when to update and on
 exactly which rows (a bounded window, whatever the session holds: SessionStore.update_window),
-sends the update, records the version, rolls back (also on its own, when the guard of
-tui_align/guard.py sends a version back), restarts a dead engine, and reports every
+sends the update, records the version, rolls back (tui_align/guarding.py: also on its own, when
+the guard sends a version back), restarts a dead engine, and reports every
 change of its state to whoever listens (`on_state`, `on_notice`).
 
 Updates run as asyncio tasks beside the rounds: the engine pre-empts an update step for a
@@ -25,7 +25,8 @@ from tui_align.arena import opponent as arena_opponent
 from tui_align.client import EngineClient, EngineDied, EngineError, describe, last_error
 from tui_align.errors import WriteFailed
 from tui_align.feedback import PENDING_CAP, grpo_groups
-from tui_align.guard import EVIDENCE, ReplyGuard
+from tui_align.guard import ReplyGuard
+from tui_align.guarding import Guarding
 from tui_align.judging import Judging, Judgment
 from tui_align.rounds import Round
 
@@ -89,7 +90,7 @@ class LoopState:
         return max(0, self.pending - self.window)
 
 
-class LiveLoop(Judging):
+class LiveLoop(Judging, Guarding):
     def __init__(self, store, client: EngineClient, config: LoopConfig,
                  on_state: Callable[[LoopState], None] | None = None,
                  on_notice: Callable[[str, str], None] | None = None):
@@ -409,85 +410,6 @@ class LiveLoop(Judging):
     def _progress(self, event: dict) -> None:
         if event.get("step") is not None:
             self._set(note=f"training step {event['step']}…")
-
-    async def rollback(self) -> str:
-        """Undo the last update (the previous version's weights, exactly); says what happened."""
-        if self.updating or not self.ready:
-            return "wait for the engine to be idle before rolling back"
-        async with self._healing:
-            current = self.client.version
-            if current <= 0:
-                return "already at v0, the base model"
-            return await self._roll_back(current)
-
-    async def _keep_healthy(self) -> None:
-        """Roll the live version back to its parent once its candidates are plainly cut off or repeating
-        more often than the baseline's (tui_align/guard.py)."""
-        async with self._healing:
-            current = self.client.version
-            reason = self.guard.problem(current) if self.ready and current > 0 else None
-            if reason is None:
-                return
-            said = await self._roll_back(current)
-            if self.client.version != current:
-                said += "; what you judge next trains from there"
-        self.store.log("warning", f"{reason}: {said}")
-        self.on_notice(f"{reason}: {said}", "warning")
-
-    async def _check(self, version: int) -> None:
-        """Sample a new version's replies to the person's latest prompts while they read, so that the guard
-        can send it back before its own replies are shown (and the version trained after a person's last
-        judgment is checked too). The person's next round cancels the sampling; what finished counts."""
-        cfg = self.config
-        try:
-            for prompt in reversed(self.recent_prompts):
-                base, health = self.guard.seen.get(self.guard.baseline), self.guard.seen.get(version)
-                if (base is None or base.replies < EVIDENCE or self.client.version != version
-                        or (health is not None and health.replies >= EVIDENCE)):
-                    break  # no verdict possible, a stale version, or enough evidence
-                async for event in self.client.generate(prompt, n=max(2, cfg.candidates), version=version,
-                                                        seed=self.check_rng.randrange(2**31), **cfg.sampling):
-                    if event["type"] == "done":
-                        for result in event["candidates"]:
-                            self.guard.observe(version, result)
-        except EngineDied as exc:
-            self._died(exc)
-            return
-        except EngineError as exc:
-            self.store.log("warning", f"the check of v{version} failed: {describe(exc)}")
-            return
-        if self.client.version == version and not self.updating and not self.state.generating:
-            self._check_verdict = True  # (a round that is generating gives the verdict itself when done)
-            try:
-                await self._keep_healthy()
-            finally:
-                self._check_verdict = False
-
-    async def _stop_check(self) -> None:
-        """Cancel a check that is still sampling; wait for one that is giving its verdict (a rollback cut
-        short would leave the client's version stale). A cancelled caller does not cancel the verdict."""
-        task = self._check_task
-        if task is None or task.done() or task is asyncio.current_task():
-            return
-        if not self._check_verdict:
-            task.cancel()
-        await asyncio.wait({task})
-
-    async def _roll_back(self, current: int) -> str:
-        try:
-            versions = {v["version"]: v for v in await self.client.versions()}
-            parent = versions.get(current, {}).get("parent")  # the version this update was trained from
-            await self.client.rollback(current - 1 if parent is None else parent)
-        except EngineDied as exc:
-            self._died(exc)
-            return "the engine died"
-        except EngineError as exc:
-            return f"rollback failed: {describe(exc)}"
-        version = self.client.version
-        stored = self._record(f"the rollback to v{version}", lambda: self.store.set_active_version(version))
-        self.store.log("info", f"rolled back from v{current} to v{version}")
-        self._set(version=version, note=f"rolled back to v{version}")
-        return f"rolled back to v{version}" + ("" if stored else " (not recorded: the next start resumes where it was)")
 
 
 def _assistant(text: str) -> dict:

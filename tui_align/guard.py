@@ -7,7 +7,7 @@ it past the token budget: most candidates are then cut off, rounds tie, and noth
 back. A preference for list items can be won by items that repeat. Both show in the candidates the
 person is shown (bench/RESULTS.md, issue 12: substance seed 2, listed seed 3), so the loop counts
 them per version and rolls a version back to its parent once they are plainly worse. A new version
-is also sampled on the person's latest prompts while they read (LiveLoop._check), so it can go back
+is also sampled on the person's latest prompts while they read (tui_align/guarding.py), so it can go back
 before they see its replies, and the version trained after their last judgment is counted too.
 """
 

@@ -5,12 +5,21 @@ rollback (LiveLoop mixes this in; it needs the loop's client, store, guard, conf
 from __future__ import annotations
 
 import asyncio
+import random
 
 from tui_align.client import EngineDied, EngineError, describe
-from tui_align.guard import EVIDENCE
+from tui_align.guard import EVIDENCE, ReplyGuard
 
 
 class Guarding:
+    def start_guarding(self, seed: int | None) -> None:
+        self.guard = ReplyGuard()  # counts each version's candidates: a cut-off or repeating version goes back
+        self.recent_prompts: list[list[dict]] = []  # the newest rounds' prompts, newest last: what a check samples
+        self.check_rng = random.Random(None if seed is None else seed + 1)  # the rounds' seeds stay as they were
+        self._check_task: asyncio.Task | None = None
+        self._check_verdict = False  # a check giving its verdict (a rollback) is waited for; one sampling is cancelled
+        self._healing = asyncio.Lock()  # one rollback at a time: the guard's (a round's or a check's) or the person's
+
     async def rollback(self) -> str:
         """Undo the last update (the previous version's weights, exactly); says what happened."""
         if self.updating or not self.ready:
@@ -46,6 +55,7 @@ class Guarding:
                 if (base is None or base.replies < EVIDENCE or self.client.version != version
                         or (health is not None and health.replies >= EVIDENCE)):
                     break  # no verdict possible, a stale version, or enough evidence
+                # at least 2 a prompt: with one candidate a round, 4 recent prompts would never make EVIDENCE
                 async for event in self.client.generate(prompt, n=max(2, cfg.candidates), version=version,
                                                         seed=self.check_rng.randrange(2**31), **cfg.sampling):
                     if event["type"] == "done":
@@ -68,7 +78,7 @@ class Guarding:
         """Cancel a check that is still sampling; wait for one that is giving its verdict (a rollback cut
         short would leave the client's version stale). A cancelled caller does not cancel the verdict."""
         task = self._check_task
-        if task is None or task.done() or task is asyncio.current_task():
+        if task is None or task.done():
             return
         if not self._check_verdict:
             task.cancel()

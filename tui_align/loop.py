@@ -25,7 +25,6 @@ from tui_align.arena import opponent as arena_opponent
 from tui_align.client import EngineClient, EngineDied, EngineError, describe, last_error
 from tui_align.errors import WriteFailed
 from tui_align.feedback import PENDING_CAP, grpo_groups
-from tui_align.guard import ReplyGuard
 from tui_align.guarding import Guarding
 from tui_align.judging import Judging, Judgment
 from tui_align.rounds import Round
@@ -107,12 +106,7 @@ class LiveLoop(Judging, Guarding):
         self.trained_upto = 0  # the newest example id of the last successful update's window
         self.rounds_since_update = 0  # rounds generated since the last update started (update_after)
         self.fallback: int | None = None  # the newest intact version, offered when the live one is damaged
-        self.guard = ReplyGuard()  # counts each version's candidates: a cut-off or repeating version goes back
-        self.recent_prompts: list[list[dict]] = []  # the newest rounds' prompts, newest last: what a check samples
-        self.check_rng = random.Random(None if config.seed is None else config.seed + 1)  # the rounds' seeds stay as they were
-        self._check_task: asyncio.Task | None = None
-        self._healing = asyncio.Lock()  # one rollback at a time: the guard's (a round's or a check's) or the person's
-        self._check_verdict = False  # a check giving its verdict (a rollback) is waited for; one sampling is cancelled
+        self.start_guarding(config.seed)
         self._update_task: asyncio.Task | None = None
         self._update_id: int | None = None
         self._tasks: set[asyncio.Task] = set()

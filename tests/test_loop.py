@@ -304,6 +304,18 @@ async def test_a_death_with_no_request_in_flight_is_noticed(store):
         await judged_round(loop, store)
 
 
+async def test_the_exit_we_ask_for_on_quit_is_not_a_death(store):
+    loop, engine, states = make_loop(store)
+    await loop.start()
+    closing = asyncio.create_task(loop.close())
+    await asyncio.sleep(0)
+    loop.check_engine()  # the views' timer, firing while the engine shuts down
+    await closing
+    loop.check_engine()
+    assert loop.state.engine == "stopping" and "error" not in [s.engine for s in states]
+    assert not list(store.db["events"].rows_where("level = 'error'"))
+
+
 async def test_a_failed_update_consumes_nothing(store):
     loop, engine, _ = make_loop(store, update_every=1)
     notices = []

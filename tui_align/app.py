@@ -164,7 +164,6 @@ class ChatTrainApp(App):
             await self.shutdown_and_exit()
 
     async def shutdown_and_exit(self) -> None:
-        self.chat.status_bar.note = "stopping the engine…"
         await self.loop.close()
         self.exit()
 

@@ -62,7 +62,7 @@ class LoopConfig:
 class LoopState:
     """What a view shows; a new object on every change."""
 
-    engine: str = "loading"  # loading | ready | error
+    engine: str = "loading"  # loading | ready | error | stopping
     generating: bool = False
     updating: bool = False
     version: int = 0
@@ -189,7 +189,7 @@ class LiveLoop(Judging, Guarding):
             self._died()
 
     def _died(self, exc: EngineDied | None = None) -> None:
-        if self.state.engine == "error":
+        if self.state.engine in ("error", "stopping"):  # already said, or the exit we asked for
             return
         code = getattr(exc, "returncode", None) if exc else self.client.returncode
         if self._update_id is not None:
@@ -207,6 +207,8 @@ class LiveLoop(Judging, Guarding):
     async def close(self) -> None:
         """Stop a running update (recorded as cancelled) and the engine; everything the person did is
         already stored. Safe to call twice."""
+        if self.state.engine != "stopping":
+            self._set(engine="stopping", note="stopping the engine…")
         tasks = [task for task in self._tasks if not task.done()]
         for task in tasks:
             task.cancel()

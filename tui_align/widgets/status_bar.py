@@ -13,10 +13,10 @@ from tui_align.loop import LoopState
 
 STATE_STYLES = {
     "loading": "bold yellow", "generating": "bold cyan", "training": "bold magenta",
-    "idle": "bold green", "error": "bold white on red",
+    "idle": "bold green", "error": "bold white on red", "stopping": "bold yellow",
 }
 
-BUSY = ("loading", "generating", "training")
+BUSY = ("loading", "generating", "training", "stopping")
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
@@ -33,7 +33,7 @@ class StatusBar(Static):
         self.set_interval(0.15, self.spin)
 
     def spin(self) -> None:
-        """A spinner while the engine works (loading the model, generating, training)."""
+        """A spinner while the engine works (loading the model, generating, training, stopping)."""
         if self.state.activity in BUSY:
             self.frame = (self.frame + 1) % len(SPINNER)
 

@@ -78,7 +78,7 @@ class LoopState:
 
     @property
     def activity(self) -> str:
-        """One word for the status bar: error, loading, generating, training or idle."""
+        """One word for the status bar: loading, error, stopping, generating, training or idle."""
         if self.engine != "ready":
             return self.engine
         return "generating" if self.generating else "training" if self.updating else "idle"

@@ -81,6 +81,19 @@ def test_simulate_stores_picks_and_advances_the_version(tmp_path, tiny_model_dir
         assert all(len(json.loads(u["feedback_ids"])) <= 8 for u in store.db["updates"].rows)
 
 
+def test_simulate_replay_adds_older_trained_rows_to_a_later_update(tmp_path, tiny_model_dir):
+    (tmp_path / "judge.py").write_text("def pick(prompt, a, b):\n    return 0 if len(a) <= len(b) else 1\n")
+    (tmp_path / "prompts.txt").write_text("Say hi.\nName a fruit.\n")
+    result = runner.invoke(app, [
+        "simulate", "--judge", f"{tmp_path / 'judge.py'}:pick", "--rounds", "5", "--candidates", "2", "--update-every", "1",
+        "--window", "1", "--replay", "2", "--session", "sim", "--model", str(tiny_model_dir), "--max-new-tokens", "4",
+        "--eval-prompts", "0", "--prompts", str(tmp_path / "prompts.txt"), "--sessions-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    with SessionStore.open(tmp_path, "sim", readonly=True) as store:
+        sizes = [len(json.loads(u["feedback_ids"])) for u in store.db["updates"].rows]
+        assert sizes[0] == 1 and max(sizes) > 1 and all(n <= 3 for n in sizes), sizes  # window 1 + up to 2 replayed
+
+
 def test_simulate_with_an_editor_stores_demonstrations_and_a_learning_curve(tmp_path, tiny_model_dir):
     (tmp_path / "judge.py").write_text("def pick(prompt, a, b):\n    return 0 if len(a) <= len(b) else 1\n")
     (tmp_path / "editor.py").write_text(

@@ -83,10 +83,12 @@ class FeedbackQueries:
                                   and update_id is null and id > ? limit ?)""", [method, after, cap]).fetchone()[0]
 
     def update_window(self, method: str, window: int, replay: int = 0,
-                      rng: random.Random | None = None) -> list[tuple[int, dict]]:
+                      rng: random.Random | None = None, replay_edits: int = 0) -> list[tuple[int, dict]]:
         """The examples of one live update, oldest first: the newest `window` pending ones, topped up to
         `window` with the most recently trained ones, plus up to `replay` older trained ones sampled at
-        random. Never more than window + replay rows, whatever the session holds."""
+        random, plus the trained rows of the `replay_edits` newest edits (their pairs, or their
+        demonstration for sft). Never more than window + replay + 4 * replay_edits rows or so (an
+        edit makes one pair per reply of its turn), whatever the session holds."""
         _check(method)
         where = f"{_EXAMPLES} where e.method = ? and e.withdrawn = 0"
         rows = list(self.db.query(f"{where} and e.update_id is null order by e.id desc limit ?", [method, window]))
@@ -106,6 +108,14 @@ class FeedbackQueries:
                     if row["id"] not in taken:
                         taken.add(row["id"])
                         rows.append(row)
+        if replay_edits:  # the newest edits, by the demonstrations' primary key: a few rows each
+            edits = self.db.execute("""select turn_id, response_id from demonstrations where withdrawn = 0
+                                       and edited_from is not null order by id desc limit ?""", [replay_edits]).fetchall()
+            taken = {r["id"] for r in rows}
+            for turn_id, response_id in edits:
+                rows += [r for r in self.db.query(f"{where} and e.update_id is not null and e.turn_id = ?"
+                                                  " and e.response_id = ?", [method, turn_id, response_id])
+                         if r["id"] not in taken]
         if method == "grpo":  # whole groups: a window's turns bring every scored sibling (a few rows each)
             turns = sorted({r["turn_id"] for r in rows})
             taken = {r["id"] for r in rows}

@@ -48,6 +48,8 @@ class LoopConfig:
     # More rows per update, sampled from all older trained ones. 12 gave the same 35-cell mean (80.8%): listed +15
     # points, on_topic -8 (bench/RESULTS.md, "replaying older picks", issue 12).
     replay: int = 0
+    # More rows per update: the trained rows of the N newest edits, so a feature only edits show keeps being taught.
+    replay_edits: int = 0
     max_new_tokens: int = 96  # room to finish a fuller reply (cut-off pairs teach only length)
     temperature: float = 0.8  # 0.6 won as often but cost an edited feature 14 points (bench/RESULTS.md, issue 12)
     top_p: float = 0.95
@@ -344,7 +346,8 @@ class LiveLoop(Judging, Guarding):
     async def update(self) -> dict | None:
         """One update on the window; its version is recorded before this returns. None if it failed."""
         method = self.config.method
-        rows = self.store.update_window(method, self.config.window, self.config.replay, self.rng)
+        rows = self.store.update_window(method, self.config.window, self.config.replay, self.rng,
+                                       self.config.replay_edits)
         if not rows or not self.ready:
             return None
         await self._stop_check()  # the person's new rows come first

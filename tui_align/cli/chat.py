@@ -32,6 +32,8 @@ def chat_train(
                                "ones, topped up with the most recently trained."),
     replay: int = typer.Option(LOOP.replay, "--replay", min=0, help="More rows per live update, sampled at random "
                                "from all older trained ones (0: none)."),
+    replay_edits: int = typer.Option(LOOP.replay_edits, "--replay-edits", min=0, help="More rows per live update: "
+                                     "those of the N newest edits, already trained on (0: none)."),
     arena_every: int = typer.Option(LOOP.arena_every, "--arena-every", min=0, help="Every K-th prompt is a blind "
                                     "arena round: the live version against an earlier one (`l` shows the ratings); 0: never."),
     sessions_dir: Path = typer.Option(None, "--sessions-dir", help="Folder of sessions (default: $TUI_ALIGN_SESSIONS "
@@ -94,7 +96,7 @@ def chat_train(
     from tui_align.app import ChatTrainApp, engine_client  # Textual only now: --help stays instant
 
     config = LoopConfig(method=method, candidates=candidates, update_every=update_every, update_after=update_after,
-                        window=window, replay=replay, arena_every=arena_every,
+                        window=window, replay=replay, replay_edits=replay_edits, arena_every=arena_every,
                         max_new_tokens=max_new_tokens, temperature=temperature, system=system or None)
     app = ChatTrainApp(store, config, engine_client(store, model or store.meta["model"], method, device, report_to,
                                                                gradient_checkpointing))

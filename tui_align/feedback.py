@@ -86,9 +86,8 @@ class FeedbackQueries:
                       rng: random.Random | None = None, replay_edits: int = 0) -> list[tuple[int, dict]]:
         """The examples of one live update, oldest first: the newest `window` pending ones, topped up to
         `window` with the most recently trained ones, plus up to `replay` older trained ones sampled at
-        random, plus the trained rows of the `replay_edits` newest edits (their pairs, or their
-        demonstration for sft). Never more than window + replay + 4 * replay_edits rows or so (an
-        edit makes one pair per reply of its turn), whatever the session holds."""
+        random, plus the trained rows of the `replay_edits` newest edits (for dpo one pair per model reply
+        of the edited turn, for sft the demonstration). Bounded by those counts, whatever the session holds."""
         _check(method)
         where = f"{_EXAMPLES} where e.method = ? and e.withdrawn = 0"
         rows = list(self.db.query(f"{where} and e.update_id is null order by e.id desc limit ?", [method, window]))

@@ -147,6 +147,18 @@ def test_an_updates_hyperparameters_set_the_loss_on_the_live_default():
     assert loss(loss_type="exo_pair", label_smoothing=1e-3) == (["exo_pair"], [1.0])
 
 
+def test_a_live_dpo_update_has_its_own_beta_and_an_override_replaces_it():
+    """dpo's live beta (LiveTraining.dpo_beta) is not kto's, and a session's beta still wins."""
+    from engine.live import EngineOptions, LiveEngine
+
+    engine = LiveEngine.__new__(LiveEngine)  # check_hyperparameters needs no model
+    engine.options = EngineOptions()
+    beta = lambda method, **values: engine.check_hyperparameters(method, values)[0].beta  # noqa: E731
+    assert (beta("dpo"), beta("kto")) == (LIVE_TRAINING.dpo_beta, LIVE_TRAINING.beta)
+    assert LIVE_TRAINING.dpo_beta != LIVE_TRAINING.beta
+    assert beta("dpo", beta=0.3) == 0.3
+
+
 def test_the_sft_suffix_term_is_the_nll_past_the_shared_prefix(tiny_policy):
     """An edit that adds a sentence trains that sentence: the chosen reply's tokens from where it parts from
     the rejected one, a mean per pair; a pair that shares no prefix trains the whole chosen reply."""

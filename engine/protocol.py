@@ -209,9 +209,9 @@ class LiveTraining:
     # little to show in held-out replies; 4e-4 gained 8-38 points on 5 judges of 6 and cost on_topic
     # about 7 on average (bench/RESULTS.md, "twice the live learning rate", issue 12).
     dpo_lr: float = 4e-4
-    beta: float = 0.1
-    # A dpo update's: at 0.05 a pair's sigmoid saturates later, so each pick teaches more; 24 cells of 5 judges
-    # rose from 74.4% to 81.4% at no cost in time (bench/RESULTS.md, "beta 0.05", issue 12).
+    beta: float = 0.1  # kto's; dpo has its own below
+    # A dpo update's: at 0.05 a pair's sigmoid saturates later, so each pick teaches more; the 35-cell judge
+    # table rose from 81.7% to 85.7% at no cost in time (bench/RESULTS.md, "beta 0.05", issue 12).
     dpo_beta: float = 0.05
     # The NLL past the prefix a pair's replies share (sft_suffix), not over the whole chosen reply (sft): an
     # edited question was learnt on 4 seeds of 5, against 2 (bench/RESULTS.md, "an edit's own words", issue 12).

@@ -147,6 +147,31 @@ async def test_sigkill_is_detected_and_restart_resumes(tiny_model_dir, tmp_path)
     assert not Path(client.info["session_dir"]).joinpath("..", "engine.sock").exists()
 
 
+async def test_a_restart_right_after_a_death_fails_the_old_engines_requests(tiny_model_dir, tmp_path):
+    """The views see a death (alive is False) before the client has failed the requests in flight; a restart
+    in that gap must still end them, or the round waiting on one waits forever."""
+    client = EngineClient(model=str(tiny_model_dir), session_dir=tmp_path / "session", device="cpu", env=ENV)
+    try:
+        await client.start()
+        stream = client.generate(HI, n=2, max_new_tokens=4000)
+        await stream.__anext__()  # the first token: the request is in flight
+        os.kill(client.info["pid"], signal.SIGKILL)
+        while client.alive:
+            await asyncio.sleep(0)
+        restarted = asyncio.create_task(client.restart())
+        with pytest.raises(EngineDied):
+            await asyncio.wait_for(anext_of(stream), 30)
+        await restarted
+        assert client.alive
+    finally:
+        await client.close()
+
+
+async def anext_of(stream):
+    async for _ in stream:
+        pass
+
+
 async def test_versions_after_a_rollback_and_starting_at_one(tiny_model_dir, tmp_path):
     """An update after a rollback writes the next free number; --version N starts there; nice applies."""
     client = EngineClient(model=str(tiny_model_dir), session_dir=tmp_path / "session", device="cpu", env=ENV, nice=5)

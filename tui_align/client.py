@@ -362,6 +362,11 @@ class EngineClient:
         self._tasks = [t for t in self._tasks if not t.done()] + [asyncio.get_running_loop().create_task(coro)]
 
     def _reset(self) -> None:
+        # A request to the old engine must not wait forever: its death may have been seen (alive is False) before
+        # _lost() ran, and _lost() ignores an old epoch.
+        stale = self._dead or EngineDied(self.returncode, self.stderr_tail, "the engine was restarted")
+        for queue in self._pending.values():
+            queue.put_nowait(stale)
         self._refusal = ""
         self._epoch += 1
         self._dead = None

@@ -194,7 +194,7 @@ class LiveLoop(Judging, Guarding):
             self._died()
 
     def _died(self, exc: EngineDied | None = None) -> None:
-        if self.state.engine in ("error", "stopping"):  # already said, or the exit we asked for
+        if self.state.engine in ("error", "stopping", "loading"):  # already said, the exit we asked for, or old news
             return
         code = getattr(exc, "returncode", None) if exc else self.client.returncode
         if self._update_id is not None:

@@ -138,10 +138,7 @@ class ChatScreen(Screen):
     def loop_changed(self, state: LoopState) -> None:
         self.status_bar.state = state
         if state.engine == "ready" and self.phase is Phase.LOADING:
-            self.phase = Phase.PROMPT
-            if self.interrupted is not None:  # the engine died mid-round: the prompt is stored, ask again
-                interrupted, self.interrupted = self.interrupted, None
-                self.begin_round(self.loop.round_for(interrupted.turn_id))
+            self.resume()
         elif state.engine != "ready" and self.phase is Phase.PROMPT:
             self.phase = Phase.LOADING
         elif self.phase is Phase.LOADING:
@@ -165,6 +162,13 @@ class ChatScreen(Screen):
         self.conversation.add_turn("user", message.text)
         self.begin_round(round_)
 
+    def resume(self) -> None:
+        """The engine is ready: back to the prompt, or, if it died mid-round, the stored prompt asked again."""
+        self.phase = Phase.PROMPT
+        if self.interrupted is not None:
+            interrupted, self.interrupted = self.interrupted, None
+            self.begin_round(self.loop.round_for(interrupted.turn_id))
+
     def begin_round(self, round_: Round) -> None:
         self.round = round_
         self.candidates.reset(round_.n)
@@ -179,6 +183,8 @@ class ChatScreen(Screen):
         except EngineDied:
             self.interrupted, self.round = round_, None  # kept for the restart
             self.phase = Phase.LOADING
+            if self.loop.ready:  # the news came after a restart had finished
+                self.resume()
             return
         except (EngineError, WriteFailed) as exc:
             if isinstance(exc, WriteFailed):

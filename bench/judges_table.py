@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 JUDGES = ROOT / "bench" / "judges"
 RESULT = re.compile(r"win rate of v(\d+) vs v0 on (\d+) held-out comparisons .*?: ([\d.]+)% \((\d+) wins, (\d+) ties, "
                     r"(\d+) losses\); (\d+) judgments \((\d+) picks, (\d+) edits\); judging time (\d+) s, wall time (\d+) s")
-QUALITY = re.compile(r"held-out replies of v(\d+): (\d+)% finished .*?, repeated trigrams ([\d.]+)%, distinct words (\d+)%")
+QUALITY = re.compile(r"held-out replies of v(\d+): (\d+)% finished .*?, repeated trigrams ([\d.]+)%, distinct words (\d+)%"
+                     r"(?:, base-model NLL ([\d.]+|nan) nats/token)?")
 
 
 def judges() -> list[str]:
@@ -47,7 +48,7 @@ def run(name: str, seed: int, rounds: int, sessions: Path, extra: list[str]) -> 
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"judge": name, "seed": seed, "error": tail[0], "seconds": time.perf_counter() - started}
     version, comparisons, rate, wins, ties, losses, judgments, picks, edits, judging, wall = found.groups()
-    quality = {int(v): (int(f), float(r), int(d)) for v, f, r, d in QUALITY.findall(done.stdout)}
+    quality = {int(v): (int(f), float(r), int(d), n) for v, f, r, d, n in QUALITY.findall(done.stdout)}
     return {"judge": name, "seed": seed, "version": int(version), "win_rate": float(rate), "wins": int(wins),
             "ties": int(ties), "losses": int(losses), "judgments": int(judgments), "picks": int(picks),
             "edits": int(edits), "judging": int(judging), "wall": int(wall), "final": quality.get(int(version)), "v0": quality.get(0),
@@ -58,7 +59,7 @@ def row(r: dict) -> str:
     if "error" in r:
         return f"| {r['judge']} | {r['seed']} | failed: {r['error']} | | | | | |"
     sent_back = f" ({r['sent_back']} sent back)" if r["sent_back"] else ""
-    q = lambda t: f"{t[0]}% / {t[1]:.1f}% / {t[2]}%" if t else "-"  # noqa: E731
+    q = lambda t: f"{t[0]}% / {t[1]:.1f}% / {t[2]}% / {t[3] or '-'}" if t else "-"  # noqa: E731
     return (f"| {r['judge']} | {r['seed']} | **{r['win_rate']:.1f}%** ({r['wins']}/{r['ties']}/{r['losses']}) | "
             f"{r['judgments']} ({r['picks']} picks, {r['edits']} edits) | v{r['version']}{sent_back} | {q(r['final'])} | "
             f"{q(r['v0'])} | {r['judging']} s | {r['wall']} s |")
@@ -74,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     sessions = Path(tempfile.mkdtemp(prefix="bench-judges-"))
     lines = ["| judge | seed | win rate vs v0 (wins/ties/losses of 32) | judgments | final | final: finished / "
-             "repeated 3-grams / distinct words | v0: the same | judging | wall |", "|---|---|---|---|---|---|---|---|---|"]
+             "repeated 3-grams / distinct words / base-model NLL per token | v0: the same | judging | wall |", "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for name in args.judges.split(","):
         for seed in map(int, args.seeds.split(",")):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -109,6 +110,8 @@ def test_simulate_with_an_editor_stores_demonstrations_and_a_learning_curve(tmp_
     assert result.exit_code == 0, result.output
     assert "after 2 judgments" in result.output and "learning curve (judgments: win rate vs v0): 2:" in result.output
     assert "repeated trigrams" in result.output and "distinct words" in result.output
+    nlls = [float(x) for x in re.findall(r"base-model NLL ([\d.]+) nats/token", result.output)]
+    assert len(nlls) == 2 and all(0 < x < 20 for x in nlls), result.output  # the final's and v0's, as the base reads them
     with SessionStore.open(tmp_path, "ed", readonly=True) as store:
         demos = list(store.db["demonstrations"].rows)
         assert demos and all(d["text"].endswith("What do you think?") and d["edited_from"] for d in demos)

@@ -331,19 +331,18 @@ def _messages(cfg: LoopConfig, prompt: str) -> list[dict]:
     return ([{"role": "system", "content": cfg.system}] if cfg.system else []) + [{"role": "user", "content": prompt}]
 
 
-async def base_nll(cfg: LoopConfig, client, prompts: list[str], new: list[list], old: list[list]) -> tuple[float, float]:
-    """Each version's held-out replies as the base model (adapter off) reads them: the mean negative log-likelihood
-    per token, in nats. Glued or garbled words, which a judge can be won with and the word measures miss, are
-    improbable there. A reply's end-of-turn token counts too (improbable after a cut-off reply, for both sides)."""
-    kept = [(prompt, a, b) for prompt, news, olds in zip(prompts, new, old) for a, b in zip(news, olds) if a and b]
+async def base_nll(cfg: LoopConfig, client, prompts: list[str], replies: list[list]) -> tuple[float, int]:
+    """A version's held-out replies as the base model (adapter off) reads them: the mean negative log-likelihood
+    per token, in nats, and how many replies it read (an empty one has no tokens to read). Glued or garbled words,
+    which a judge can be won with and the word measures miss, are improbable there. A reply's end-of-turn token
+    counts too (improbable after a cut-off reply)."""
+    kept = [(prompt, r) for prompt, rs in zip(prompts, replies) for r in rs if r]
     if not kept:
-        return float("nan"), float("nan")
-    scored = await client.score_reference([{"prompt": _messages(cfg, p), "chosen": a, "rejected": b} for p, a, b in kept])
-
-    def per_token(key: str, replies) -> float:
-        return -sum(row[key] for row in scored) / sum((r.tokens or len(r.split())) + 1 for r in replies)
-
-    return per_token("ref_chosen_logps", [a for _, a, _ in kept]), per_token("ref_rejected_logps", [b for _, _, b in kept])
+        return float("nan"), 0
+    # score_reference takes pairs: each reply is paired with itself (a packed row runs a repeated reply once)
+    scored = await client.score_reference([{"prompt": _messages(cfg, p), "chosen": r, "rejected": r} for p, r in kept])
+    tokens = sum((r.tokens or len(r.split())) + 1 for _, r in kept)
+    return -sum(row["ref_chosen_logps"] for row in scored) / tokens, len(kept)
 
 
 def compare(cfg: LoopConfig, person: Person, prompts: list[str], new: list[list], old: list[list]) -> dict:
@@ -376,13 +375,14 @@ async def evaluate(cfg: LoopConfig, client, person: Person, prompts: list[str], 
     base = await held_out(cfg, client, prompts, 0)
     samples = {final: await held_out(cfg, client, prompts, final)}
     result = {"version": final, **compare(cfg, person, prompts, samples[final], base)}
-    quality = {v: degeneration.summary([r for rs in replies for r in rs]) for v, replies in ((final, samples[final]), (0, base))}
-    quality[final]["base_nll"], quality[0]["base_nll"] = await base_nll(cfg, client, prompts, samples[final], base)
-    for v in (final, 0):
-        q = quality[v]
+    quality = {}
+    for v, replies in ((final, samples[final]), (0, base)):
+        q = quality[v] = degeneration.summary([r for rs in replies for r in rs])
+        q["base_nll"], read = await base_nll(cfg, client, prompts, replies)
         typer.echo(f"held-out replies of v{v}: {q['finished']:.0%} finished within {cfg.max_new_tokens} tokens, "
                    f"repeated trigrams {q['repeated_3grams']:.1%}, distinct words {q['distinct_words']:.0%}, "
-                   f"base-model NLL {q['base_nll']:.2f} nats/token")
+                   f"base-model NLL {q['base_nll']:.2f} nats/token over {read} of {len(prompts) * EVAL_SAMPLES} "
+                   "(the empty ones have no tokens)")
     result["quality"] = {f"v{v}": q for v, q in quality.items()}
     board = [r for r in leaderboard(store.arena_votes()) if r.version] if store is not None else []
     if len(board) >= 2:

@@ -8,7 +8,7 @@ defaults (a judge with an `edit` function also plays the editor), `--rounds` jud
 blind win rate of the final version vs v0 on the built-in held-out prompts (and how many versions
 the loop's guard sent back on the way), the held-out replies' finished fraction and degeneration
 measures for v0 and the final version (repeated word trigrams, distinct words, and the base model's
-negative log-likelihood per token, which garbled one-word replies raise), the judging time (the person's: the rounds and the updates
+negative log-likelihood per token: glued words and brevity both raise it), the judging time (the person's: the rounds and the updates
 they wait for) and the process's wall time. The table (markdown) goes to stdout and to --out, row by
 row as the runs finish.
 """

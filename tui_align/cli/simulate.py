@@ -334,8 +334,9 @@ def _messages(cfg: LoopConfig, prompt: str) -> list[dict]:
 async def base_nll(cfg: LoopConfig, client, prompts: list[str], replies: list[list]) -> tuple[float, int]:
     """A version's held-out replies as the base model (adapter off) reads them: the mean negative log-likelihood
     per token, in nats, and how many replies it read (an empty one has no tokens to read). Glued or garbled words,
-    which a judge can be won with and the word measures miss, are improbable there. A reply's end-of-turn token
-    counts too (improbable after a cut-off reply)."""
+    which a judge can be won with and the word measures miss, are improbable there; so are the first words of
+    any reply, which makes a terse one cost more per token (bench/base_nll_scale.py). A reply's end-of-turn
+    token counts too (improbable after a cut-off reply)."""
     kept = [(prompt, r) for prompt, rs in zip(prompts, replies) for r in rs if r]
     if not kept:
         return float("nan"), 0

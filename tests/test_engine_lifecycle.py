@@ -136,6 +136,7 @@ async def test_sigkill_is_detected_and_restart_resumes(tiny_model_dir, tmp_path)
         with pytest.raises(EngineDied) as died:
             await asyncio.wait_for(pending, 30)
         assert died.value.returncode == -signal.SIGKILL and client.returncode == -signal.SIGKILL
+        assert "Loading weights" not in client.stderr_tail  # a library's bar is no reason to show the person
         assert not client.alive
         with pytest.raises(EngineDied):
             await client.status()

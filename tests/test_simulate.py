@@ -33,6 +33,35 @@ def test_best_of_n_is_the_knockout_winner_of_the_pairwise_judge():
     assert best_of(shorter, "shorter", "q", [Reply("xy", "stop"), Reply("xy", "stop"), Reply("z", "stop")]) == 2
 
 
+def test_held_out_comparison_is_blind_and_counts_ties_as_half():
+    from tui_align.heldout import Person, compare
+    from tui_align.loop import LoopConfig
+
+    new = [[Reply("a", "stop"), Reply("ab", "stop")], [Reply("abc", "stop"), Reply("x", "stop")]]
+    old = [[Reply("aa", "stop"), Reply("ab", "stop")], [Reply("ab", "stop"), Reply("xyz", "stop")]]
+    result = compare(LoopConfig(seed=0), Person(shorter, "shorter"), ["p", "q"], new, old)
+    assert result == {"comparisons": 4, "wins": 2, "ties": 1, "losses": 1, "win_rate": 2.5 / 4}
+    for seed in range(5):  # the shown order is random, the verdicts are not
+        assert compare(LoopConfig(seed=seed), Person(shorter, "shorter"), ["p", "q"], new, old) == result
+
+
+async def test_base_nll_reads_every_nonempty_reply_with_its_end_of_turn():
+    from tui_align.heldout import base_nll
+    from tui_align.loop import LoopConfig
+
+    class Client:
+        async def score_reference(self, rows):
+            self.rows = rows
+            return [{"ref_chosen_logps": -2.0 * len(row["chosen"]), "ref_rejected_logps": 0.0} for row in rows]
+
+    client = Client()
+    replies = [[Reply("ab", "stop", 2), Reply("", "stop", 0)], [Reply("abcd", "length", 4), Reply("abc", "stop", 3)]]
+    nll, read = await base_nll(LoopConfig(seed=0, system="Be brief."), client, ["p", "q"], replies)
+    assert read == 3 and nll == pytest.approx(2.0 * 9 / (9 + 3))  # 9 tokens and 3 ends of turn
+    assert client.rows[0]["prompt"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "p"}]
+    assert [row["chosen"] for row in client.rows] == ["ab", "abcd", "abc"]
+
+
 def test_load_judge(tmp_path):
     assert load_judge("shorter") is shorter
     (tmp_path / "mine.py").write_text("def pick(prompt, a, b):\n    return 1\n")
@@ -125,7 +154,8 @@ async def test_simulate_kto_marks_the_judges_pick_desirable_and_the_other_not(tm
     from dataclasses import replace
 
     from tests.fakes import FakeEngine
-    from tui_align.cli.simulate import LOOP, Person, train
+    from tui_align.cli.simulate import LOOP, train
+    from tui_align.heldout import Person
     from tui_align.loop import LiveLoop
 
     config = replace(LOOP, method="kto", candidates=2, update_every=2)
@@ -155,7 +185,8 @@ async def test_simulate_grpo_scores_every_candidate_and_trains_on_groups(tmp_pat
     """simulate's rounds through the LiveLoop (the fake engine in the engine's place): the judge's round
     robin scores all N candidates, each score a judgment, and every complete group trains."""
     from tests.fakes import FakeEngine
-    from tui_align.cli.simulate import Person, train
+    from tui_align.cli.simulate import train
+    from tui_align.heldout import Person
     from tui_align.judges import load_judge
     from tui_align.loop import LiveLoop, LoopConfig
 
@@ -179,7 +210,8 @@ async def test_a_paced_person_judges_on_while_an_update_runs(tmp_path):
     from dataclasses import replace
 
     from tests.fakes import FakeEngine
-    from tui_align.cli.simulate import LOOP, Person, train
+    from tui_align.cli.simulate import LOOP, train
+    from tui_align.heldout import Person
     from tui_align.loop import LiveLoop
 
     config = replace(LOOP, candidates=2, update_every=1, window=1)

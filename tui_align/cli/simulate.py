@@ -29,23 +29,20 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from importlib import resources
 from pathlib import Path
 
 import typer
 
-from tui_align import degeneration
 from tui_align.cli.common import fail, user_errors
 from tui_align.cli.sessions import SESSIONS_DIR
+from tui_align.heldout import Person, compare, evaluate, held_out
 from tui_align.loop import LoopConfig
 from tui_align.rounds import SLOT_LETTERS
 
 LOOP = LoopConfig(seed=0)
 METHODS = ("dpo", "kto", "grpo")  # the live methods a pairwise judge can drive
-EVAL_SAMPLES = 2  # replies per held-out prompt and version
-ARENA_CHECKED = 8  # voted versions whose held-out win rate is measured against the leaderboard
 
 
 def builtin_prompts(name: str) -> list[str]:
@@ -161,16 +158,6 @@ def simulate(
             draw(curves, plot, f"{judge}{' + ' + editor if editor else ''}")
 
 
-@dataclass
-class Person:
-    """Who sits in the person's chair: a judge, and perhaps an editor."""
-
-    judge: Callable
-    judge_spec: str
-    editor: Callable | None = None
-    editor_spec: str = ""
-
-
 def plot_module():
     try:
         import matplotlib
@@ -216,7 +203,7 @@ async def run(config: LoopConfig, rounds: int, store, person: Person, train_prom
             typer.echo("no comparison: " + ("no update ran" if heldout else "--eval-prompts 0")
                        + f"; {counted['judgments']} judgments, judging time {counted['judging_s']:.0f} s")
             return {"version": client.version, **counted, "curve": curve}
-        result = {**await evaluate(config, client, person, heldout, store), **counted}
+        result = {**await evaluate(config, client, person, heldout, store, typer.echo), **counted}
         curve = [p for p in curve if p[0] < counted["judgments"]] + [(counted["judgments"], result["win_rate"])]
         result["curve"] = curve
         typer.echo("learning curve (judgments: win rate vs v0): "
@@ -312,93 +299,6 @@ async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: 
     await loop.wait_for_idle()  # the last version is checked as it is when a person stops judging
     counts["judging_s"] = time.perf_counter() - started - measured
     return counts, curve
-
-
-async def held_out(cfg: LoopConfig, client, prompts: list[str], version: int) -> list[list]:
-    """EVAL_SAMPLES replies of `version` to each held-out prompt, with fixed seeds (the live version stays)."""
-    from tui_align.judges import Reply
-
-    out = []
-    for i, prompt in enumerate(prompts):
-        async for event in client.generate(_messages(cfg, prompt), n=EVAL_SAMPLES, seed=10_000_000 + i, version=version,
-                                           **cfg.sampling):
-            if event["type"] == "done":
-                out.append([Reply(c["text"], c.get("finish_reason"), c.get("tokens")) for c in event["candidates"]])
-    return out
-
-
-def _messages(cfg: LoopConfig, prompt: str) -> list[dict]:
-    return ([{"role": "system", "content": cfg.system}] if cfg.system else []) + [{"role": "user", "content": prompt}]
-
-
-async def base_nll(cfg: LoopConfig, client, prompts: list[str], replies: list[list]) -> tuple[float, int]:
-    """A version's held-out replies as the base model (adapter off) reads them: the mean negative log-likelihood
-    per token, in nats, and how many replies it read (an empty one has no tokens to read). Glued or garbled words,
-    which a judge can be won with and the word measures miss, are improbable there; so are the first words of
-    any reply, which makes a terse one cost more per token (bench/base_nll_scale.py). A reply's end-of-turn
-    token counts too (improbable after a cut-off reply)."""
-    kept = [(prompt, r) for prompt, rs in zip(prompts, replies) for r in rs if r]
-    if not kept:
-        return float("nan"), 0
-    # score_reference takes pairs: each reply is paired with itself (a packed row runs a repeated reply once)
-    scored = await client.score_reference([{"prompt": _messages(cfg, p), "chosen": r, "rejected": r} for p, r in kept])
-    tokens = sum((r.tokens or len(r.split())) + 1 for _, r in kept)
-    return -sum(row["ref_chosen_logps"] for row in scored) / tokens, len(kept)
-
-
-def compare(cfg: LoopConfig, person: Person, prompts: list[str], new: list[list], old: list[list]) -> dict:
-    """The judge's blind verdicts, new vs old replies to the same prompts and seeds, in random order."""
-    from tui_align.judges import checked_pick
-
-    rng = random.Random(cfg.seed + 1)
-    wins = ties = losses = 0
-    for prompt, new_replies, old_replies in zip(prompts, new, old):
-        for a, b in zip(new_replies, old_replies):
-            new_left = rng.random() < 0.5
-            pick = checked_pick(person.judge, person.judge_spec, prompt, *((a, b) if new_left else (b, a)))
-            if pick is None:
-                ties += 1
-            elif (pick == 0) == new_left:
-                wins += 1
-            else:
-                losses += 1
-    total = wins + ties + losses
-    return {"comparisons": total, "wins": wins, "ties": ties, "losses": losses,
-            "win_rate": (wins + ties / 2) / max(total, 1)}
-
-
-async def evaluate(cfg: LoopConfig, client, person: Person, prompts: list[str], store=None) -> dict:
-    """The final version vs version 0 on held-out prompts; with arena votes, also how well the arena's
-    leaderboard ranks the voted versions by their own held-out win rate vs v0 (Spearman)."""
-    from tui_align.arena import leaderboard, spearman
-
-    final = client.version
-    base = await held_out(cfg, client, prompts, 0)
-    samples = {final: await held_out(cfg, client, prompts, final)}
-    result = {"version": final, **compare(cfg, person, prompts, samples[final], base)}
-    quality = {}
-    for v, replies in ((final, samples[final]), (0, base)):
-        q = quality[v] = degeneration.summary([r for rs in replies for r in rs])
-        q["base_nll"], read = await base_nll(cfg, client, prompts, replies)
-        typer.echo(f"held-out replies of v{v}: {q['finished']:.0%} finished within {cfg.max_new_tokens} tokens, "
-                   f"repeated trigrams {q['repeated_3grams']:.1%}, distinct words {q['distinct_words']:.0%}, "
-                   f"base-model NLL {q['base_nll']:.2f} nats/token over {read} of {len(prompts) * EVAL_SAMPLES} "
-                   "(the empty ones have no tokens)")
-    result["quality"] = {f"v{v}": q for v, q in quality.items()}
-    board = [r for r in leaderboard(store.arena_votes()) if r.version] if store is not None else []
-    if len(board) >= 2:
-        checked = sorted(board, key=lambda r: -r.votes)[:ARENA_CHECKED]
-        rates = []
-        for r in checked:
-            if r.version not in samples:
-                samples[r.version] = await held_out(cfg, client, prompts, r.version)
-            rates.append(compare(cfg, person, prompts, samples[r.version], base)["win_rate"])
-        rho = spearman([r.rating for r in checked], rates)
-        result["arena_spearman"] = rho
-        typer.echo(f"arena: {len(store.arena_votes())} votes; leaderboard vs held-out win rate over "
-                   + ", ".join(f"v{r.version} {r.rating:.0f}/{rate:.0%}" for r, rate in zip(checked, rates))
-                   + f": Spearman {rho:.2f}")
-    return result
 
 
 def _describe(candidate: dict) -> str:

@@ -1,6 +1,8 @@
-"""How to read `simulate`'s base-model NLL: what the default model, its adapter off, makes of a few
-hand-written replies, sensible and not, short and long (the mean negative log-likelihood per reply token,
-end of turn included, as `score_reference` sums it, under simulate's system prompt).
+"""How to read `simulate`'s base-model figures: what the default model, its adapter off, makes of a few
+hand-written replies, sensible and not, short and long, under simulate's system prompt: the mean negative
+log-likelihood per reply token, end of turn included, as `score_reference` sums it; and the prompt gain,
+how many nats likelier the whole reply is after its own prompt than after another (the next different
+prompt of the list, as simulate takes the next held-out prompt).
 
     .venv/bin/python bench/base_nll_scale.py
 """
@@ -28,18 +30,25 @@ REPLIES = [
 ]
 
 
+def reply_logps(model, tokenizer, prompt: str, reply: str):
+    """Each reply token's log-probability after `prompt`, end of turn included."""
+    messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+    prompt_ids, (completion,) = tokenize_pair(tokenizer, messages, [[{"role": "assistant", "content": reply}]])
+    ids = torch.tensor([prompt_ids + completion])
+    with torch.inference_mode():
+        logps = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+    return logps.gather(1, ids[0, 1:, None])[:, 0][len(prompt_ids) - 1:]
+
+
 def main() -> None:
     torch.set_num_threads(1)
     model, tokenizer = load_model(None, device="cpu", dtype="float32")
-    print("| nats / token | tokens | prompt | reply |\n|---|---|---|---|")
+    prompts = list(dict.fromkeys(prompt for prompt, _ in REPLIES))
+    print("| nats / token | tokens | prompt gain (nats) | prompt | reply |\n|---|---|---|---|---|")
     for prompt, reply in REPLIES:
-        messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
-        prompt_ids, (completion,) = tokenize_pair(tokenizer, messages, [[{"role": "assistant", "content": reply}]])
-        ids = torch.tensor([prompt_ids + completion])
-        with torch.inference_mode():
-            logps = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
-        token_logps = logps.gather(1, ids[0, 1:, None])[:, 0][len(prompt_ids) - 1:]
-        print(f"| {-token_logps.mean().item():.2f} | {len(completion)} | {prompt} | {reply[:60]} |")
+        own = reply_logps(model, tokenizer, prompt, reply)
+        other = reply_logps(model, tokenizer, prompts[(prompts.index(prompt) + 1) % len(prompts)], reply)
+        print(f"| {-own.mean().item():.2f} | {len(own)} | {(own.sum() - other.sum()).item():.1f} | {prompt} | {reply[:60]} |")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from engine.logprobs import causal_lm
 from engine.models import (LoRAConfig, add_lora, context_length, enable_gradient_checkpointing, load_model,
                            model_name, parameter_count)
 from engine.options import EngineOptions
-from engine.progress import libraries_hidden
 from engine.protocol import (LIVE_TRAINING, METHOD_KINDS, METHODS, PROTOCOL_VERSION, Cancelled, GRPOConfig, NonFiniteLoss,
                              NotAvailable, loss_terms)
 from engine.resources import engine_threads
@@ -53,8 +52,7 @@ class LiveEngine:
         start = vs.check_start(self.root, options.version, options.lora_r)  # before the model: a bad one exits at once
         self.threads = engine_threads(options.threads)
         torch.set_num_threads(self.threads)  # before any parallel work; the worker thread inherits it
-        with libraries_hidden():  # transformers' "Loading weights" bar would be the last stderr line a death reports
-            base, self.tokenizer = load_model(options.model, device=options.device, dtype=options.dtype)
+        base, self.tokenizer = load_model(options.model, device=options.device, dtype=options.dtype)
         torch.manual_seed(0)  # the same fresh adapter on every start: version 0 is reproducible
         self.policy = add_lora(base, LoRAConfig(r=options.lora_r, alpha=options.lora_alpha))
         if options.gradient_checkpointing:
@@ -301,8 +299,7 @@ class LiveEngine:
         folder = self.saved.export(path, self.tokenizer, metadata, getattr(self.trainers.get("ppo"), "value_head", None))
         yield
         if merge:  # merge into a fresh copy of the base: the live model keeps its adapter
-            with libraries_hidden():
-                base, _ = load_model(self.options.model, device="cpu", dtype=self.options.dtype)
+            base, _ = load_model(self.options.model, device="cpu", dtype=self.options.dtype)
             self.saved.export_merged(folder, self.tokenizer, base)
         emit("done", path=str(folder), version=self.version, merged=merge)
 

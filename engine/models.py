@@ -175,18 +175,22 @@ def load_tokenizer(spec: str | None):
 
 
 def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto"):
-    """Load (model, tokenizer) on the chosen device, in eval mode."""
+    """Load (model, tokenizer) on the chosen device, in eval mode. The libraries' bars are hidden: an
+    engine's "Loading weights" bar would be the last stderr line its death reports."""
     from transformers import AutoModelForCausalLM
 
-    where, kwargs = resolve(spec)
-    device = pick_device(device)
-    torch_dtype = pick_dtype(dtype, device, stored_dtype(where, kwargs) if dtype == "auto" else None)
-    tokenizer = load_tokenizer(spec)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kwargs)
-    except (OSError, ValueError) as exc:
-        tried = "the hub id" if not Path(where).exists() else "the folder"
-        raise ModelError(f"could not load model {spec or DEFAULT_NAME!r} ({tried} {where}): {_first_line(exc)}") from None
+    from engine.progress import libraries_hidden
+
+    with libraries_hidden():
+        where, kwargs = resolve(spec)
+        device = pick_device(device)
+        torch_dtype = pick_dtype(dtype, device, stored_dtype(where, kwargs) if dtype == "auto" else None)
+        tokenizer = load_tokenizer(spec)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kwargs)
+        except (OSError, ValueError) as exc:
+            tried = "the hub id" if not Path(where).exists() else "the folder"
+            raise ModelError(f"could not load model {spec or DEFAULT_NAME!r} ({tried} {where}): {_first_line(exc)}") from None
     model.to(device).eval()
     return model, tokenizer
 

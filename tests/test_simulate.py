@@ -141,6 +141,11 @@ def test_simulate_with_an_editor_stores_demonstrations_and_a_learning_curve(tmp_
     assert "repeated trigrams" in result.output and "distinct words" in result.output
     nlls = [float(x) for x in re.findall(r"base-model NLL ([\d.]+) nats/token", result.output)]
     assert len(nlls) == 2 and all(0 < x < 20 for x in nlls), result.output  # the final's and v0's, as the base reads them
+    lines = [json.loads(line) for line in (tmp_path / "ed" / "heldout.jsonl").read_text().splitlines()]
+    final = int(re.search(r"win rate of v(\d+) vs v0", result.output).group(1))
+    assert {line["version"] for line in lines} == {0, final} and len(lines) == 2 * 2 * 2  # 2 prompts, 2 samples each
+    assert all(line["finish_reason"] in ("stop", "length") and isinstance(line["text"], str) for line in lines)
+    assert "held-out replies, to read:" in result.output
     with SessionStore.open(tmp_path, "ed", readonly=True) as store:
         demos = list(store.db["demonstrations"].rows)
         assert demos and all(d["text"].endswith("What do you think?") and d["edited_from"] for d in demos)

@@ -4,6 +4,7 @@ when the replies stay finished and non-degenerate (tui_align/degeneration.py).""
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ async def evaluate(cfg: LoopConfig, client, person: Person, prompts: list[str], 
 
     final = client.version
     base = await held_out(cfg, client, prompts, 0)
-    samples = {final: await held_out(cfg, client, prompts, final)}
+    samples = {0: base, final: await held_out(cfg, client, prompts, final)}
     result = {"version": final, **compare(cfg, person, prompts, samples[final], base)}
     quality = {}
     for v, replies in ((final, samples[final]), (0, base)):
@@ -110,4 +111,23 @@ async def evaluate(cfg: LoopConfig, client, person: Person, prompts: list[str], 
         say(f"arena: {len(store.arena_votes())} votes; leaderboard vs held-out win rate over "
             + ", ".join(f"v{r.version} {r.rating:.0f}/{rate:.0%}" for r, rate in zip(checked, rates))
             + f": Spearman {rho:.2f}")
+    if store is not None:
+        path = store.folder / REPLIES_FILE
+        write_replies(path, prompts, samples)
+        say(f"held-out replies, to read: {path}")
     return result
+
+
+REPLIES_FILE = "heldout.jsonl"
+
+
+def write_replies(path, prompts: list[str], samples: dict[int, list[list]]) -> None:
+    """Every measured version's held-out replies, one JSON line each (version, prompt, sample, text,
+    finish_reason, tokens): a win rate is read beside what won it. Written whole, then renamed."""
+    lines = [json.dumps({"version": v, "prompt": prompt, "sample": k, "text": str(reply),
+                         "finish_reason": reply.finish_reason, "tokens": reply.tokens})
+             for v, replies in sorted(samples.items()) for prompt, rs in zip(prompts, replies)
+             for k, reply in enumerate(rs)]
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    partial.replace(path)

@@ -14,6 +14,7 @@ from tui_align.loop import LoopConfig
 
 EVAL_SAMPLES = 2  # replies per held-out prompt and version
 ARENA_CHECKED = 8  # voted versions whose held-out win rate is measured against the leaderboard
+REPLIES_FILE = "heldout.jsonl"  # in the session's folder: every measured version's held-out replies
 
 
 @dataclass
@@ -86,11 +87,12 @@ async def evaluate(cfg: LoopConfig, client, person: Person, prompts: list[str], 
     from tui_align.arena import leaderboard, spearman
 
     final = client.version
-    base = await held_out(cfg, client, prompts, 0)
-    samples = {0: base, final: await held_out(cfg, client, prompts, final)}
+    samples = {0: await held_out(cfg, client, prompts, 0), final: await held_out(cfg, client, prompts, final)}
+    base = samples[0]
     result = {"version": final, **compare(cfg, person, prompts, samples[final], base)}
     quality = {}
-    for v, replies in ((final, samples[final]), (0, base)):
+    for v in (final, 0):
+        replies = samples[v]
         q = quality[v] = degeneration.summary([r for rs in replies for r in rs])
         q["base_nll"], read = await base_nll(cfg, client, prompts, replies)
         say(f"held-out replies of v{v}: {q['finished']:.0%} finished within {cfg.max_new_tokens} tokens, "
@@ -116,9 +118,6 @@ async def evaluate(cfg: LoopConfig, client, person: Person, prompts: list[str], 
         write_replies(path, prompts, samples)
         say(f"held-out replies, to read: {path}")
     return result
-
-
-REPLIES_FILE = "heldout.jsonl"
 
 
 def write_replies(path, prompts: list[str], samples: dict[int, list[list]]) -> None:

@@ -7,7 +7,8 @@ Each run is one `simulate` process on the default model, through the LiveLoop wi
 defaults (a judge with an `edit` function also plays the editor), `--rounds` judgments, then the
 blind win rate of the final version vs v0 on the built-in held-out prompts (and how many versions
 the loop's guard sent back on the way), the held-out replies' finished fraction and degeneration
-measures for v0 and the final version (repeated word trigrams, distinct words, and the base model's
+measures for v0 and the final version (repeated word trigrams, distinct words, the share of trigrams
+also in replies to other prompts: a stock phrase said to every prompt, and the base model's
 negative log-likelihood per token: glued words and brevity both raise it), the judging time (the person's: the rounds and the updates
 they wait for) and the process's wall time. The table (markdown) goes to stdout and to --out, row by
 row as the runs finish.
@@ -29,7 +30,7 @@ JUDGES = ROOT / "bench" / "judges"
 RESULT = re.compile(r"win rate of v(\d+) vs v0 on (\d+) held-out comparisons .*?: ([\d.]+)% \((\d+) wins, (\d+) ties, "
                     r"(\d+) losses\); (\d+) judgments \((\d+) picks, (\d+) edits\); judging time (\d+) s, wall time (\d+) s")
 QUALITY = re.compile(r"held-out replies of v(\d+): (\d+)% finished .*?, repeated trigrams ([\d.]+)%, distinct words (\d+)%"
-                     r"(?:, base-model NLL ([\d.]+|nan) nats/token)?")
+                     r"(?:, base-model NLL ([\d.]+|nan) nats/token[^;\n]*)?(?:; trigrams shared with other prompts' replies ([\d.]+)%)?")
 
 
 def judges() -> list[str]:
@@ -49,7 +50,7 @@ def run(name: str, seed: int, rounds: int, sessions: Path, extra: list[str]) -> 
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"judge": name, "seed": seed, "error": tail[0], "seconds": time.perf_counter() - started}
     version, comparisons, rate, wins, ties, losses, judgments, picks, edits, judging, wall = found.groups()
-    quality = {int(v): (int(f), float(r), int(d), n) for v, f, r, d, n in QUALITY.findall(done.stdout)}
+    quality = {int(v): (int(f), float(r), int(d), shared, n) for v, f, r, d, n, shared in QUALITY.findall(done.stdout)}
     return {"judge": name, "seed": seed, "version": int(version), "win_rate": float(rate), "wins": int(wins),
             "ties": int(ties), "losses": int(losses), "judgments": int(judgments), "picks": int(picks),
             "edits": int(edits), "judging": int(judging), "wall": int(wall), "final": quality.get(int(version)), "v0": quality.get(0),
@@ -60,7 +61,7 @@ def row(r: dict) -> str:
     if "error" in r:
         return f"| {r['judge']} | {r['seed']} | failed: {r['error']} | | | | | |"
     sent_back = f" ({r['sent_back']} sent back)" if r["sent_back"] else ""
-    q = lambda t: f"{t[0]}% / {t[1]:.1f}% / {t[2]}% / {t[3] or '-'}" if t else "-"  # noqa: E731
+    q = lambda t: f"{t[0]}% / {t[1]:.1f}% / {t[2]}% / {t[3] + '%' if t[3] else '-'} / {t[4] or '-'}" if t else "-"  # noqa: E731
     return (f"| {r['judge']} | {r['seed']} | **{r['win_rate']:.1f}%** ({r['wins']}/{r['ties']}/{r['losses']}) | "
             f"{r['judgments']} ({r['picks']} picks, {r['edits']} edits) | v{r['version']}{sent_back} | {q(r['final'])} | "
             f"{q(r['v0'])} | {r['judging']} s | {r['wall']} s |")
@@ -76,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     sessions = Path(tempfile.mkdtemp(prefix="bench-judges-"))
     lines = ["| judge | seed | win rate vs v0 (wins/ties/losses of 32) | judgments | final | final: finished / "
-             "repeated 3-grams / distinct words / base-model NLL per token | v0: the same | judging | wall |", "|---|---|---|---|---|---|---|---|---|"]
+             "repeated 3-grams / distinct words / 3-grams shared across prompts / base-model NLL per token | v0: the same | judging | wall |", "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for name in args.judges.split(","):
         for seed in map(int, args.seeds.split(",")):

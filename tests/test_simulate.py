@@ -139,6 +139,7 @@ def test_simulate_with_an_editor_stores_demonstrations_and_a_learning_curve(tmp_
     assert result.exit_code == 0, result.output
     assert "after 2 judgments" in result.output and "learning curve (judgments: win rate vs v0): 2:" in result.output
     assert "repeated trigrams" in result.output and "distinct words" in result.output
+    assert len(re.findall(r"trigrams shared with other prompts' replies [\d.]+%", result.output)) == 2
     nlls = [float(x) for x in re.findall(r"base-model NLL ([\d.]+) nats/token", result.output)]
     assert len(nlls) == 2 and all(0 < x < 20 for x in nlls), result.output  # the final's and v0's, as the base reads them
     lines = [json.loads(line) for line in (tmp_path / "ed" / "heldout.jsonl").read_text().splitlines()]

@@ -3,15 +3,21 @@
 Pure Python, on whitespace-split words: `repeated_ngrams` is the fraction of a reply's word
 trigrams that already occurred earlier in it (loops like "never, never, never"); `distinct_words`
 is the share of its words that are different (low for repetitive text). Both are 0 / 1 for a
-reply too short to have any.
+reply too short to have any. `shared_ngrams` looks across prompts: a version that says the same
+stock phrase to every prompt ("I'm happy to help with that! Just feel free to ask.") repeats
+nothing within a reply, and every reply's trigrams occur in the replies to other prompts.
 """
 
 from __future__ import annotations
 
 
-def repeated_ngrams(text: str, n: int = 3) -> float:
+def _grams(text: str, n: int) -> list[tuple[str, ...]]:
     words = text.lower().split()
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+def repeated_ngrams(text: str, n: int = 3) -> float:
+    grams = _grams(text, n)
     if not grams:
         return 0.0
     seen, repeats = set(), 0
@@ -24,6 +30,22 @@ def repeated_ngrams(text: str, n: int = 3) -> float:
 def distinct_words(text: str) -> float:
     words = text.lower().split()
     return len(set(words)) / len(words) if words else 1.0
+
+
+def shared_ngrams(replies_by_prompt: list[list[str]], n: int = 3) -> float:
+    """The mean over replies of the fraction of a reply's word trigrams that also occur in a reply to another
+    prompt (0 for a reply without any); a prompt's other samples do not count."""
+    prompts_of: dict[tuple[str, ...], set[int]] = {}
+    for i, replies in enumerate(replies_by_prompt):
+        for reply in replies:
+            for gram in _grams(reply, n):
+                prompts_of.setdefault(gram, set()).add(i)
+    shares = []
+    for i, replies in enumerate(replies_by_prompt):
+        for reply in replies:
+            grams = _grams(reply, n)
+            shares.append(sum(len(prompts_of[g] - {i}) > 0 for g in grams) / len(grams) if grams else 0.0)
+    return sum(shares) / len(shares) if shares else 0.0
 
 
 def summary(replies: list) -> dict:

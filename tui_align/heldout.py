@@ -94,11 +94,12 @@ async def evaluate(cfg: LoopConfig, client, person: Person, prompts: list[str], 
     for v in (final, 0):
         replies = samples[v]
         q = quality[v] = degeneration.summary([r for rs in replies for r in rs])
+        q["shared_3grams"] = degeneration.shared_ngrams(replies)
         q["base_nll"], read = await base_nll(cfg, client, prompts, replies)
         say(f"held-out replies of v{v}: {q['finished']:.0%} finished within {cfg.max_new_tokens} tokens, "
             f"repeated trigrams {q['repeated_3grams']:.1%}, distinct words {q['distinct_words']:.0%}, "
             f"base-model NLL {q['base_nll']:.2f} nats/token over {read} of {len(prompts) * EVAL_SAMPLES} "
-            "(the empty ones have no tokens)")
+            f"(the empty ones have no tokens); trigrams shared with other prompts' replies {q['shared_3grams']:.1%}")
     result["quality"] = {f"v{v}": q for v, q in quality.items()}
     board = [r for r in leaderboard(store.arena_votes()) if r.version] if store is not None else []
     if len(board) >= 2:

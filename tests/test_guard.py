@@ -14,9 +14,9 @@ from tui_align.store import SessionStore
 LOOP = "the cat sat on the mat " * 4  # every trigram after the first round of six repeats
 
 
-def seen(guard: ReplyGuard, version: int, finished: int, cut: int, text: str = "A fine reply.") -> None:
+def seen(guard: ReplyGuard, version: int, finished: int, cut: int, text: str = "A fine reply.", prompt: str = "p") -> None:
     for reason in ["stop"] * finished + ["length"] * cut:
-        guard.observe(version, {"text": text, "finish_reason": reason})
+        guard.observe(version, {"text": text, "finish_reason": reason}, prompt)
 
 
 def test_a_version_is_judged_only_on_enough_candidates_of_both():
@@ -51,11 +51,31 @@ def test_a_noisy_baseline_does_not_send_back_a_version_that_mostly_finishes():
 def test_repeating_replies_are_sent_back_and_cancelled_ones_count_for_nothing():
     guard = ReplyGuard()
     seen(guard, 0, EVIDENCE, 0)
-    guard.observe(1, {"text": "", "finish_reason": "cancelled"})
+    guard.observe(1, {"text": "", "finish_reason": "cancelled"}, "p")
     seen(guard, 1, EVIDENCE - 1, 0, text=LOOP)
     assert guard.seen[1].replies == EVIDENCE - 1 and guard.problem(1) is None
     seen(guard, 1, 1, 0, text=LOOP)
     assert guard.problem(1).startswith("v1's replies repeat 73% of their word trigrams, v0's 0%")
+
+
+def test_one_stock_reply_to_every_prompt_is_sent_back_and_a_topic_template_is_not():
+    guard = ReplyGuard()
+    answers = {"Why do birds migrate?": "Birds fly south to find food when winter comes.",
+               "What is a galaxy?": "A galaxy is a huge system of stars, gas and dust.",
+               "How do fish breathe?": "Fish take oxygen from water through their gills."}
+    for prompt, text in answers.items():
+        seen(guard, 0, 3, 0, text=text, prompt=prompt)
+    stock = "I'm happy to help with that! Just feel free to ask."
+    seen(guard, 1, EVIDENCE // 2, 0, text=stock, prompt="What is a sonnet?")
+    seen(guard, 1, EVIDENCE // 2 - 1, 0, text=stock, prompt="What is a sonnet?")
+    assert guard.problem(1) is None  # one prompt: a reply that fits it may repeat across its samples
+    seen(guard, 1, 1, 0, text=stock, prompt="How do I make pancakes?")
+    assert guard.problem(1) == ("v1's replies to different prompts share 100% of their word trigrams (one stock reply), "
+                                "v0's 0%")
+    # the same frame around different answers shares a third of its trigrams: a habit, not one reply
+    for prompt, answer in (("capital of Japan", "Tokyo"), ("capital of France", "Paris"), ("capital of Peru", "Lima")):
+        seen(guard, 2, 3, 0, text=f"The {prompt} is {answer}, a big city.", prompt=prompt)
+    assert guard.problem(2) is None
 
 
 @pytest.fixture

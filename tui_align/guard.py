@@ -1,6 +1,6 @@
 """The live loop's guard against reward hacking: picks alone do not keep a version live whose
 candidates are cut off, or repeat themselves, plainly more often than the baseline's (the first
-version this run of the loop saw: v0 in a new session).
+version this run of the loop saw: v0 in a new session), or say one stock phrase whatever the prompt.
 
 A person who prefers fuller replies pushes the length up, and DPO at a live learning rate can push
 it past the token budget: most candidates are then cut off, rounds tie, and nothing pulls the length
@@ -8,15 +8,18 @@ back. A preference for list items can be won by items that repeat. Both show in 
 person is shown (bench/RESULTS.md, issue 12: substance seed 2, listed seed 3), so the loop counts
 them per version and rolls a version back to its parent once they are plainly worse. A new version
 is also sampled on the person's latest prompts while they read (tui_align/guarding.py), so it can go back
-before they see its replies, and the version trained after their last judgment is counted too.
+before they see its replies, and the version trained after their last judgment is counted too. A warm
+tone can be won by "I'm happy to help with that! Just feel free to ask." said to every prompt: nothing
+repeats within a reply, but the replies to different prompts share their trigrams (bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 from engine.protocol import CUT_OFF, FINISHED
-from tui_align.degeneration import repeated_ngrams
+from tui_align.degeneration import repeated_ngrams, shared_ngrams
 
 EVIDENCE = 8  # a version's candidates before it is judged (two rounds of four): fewer is noise
 # A version goes back when fewer than FINISHED_FLOOR of its candidates finish and that is FINISHED_DROP
@@ -25,6 +28,10 @@ EVIDENCE = 8  # a version's candidates before it is judged (two rounds of four):
 FINISHED_FLOOR = 0.5
 FINISHED_DROP = 0.3
 REPEATED_RISE = 0.15  # ... or whose candidates repeat this much more of their word trigrams
+# ... or whose candidates to different prompts share this much more of their trigrams: a healthy version's
+# share 0-27%, a stock phrase's 78-84% (bench/RESULTS.md, issue 12)
+SHARED_RISE = 0.5
+SHARED_WINDOW = 32  # the newest candidates that measure it: its cost does not grow with the session
 
 
 @dataclass
@@ -34,14 +41,24 @@ class Health:
     replies: int = 0
     finished: int = 0
     repeated: float = 0.0
+    newest: deque = field(default_factory=lambda: deque(maxlen=SHARED_WINDOW))  # (prompt, text)
 
-    def add(self, result: dict) -> None:
+    def add(self, result: dict, prompt: str) -> None:
         reason = result.get("finish_reason")
         if reason not in (FINISHED, CUT_OFF):  # cancelled: the person stopped it, it says nothing
             return
         self.replies += 1
         self.finished += reason == FINISHED
         self.repeated += repeated_ngrams(result.get("text", ""))
+        self.newest.append((prompt, result.get("text", "")))
+
+    @property
+    def shared_rate(self) -> float | None:
+        """The share of trigrams its newest candidates have in common with those to other prompts (None: one prompt)."""
+        by_prompt: dict[str, list[str]] = {}
+        for prompt, text in self.newest:
+            by_prompt.setdefault(prompt, []).append(text)
+        return shared_ngrams(list(by_prompt.values())) if len(by_prompt) >= 2 else None
 
     @property
     def finished_rate(self) -> float:
@@ -57,11 +74,11 @@ class ReplyGuard:
         self.seen: dict[int, Health] = {}
         self.baseline: int | None = None
 
-    def observe(self, version: int, result: dict) -> None:
-        """Count one candidate of `version` (the engine's `done` payload for it)."""
+    def observe(self, version: int, result: dict, prompt: str) -> None:
+        """Count one candidate of `version` (the engine's `done` payload for it) to `prompt` (the user's message)."""
         if self.baseline is None:
             self.baseline = version
-        self.seen.setdefault(version, Health()).add(result)
+        self.seen.setdefault(version, Health()).add(result, prompt)
 
     def problem(self, version: int) -> str | None:
         """Why `version` should not stay live, or None (also while either side has too few candidates)."""
@@ -74,4 +91,8 @@ class ReplyGuard:
         if live.repeated_rate >= base.repeated_rate + REPEATED_RISE:
             return (f"v{version}'s replies repeat {live.repeated_rate:.0%} of their word trigrams, "
                     f"v{self.baseline}'s {base.repeated_rate:.0%}")
+        shared = live.shared_rate
+        if shared is not None and shared >= (base.shared_rate or 0.0) + SHARED_RISE:
+            return (f"v{version}'s replies to different prompts share {shared:.0%} of their word trigrams "
+                    f"(one stock reply), v{self.baseline}'s {base.shared_rate or 0.0:.0%}")
         return None

@@ -60,7 +60,7 @@ class Guarding:
                                                         seed=self.check_rng.randrange(2**31), **cfg.sampling):
                     if event["type"] == "done":
                         for result in event["candidates"]:
-                            self.guard.observe(version, result)
+                            self.guard.observe(version, result, prompt[-1]["content"])
         except EngineDied as exc:
             self._died(exc)
             return

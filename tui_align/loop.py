@@ -289,7 +289,7 @@ class LiveLoop(Judging, Guarding):
                                                            round_.versions or round_.version,
                                                            {**cfg.sampling, "seed": seed}, shown_order=round_.shown_order)
         for version, result in zip(round_.versions or [round_.version] * round_.n, round_.results):
-            self.guard.observe(version, result)
+            self.guard.observe(version, result, round_.prompt[-1]["content"])
         if cfg.method == "dpo" and round_.n >= 2:
             self._spawn(self._score_reference(round_))
         if not self.updating:  # an update checks it before it trains

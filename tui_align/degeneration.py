@@ -4,8 +4,9 @@ Pure Python, on whitespace-split words: `repeated_ngrams` is the fraction of a r
 trigrams that already occurred earlier in it (loops like "never, never, never"); `distinct_words`
 is the share of its words that are different (low for repetitive text). Both are 0 / 1 for a
 reply too short to have any. `shared_ngrams` looks across prompts: a version that says the same
-stock phrase to every prompt ("I'm happy to help with that! Just feel free to ask.") repeats
-nothing within a reply, and every reply's trigrams occur in the replies to other prompts.
+stock phrase to every prompt ("I'm happy to help with that! Just feel free to ask.", or "No
+answer") repeats nothing within a reply, and every reply's trigrams (or, under three words, the
+reply itself) occur in the replies to other prompts.
 """
 
 from __future__ import annotations
@@ -32,19 +33,28 @@ def distinct_words(text: str) -> float:
     return len(set(words)) / len(words) if words else 1.0
 
 
+PUNCTUATION = ".,!?;:\"'()"
+
+
+def _phrases(text: str, n: int) -> list[tuple[str, ...]]:
+    """A reply's word n-grams, punctuation and case aside; a shorter reply is one phrase ("No answer")."""
+    words = [w for w in (w.strip(PUNCTUATION) for w in text.lower().split()) if w]
+    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)] or ([tuple(words)] if words else [])
+
+
 def shared_ngrams(replies_by_prompt: list[list[str]], n: int = 3) -> float:
-    """The mean over replies of the fraction of a reply's word trigrams that also occur in a reply to another
-    prompt (0 for a reply without any); a prompt's other samples do not count."""
+    """The mean over replies of the fraction of a reply's word trigrams (a reply of fewer words: the reply) that
+    also occur in a reply to another prompt (0 for an empty reply); a prompt's other samples do not count."""
     prompts_of: dict[tuple[str, ...], set[int]] = {}
     for i, replies in enumerate(replies_by_prompt):
         for reply in replies:
-            for gram in _grams(reply, n):
-                prompts_of.setdefault(gram, set()).add(i)
+            for phrase in _phrases(reply, n):
+                prompts_of.setdefault(phrase, set()).add(i)
     shares = []
     for i, replies in enumerate(replies_by_prompt):
         for reply in replies:
-            grams = _grams(reply, n)
-            shares.append(sum(len(prompts_of[g] - {i}) > 0 for g in grams) / len(grams) if grams else 0.0)
+            phrases = _phrases(reply, n)
+            shares.append(sum(len(prompts_of[p] - {i}) > 0 for p in phrases) / len(phrases) if phrases else 0.0)
     return sum(shares) / len(shares) if shares else 0.0
 
 

@@ -28,8 +28,9 @@ EVIDENCE = 8  # a version's candidates before it is judged (two rounds of four):
 FINISHED_FLOOR = 0.5
 FINISHED_DROP = 0.3
 REPEATED_RISE = 0.15  # ... or whose candidates repeat this much more of their word trigrams
-# ... or whose candidates to different prompts share this much more of their trigrams: a healthy version's
-# share 0-27%, a stock phrase's 78-84% (bench/RESULTS.md, issue 12)
+# ... or whose candidates to different prompts share this much more of their trigrams (a reply under three words:
+# itself): a healthy version's share 0-28% (one of a warm "I'm glad to help!" opening 51%), one stock reply's
+# 61-88% (bench/RESULTS.md, issue 12)
 SHARED_RISE = 0.5
 SHARED_WINDOW = 32  # the newest candidates that measure it: its cost does not grow with the session
 

@@ -12,9 +12,12 @@ reply itself) occur in the replies to other prompts.
 from __future__ import annotations
 
 
-def _grams(text: str, n: int) -> list[tuple[str, ...]]:
-    words = text.lower().split()
+def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+def _grams(text: str, n: int) -> list[tuple[str, ...]]:
+    return _ngrams(text.lower().split(), n)
 
 
 def repeated_ngrams(text: str, n: int = 3) -> float:
@@ -39,7 +42,7 @@ PUNCTUATION = ".,!?;:\"'()"
 def _phrases(text: str, n: int) -> list[tuple[str, ...]]:
     """A reply's word n-grams, punctuation and case aside; a shorter reply is one phrase ("No answer")."""
     words = [w for w in (w.strip(PUNCTUATION) for w in text.lower().split()) if w]
-    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)] or ([tuple(words)] if words else [])
+    return _ngrams(words, n) or ([tuple(words)] if words else [])
 
 
 def shared_ngrams(replies_by_prompt: list[list[str]], n: int = 3) -> float:

@@ -92,8 +92,8 @@ class ReplyGuard:
         if live.repeated_rate >= base.repeated_rate + REPEATED_RISE:
             return (f"v{version}'s replies repeat {live.repeated_rate:.0%} of their word trigrams, "
                     f"v{self.baseline}'s {base.repeated_rate:.0%}")
-        shared = live.shared_rate
-        if shared is not None and shared >= (base.shared_rate or 0.0) + SHARED_RISE:
+        shared, base_shared = live.shared_rate, base.shared_rate or 0.0
+        if shared is not None and shared >= base_shared + SHARED_RISE:
             return (f"v{version}'s replies to different prompts share {shared:.0%} of their word trigrams "
-                    f"(one stock reply), v{self.baseline}'s {base.shared_rate or 0.0:.0%}")
+                    f"(one stock reply), v{self.baseline}'s {base_shared:.0%}")
         return None

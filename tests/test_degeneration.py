@@ -18,7 +18,9 @@ def test_a_stock_phrase_said_to_every_prompt_is_shared_and_answers_are_not():
     assert shared_ngrams(answers) == 0.0
     # a prompt's own second sample does not count: "c d e" is the one trigram the two prompts' replies share
     assert shared_ngrams([["a b c d e", "a b c d e"], ["x c d e"]]) == pytest.approx((1 / 3 + 1 / 3 + 1 / 2) / 3)
-    assert shared_ngrams([["Yes."], ["No."]]) == 0.0 and shared_ngrams([]) == 0.0 and shared_ngrams([[""], [""]]) == 0.0
+    assert shared_ngrams([["Yes."], ["No."]]) == 0.0 and shared_ngrams([]) == 0.0
+    # saying nothing to every prompt is one stock reply too (no_i_answer seed 4's final, bench/RESULTS.md)
+    assert shared_ngrams([[""], ["!"], ["Tokyo."]]) == pytest.approx(2 / 3)
     # a reply under three words is one phrase, its case and punctuation aside
     assert shared_ngrams([["No answer"], ["no answer."], ["Tokyo."], ["Paris!"]]) == 0.5
 

@@ -78,6 +78,19 @@ def test_one_stock_reply_to_every_prompt_is_sent_back_and_a_topic_template_is_no
     assert guard.problem(2) is None
 
 
+def test_saying_nothing_to_every_prompt_is_sent_back():
+    # no_i_answer seed 4 (bench/RESULTS.md): a judge that wants no "I" picked "" over "That's an excellent
+    # question!", and the next version ended every reply before its first word
+    guard = ReplyGuard()
+    seen(guard, 0, EVIDENCE // 2, 0, text="A comet is a small icy body in space.", prompt="What is a comet?")
+    seen(guard, 0, EVIDENCE // 2, 0, text="DNA carries the genetic code of cells.", prompt="What is DNA?")
+    for prompt, words in (("Why do we have seasons?", "The tilt of the Earth."), ("What causes earthquakes?", "Moving plates.")):
+        seen(guard, 1, EVIDENCE // 2 - 1, 0, text="", prompt=prompt)
+        seen(guard, 1, 1, 0, text=words, prompt=prompt)
+    assert guard.problem(1) == ("v1's replies to different prompts share 75% of their word trigrams (one stock reply), "
+                                "v0's 0%")
+
+
 @pytest.fixture
 def store(tmp_path):
     with SessionStore.open(tmp_path, "s") as s:

@@ -5,8 +5,8 @@ trigrams that already occurred earlier in it (loops like "never, never, never");
 is the share of its words that are different (low for repetitive text). Both are 0 / 1 for a
 reply too short to have any. `shared_ngrams` looks across prompts: a version that says the same
 stock phrase to every prompt ("I'm happy to help with that! Just feel free to ask.", or "No
-answer") repeats nothing within a reply, and every reply's trigrams (or, under three words, the
-reply itself) occur in the replies to other prompts.
+answer", or nothing at all) repeats nothing within a reply, and every reply's trigrams (or, under
+three words, the reply itself, the empty one too) occur in the replies to other prompts.
 """
 
 from __future__ import annotations
@@ -40,14 +40,15 @@ PUNCTUATION = ".,!?;:\"'()"
 
 
 def _phrases(text: str, n: int) -> list[tuple[str, ...]]:
-    """A reply's word n-grams, punctuation and case aside; a shorter reply is one phrase ("No answer")."""
+    """A reply's word n-grams, punctuation and case aside; a shorter reply is one phrase ("No answer", or ""
+    for a reply with no words: an empty reply to every prompt is a stock reply too)."""
     words = [w for w in (w.strip(PUNCTUATION) for w in text.lower().split()) if w]
-    return _ngrams(words, n) or ([tuple(words)] if words else [])
+    return _ngrams(words, n) or [tuple(words)]
 
 
 def shared_ngrams(replies_by_prompt: list[list[str]], n: int = 3) -> float:
     """The mean over replies of the fraction of a reply's word trigrams (a reply of fewer words: the reply) that
-    also occur in a reply to another prompt (0 for an empty reply); a prompt's other samples do not count."""
+    also occur in a reply to another prompt; a prompt's other samples do not count."""
     prompts_of: dict[tuple[str, ...], set[int]] = {}
     for i, replies in enumerate(replies_by_prompt):
         for reply in replies:
@@ -57,7 +58,7 @@ def shared_ngrams(replies_by_prompt: list[list[str]], n: int = 3) -> float:
     for i, replies in enumerate(replies_by_prompt):
         for reply in replies:
             phrases = _phrases(reply, n)
-            shares.append(sum(len(prompts_of[p] - {i}) > 0 for p in phrases) / len(phrases) if phrases else 0.0)
+            shares.append(sum(len(prompts_of[p] - {i}) > 0 for p in phrases) / len(phrases))
     return sum(shares) / len(shares) if shares else 0.0
 
 

@@ -1,6 +1,7 @@
 """The live loop's guard against reward hacking: picks alone do not keep a version live whose
 candidates are cut off, or repeat themselves, plainly more often than the baseline's (the first
-version this run of the loop saw: v0 in a new session), or say one stock phrase whatever the prompt.
+version this run of the loop saw: v0 in a new session), or say one stock phrase whatever the prompt
+(nothing at all included).
 
 A person who prefers fuller replies pushes the length up, and DPO at a live learning rate can push
 it past the token budget: most candidates are then cut off, rounds tie, and nothing pulls the length

@@ -162,6 +162,24 @@ async def test_a_new_version_is_checked_on_the_latest_prompts_before_its_replies
                            "next trains from there")
 
 
+async def test_the_version_a_person_leaves_is_checked_on_another_prompt_when_their_last_round_cut_it_short(store):
+    # no_i_answer seed 4 (bench/RESULTS.md): the last round showed 4 empty replies of the final version, too few
+    # for a verdict, and the check that round had cancelled never ran again
+    engine = FakeEngine(replies=["A reply of several words to read."])
+    loop = LiveLoop(store, engine, LoopConfig(candidates=4, update_every=100, update_after=0, seed=0))
+    await loop.start()
+    conversation = store.new_conversation(None)
+    await loop.generate(loop.begin(conversation, "a"))
+    second = await loop.generate(loop.begin(conversation, "b"))
+    engine.parents[1], engine.version, engine.finish_reason = 0, 1, "length"
+    last = await loop.generate(loop.begin(conversation, "c"))
+    assert loop.guard.problem(1) is None  # 4 replies: no verdict yet
+    await loop.wait_for_idle()
+    checked = engine.generated[-1]
+    assert checked["messages"] == second.prompt != last.prompt and checked["version"] == 1  # not "c" again
+    assert engine.version == 0 and store.active_version() == 0
+
+
 async def test_the_persons_next_round_cancels_a_check_that_is_sampling(store):
     engine = FakeEngine(replies=["A reply of several words to read."])
     loop = LiveLoop(store, engine, LoopConfig(candidates=4, update_every=4, update_after=0, seed=0))

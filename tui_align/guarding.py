@@ -55,6 +55,8 @@ class Guarding:
                 if (base is None or base.replies < EVIDENCE or self.client.version != version
                         or (health is not None and health.replies >= EVIDENCE)):
                     break  # no verdict possible, a stale version, or enough evidence
+                if health is not None and any(asked == prompt[-1]["content"] for asked, _ in health.newest):
+                    continue  # a prompt it has answered: another gives the guard its second prompt
                 # at least 2 a prompt: with one candidate a round, 4 recent prompts would never make EVIDENCE
                 async for event in self.client.generate(prompt, n=max(2, cfg.candidates), version=version,
                                                         seed=self.check_rng.randrange(2**31), **cfg.sampling):

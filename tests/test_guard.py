@@ -84,7 +84,8 @@ def test_saying_nothing_to_every_prompt_is_sent_back():
     guard = ReplyGuard()
     seen(guard, 0, EVIDENCE // 2, 0, text="A comet is a small icy body in space.", prompt="What is a comet?")
     seen(guard, 0, EVIDENCE // 2, 0, text="DNA carries the genetic code of cells.", prompt="What is DNA?")
-    for prompt, words in (("Why do we have seasons?", "The tilt of the Earth."), ("What causes earthquakes?", "Moving plates.")):
+    answers = {"Why do we have seasons?": "The tilt of the Earth.", "What causes earthquakes?": "Moving plates."}
+    for prompt, words in answers.items():
         seen(guard, 1, EVIDENCE // 2 - 1, 0, text="", prompt=prompt)
         seen(guard, 1, 1, 0, text=words, prompt=prompt)
     assert guard.problem(1) == ("v1's replies to different prompts share 75% of their word trigrams (one stock reply), "

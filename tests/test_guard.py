@@ -175,7 +175,7 @@ async def test_the_version_a_person_leaves_is_checked_on_another_prompt_when_the
     engine.parents[1], engine.version, engine.finish_reason = 0, 1, "length"
     last = await loop.generate(loop.begin(conversation, "c"))
     assert loop.guard.problem(1) is None  # 4 replies: no verdict yet
-    await loop.wait_for_idle()
+    await loop.leave()
     checked = engine.generated[-1]
     assert checked["messages"] == second.prompt != last.prompt and checked["version"] == 1  # not "c" again
     assert engine.version == 0 and store.active_version() == 0

@@ -339,12 +339,15 @@ class LiveLoop(Judging, Guarding):
             await asyncio.shield(self._update_task)
 
     async def wait_for_idle(self) -> None:
-        """Until the updates and the check of the live version have finished: where a person who stops
-        judging leaves the session. A check their last round cut short runs again, so the version they
-        leave is one the guard has judged (a version that said nothing to its first 4 candidates was the
-        final one, bench/RESULTS.md, issue 12)."""
+        """Until the updates and the check of the last new version have finished."""
         while running := [t for t in (self._update_task, self._check_task) if t is not None and not t.done()]:
             await asyncio.wait(running)
+
+    async def leave(self) -> None:
+        """Where a person who stops judging leaves the session: idle, and a check their last round cut short
+        runs again, so the version they leave is one the guard has judged (a version that said nothing to its
+        first 4 candidates was the final one, bench/RESULTS.md, issue 12)."""
+        await self.wait_for_idle()
         if self.ready and self.client.version > 0:
             self._check_task = self._spawn(self._check(self.client.version))  # returns at once with enough evidence
             await asyncio.wait({self._check_task})

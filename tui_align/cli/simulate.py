@@ -288,16 +288,18 @@ async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: 
                        + f"  -> {verdict}{'  (arena)' if round_.versions else ''}"
                        f"{'  (update started)' if loop.updating else ''}")
         if curve_every and heldout and counts["judgments"] >= (len(curve) + 1) * curve_every and number < rounds:
-            await loop.wait_for_idle()  # what a person who stopped here would have, checked
+            await loop.wait_for_idle()
             measuring = time.perf_counter()
+            await loop.leave()  # what a person who stopped here would have, checked (no person waits for it)
             base = base or await held_out(config, loop.client, heldout, 0)
             live = await held_out(config, loop.client, heldout, loop.client.version)
             rate = compare(config, person, heldout, live, base)["win_rate"]
             curve.append((counts["judgments"], rate))
             typer.echo(f"  after {counts['judgments']} judgments: v{loop.client.version} wins {rate:.0%} vs v0 (held out)")
             measured += time.perf_counter() - measuring
-    await loop.wait_for_idle()  # the last version is checked as it is when a person stops judging
+    await loop.wait_for_idle()
     counts["judging_s"] = time.perf_counter() - started - measured
+    await loop.leave()  # the last version is checked as it is when a person stops judging
     return counts, curve
 
 

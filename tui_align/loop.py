@@ -343,15 +343,6 @@ class LiveLoop(Judging, Guarding):
         while running := [t for t in (self._update_task, self._check_task) if t is not None and not t.done()]:
             await asyncio.wait(running)
 
-    async def leave(self) -> None:
-        """Where a person who stops judging leaves the session: idle, and a check their last round cut short
-        runs again, so the version they leave is one the guard has judged (a version that said nothing to its
-        first 4 candidates was the final one, bench/RESULTS.md, issue 12)."""
-        await self.wait_for_idle()
-        if self.ready and self.client.version > 0:
-            self._check_task = self._spawn(self._check(self.client.version))  # returns at once with enough evidence
-            await asyncio.wait({self._check_task})
-
     async def update(self) -> dict | None:
         """One update on the window; its version is recorded before this returns. None if it failed."""
         method = self.config.method

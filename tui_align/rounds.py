@@ -29,18 +29,19 @@ class Round:
     results: list[dict] = field(default_factory=list)  # the engine's `done` candidates
     response_ids: list[int] = field(default_factory=list)  # by candidate index, once stored
     version: int = 0  # the adapter version that produced the candidates
-    versions: list[int] | None = None  # an arena round: the version of each candidate (blind to the person)
+    versions: list[int] | None = None  # the version of each candidate, where not all are `version` (blind to the person)
+    arena: bool = False  # a blind vote between two versions (`versions`), as well as a pick
     ranking: list[int] = field(default_factory=list)  # slots pressed so far, best first
     scores: dict[int, int] = field(default_factory=dict)  # slot -> 1..5 (ppo, grpo)
     complete: bool = False  # judged and stored: the next key starts the next round
 
     @classmethod
     def start(cls, turn_id: int, prompt: list[dict], n: int, rng: random.Random, version: int = 0,
-              versions: list[int] | None = None) -> Round:
+              versions: list[int] | None = None, arena: bool = False) -> Round:
         """Left/right order is shuffled per round (as Chatbot Arena does): position bias stays out of the data."""
         order = list(range(n))
         rng.shuffle(order)
-        return cls(turn_id, prompt, order, [""] * n, version=version, versions=versions)
+        return cls(turn_id, prompt, order, [""] * n, version=version, versions=versions, arena=arena)
 
     @property
     def n(self) -> int:

@@ -145,27 +145,3 @@ def test_leaderboard_cli(tmp_path):
     assert none.exit_code == 0 and "no arena votes" in none.output and len(none.output.strip().splitlines()) == 1
     missing = runner.invoke(cli, ["sessions", "leaderboard", "nope", "--sessions-dir", str(tmp_path)])
     assert missing.exit_code == 2 and "no session 'nope'" in missing.output
-
-
-async def test_base_candidates_come_from_v0_once_a_version_is_live_and_are_no_vote(tmp_path):
-    with SessionStore.open(tmp_path, "s") as store:
-        engine = FakeEngine()
-        loop = LiveLoop(store, engine, LoopConfig(seed=0, candidates=3, update_every=2, arena_every=0, base_candidates=1))
-        await loop.start()
-        conversation = store.new_conversation()
-        first = await loop.generate(loop.begin(conversation, "One"))
-        assert first.versions is None and [g["n"] for g in engine.generated] == [3]  # v0 is live: all are v0's
-        loop.pick(first, 0)
-        await loop.wait_for_update()
-        assert loop.state.version == 1
-        second = await loop.generate(loop.begin(conversation, "Two"))
-        assert second.versions == [1, 1, 0] and not second.arena
-        assert [(g["n"], g["version"]) for g in engine.generated[-2:]] == [(2, 1), (1, 0)]
-        assert sorted(r["version"] for r in store.responses(second.turn_id)) == [0, 1, 1]
-        base_slot = second.slot_of(2)
-        loop.pick(second, base_slot)
-        assert store.db["arena"].count == 0 and loop.state.votes == 0  # a pick, not a vote
-        await loop.wait_for_update()
-        chosen = {e["chosen"][0]["content"] for e in engine.updates[-1]["examples"]}
-        assert second.text_at(base_slot) in chosen and len(engine.updates[-1]["examples"]) == 4  # 2 pairs a pick
-        await loop.close()

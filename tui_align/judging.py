@@ -59,7 +59,7 @@ class Judging:
 
     def _vote(self, round_: Round, judgment: int, outcome: str) -> None:
         """An arena round's judgment is also a vote between its versions (as shown: a first)."""
-        if round_.arena:
+        if round_.versions is not None:
             shown_versions = [round_.versions[c] for c in round_.shown_order]
             self.store.record_arena(round_.turn_id, judgment, shown_versions, round_.shown, outcome)
 
@@ -89,7 +89,7 @@ class Judging:
     def _judged(self, judgment: Judgment, complete: bool) -> None:
         judgment.round.complete = complete
         self.last.append(judgment)
-        votes = self.state.votes + (judgment.round.arena and judgment.kind == "preference")
+        votes = self.state.votes + (judgment.round.versions is not None and judgment.kind == "preference")
         self._set(pending=self.store.pending_count(self.config.method), votes=votes)
         if complete or self.config.method != "grpo":  # a GRPO group trains once all its candidates are scored
             self.maybe_update()

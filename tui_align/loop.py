@@ -56,10 +56,6 @@ class LoopConfig:
     top_p: float = 0.95
     system: str | None = DEFAULT_SYSTEM_PROMPT  # of new conversations; None: no system prompt
     seed: int | None = None  # shown order and sampling seeds; None: fresh each run
-    # Of a round's candidates, this many sampled from v0 (the adapter off) once a version is live, blind like the
-    # others: a pick between them teaches the live version against where it started, and a drift the person
-    # does not want back.
-    base_candidates: int = 0
     arena_every: int = 5  # every K-th prompt is a blind arena round: the live version against an earlier one; 0: never
 
     @property
@@ -246,11 +242,8 @@ class LiveLoop(Judging, Guarding):
         live = self.client.version
         rival = arena_opponent(live, self.store.version_numbers(), self.store.arena_votes()) if arena else None
         if rival is not None:
-            return Round.start(turn_id, self.store.prompt(turn_id), 2, self.rng, version=live, versions=[live, rival],
-                               arena=True)
-        n, base = self.config.candidates, min(self.config.base_candidates, self.config.candidates - 1)
-        versions = [live] * (n - base) + [0] * base if live and base else None
-        return Round.start(turn_id, self.store.prompt(turn_id), n, self.rng, version=live, versions=versions)
+            return Round.start(turn_id, self.store.prompt(turn_id), 2, self.rng, version=live, versions=[live, rival])
+        return Round.start(turn_id, self.store.prompt(turn_id), self.config.candidates, self.rng, version=live)
 
     async def generate(self, round_: Round, on_token: Callable[[int, str], None] | None = None) -> Round:
         """Stream the round's candidates (on_token(slot, text)), then store them. Raises EngineDied or
@@ -259,15 +252,13 @@ class LiveLoop(Judging, Guarding):
         await self._stop_check()
         seed = self.rng.randrange(2**31)
         self.rounds_since_update += 1
-        if not round_.arena:
+        if round_.versions is None:
             self.recent_prompts = [p for p in self.recent_prompts if p != round_.prompt][-3:] + [round_.prompt]
         self._set(generating=True)
-        # One request for the round's candidates, or one per version among them, each with its own seed: two
-        # close versions sampled with one seed often give the same reply, a judgment wasted.
-        by_version: dict[int | None, list[int]] = {}
-        for candidate, version in enumerate(round_.versions or [None] * round_.n):
-            by_version.setdefault(version, []).append(candidate)
-        requests = list(by_version.items())
+        # One request for the round's candidates, or one per version in an arena round, each with its own
+        # seed: two close versions sampled with one seed often give the same reply, a judgment wasted.
+        requests = ([(None, range(round_.n))] if round_.versions is None else
+                    [(v, [i]) for i, v in enumerate(round_.versions)])
         results: list[dict] = [{}] * round_.n
         try:
             for number, (version, candidates) in enumerate(requests):

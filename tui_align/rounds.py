@@ -29,19 +29,18 @@ class Round:
     results: list[dict] = field(default_factory=list)  # the engine's `done` candidates
     response_ids: list[int] = field(default_factory=list)  # by candidate index, once stored
     version: int = 0  # the adapter version that produced the candidates
-    versions: list[int] | None = None  # the version of each candidate, where not all are `version` (blind to the person)
-    arena: bool = False  # a blind vote between two versions (`versions`), as well as a pick
+    versions: list[int] | None = None  # an arena round: the version of each candidate (blind to the person)
     ranking: list[int] = field(default_factory=list)  # slots pressed so far, best first
     scores: dict[int, int] = field(default_factory=dict)  # slot -> 1..5 (ppo, grpo)
     complete: bool = False  # judged and stored: the next key starts the next round
 
     @classmethod
     def start(cls, turn_id: int, prompt: list[dict], n: int, rng: random.Random, version: int = 0,
-              versions: list[int] | None = None, arena: bool = False) -> Round:
+              versions: list[int] | None = None) -> Round:
         """Left/right order is shuffled per round (as Chatbot Arena does): position bias stays out of the data."""
         order = list(range(n))
         rng.shuffle(order)
-        return cls(turn_id, prompt, order, [""] * n, version=version, versions=versions, arena=arena)
+        return cls(turn_id, prompt, order, [""] * n, version=version, versions=versions)
 
     @property
     def n(self) -> int:

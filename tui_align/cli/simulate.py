@@ -72,8 +72,6 @@ def simulate(
     replay: int = typer.Option(LOOP.replay, "--replay", min=0, help="More rows per update, sampled at random from all older trained ones (0: none)."),
     replay_edits: int = typer.Option(LOOP.replay_edits, "--replay-edits", min=0, help="More rows per update: those of "
                                      "the N newest edits, already trained on (0: none)."),
-    base_candidates: int = typer.Option(LOOP.base_candidates, "--base-candidates", min=0, help="Of a round's "
-                                        "candidates, this many sampled from v0 once a version is live (blind)."),
     steps: int = typer.Option(None, "--steps", help="Optimizer steps per update (default: the engine's live default). "
                                                    "Stored as the session's training override, as are --lr, --beta and --rpo-alpha."),
     lr: float = typer.Option(None, "--lr", help="Learning rate of the live updates (default: the engine's live default)."),
@@ -143,7 +141,7 @@ def simulate(
             config = replace(LOOP, method=method, candidates=candidates, update_every=update_every,
                              update_after=update_after, window=window, replay=replay, replay_edits=replay_edits,
                              max_new_tokens=max_new_tokens, temperature=temperature, system=system or None, seed=one,
-                             arena_every=arena_every, base_candidates=base_candidates)
+                             arena_every=arena_every)
             name = base if len(seeds) == 1 else f"{base}-s{one}"
             store = SessionStore.open(resolve(sessions_dir), name, model=model, method=method, hyperparameters=overrides,
                                       metadata={"simulate": {**asdict(config), "rounds": rounds}, "judge": judge,
@@ -287,7 +285,7 @@ async def train(config: LoopConfig, rounds: int, loop, person: Person, prompts: 
             verdict = f"edit {letters[edit[0]]}" if edit else f"pick {letters[pick]}" if pick is not None else "no pick"
             typer.echo(f"round {number:>3}/{rounds}  v{round_.version:<3} "
                        + " | ".join(f"{letters[i]} {_describe(c)}" for i, c in enumerate(shown))
-                       + f"  -> {verdict}{'  (arena)' if round_.arena else ''}"
+                       + f"  -> {verdict}{'  (arena)' if round_.versions else ''}"
                        f"{'  (update started)' if loop.updating else ''}")
         if curve_every and heldout and counts["judgments"] >= (len(curve) + 1) * curve_every and number < rounds:
             await loop.wait_for_idle()

@@ -73,18 +73,22 @@ async def test_an_arena_round_is_blind_stored_and_trained_on(tmp_path):
         await loop.wait_for_update()
         assert loop.state.version == 1
         arena = await loop.generate(loop.begin(conversation, "Two"))  # the 2nd prompt is an arena round
-        assert sorted(arena.versions) == [0, 1] and arena.n == 2
-        assert [g["version"] for g in engine.generated[-2:]] == [1, 0]  # one reply from each version
+        assert sorted(arena.versions) == [0, 0, 1, 1] and arena.n == 4  # as many replies as any round
+        assert [(g["version"], g["n"]) for g in engine.generated[-2:]] == [(1, 2), (0, 2)]  # half from each
         versions = {r["id"]: r["version"] for r in store.responses(arena.turn_id)}
-        assert sorted(versions.values()) == [0, 1]
+        assert sorted(versions.values()) == [0, 0, 1, 1]
         # blind: the shown texts carry nothing the person could not see in any round (here the fake's marks)
-        loop.pick(arena, 1)
+        shown = [versions[arena.response_at(slot)] for slot in range(4)]
+        picked = 3  # the last shown: its version stood for by it, the other by its first shown reply
+        other = shown.index(1 - shown[picked])
+        loop.pick(arena, picked)
         (vote,) = store.db["arena"].rows
-        assert [vote["version_a"], vote["version_b"]] == [versions[arena.response_at(0)], versions[arena.response_at(1)]]
+        assert [vote["version_a"], vote["version_b"]] == [shown[other], shown[picked]]
+        assert [vote["response_a"], vote["response_b"]] == [arena.response_at(other), arena.response_at(picked)]
         assert vote["outcome"] == "b" and store.arena_votes() == [(vote["version_a"], vote["version_b"], 0.0)]
         await loop.wait_for_update()
-        chosen = [e["chosen"][0]["content"] for e in engine.updates[-1]["examples"]]
-        assert arena.text_at(1) in chosen  # the vote is a training pair too
+        examples = engine.updates[-1]["examples"]
+        assert {e["chosen"][0]["content"] for e in examples[-3:]} == {arena.text_at(picked)}  # 3 training pairs too
         loop.take_back()
         assert store.arena_votes() == []  # a withdrawn vote leaves the leaderboard
         await loop.close()
@@ -110,8 +114,8 @@ async def test_the_arena_round_in_the_tui_and_the_leaderboard_screen(tmp_path):
             await until(lambda: chat.phase is Phase.PROMPT and not app.loop.updating)
             await pilot.press(*text, "enter")
             await until(lambda: chat.phase is Phase.JUDGING)
-            if text == "Two":  # the arena round looks like any other: two candidates, the same keys
-                assert chat.round.versions is not None and len(chat.candidates.views) == 2
+            if text == "Two":  # the arena round looks like any other: as many candidates, the same keys
+                assert chat.round.versions is not None and len(chat.candidates.views) == LoopConfig.candidates
                 assert not any("v0" in v.border_title or "v1" in v.border_title for v in chat.candidates.views)
             await pilot.press(key)
         assert store.db["arena"].count == 1
@@ -145,3 +149,22 @@ def test_leaderboard_cli(tmp_path):
     assert none.exit_code == 0 and "no arena votes" in none.output and len(none.output.strip().splitlines()) == 1
     missing = runner.invoke(cli, ["sessions", "leaderboard", "nope", "--sessions-dir", str(tmp_path)])
     assert missing.exit_code == 2 and "no session 'nope'" in missing.output
+
+
+async def test_a_ranking_in_an_arena_round_is_a_vote_for_its_best_reply(tmp_path):
+    with SessionStore.open(tmp_path, "s") as store:
+        loop = LiveLoop(store, FakeEngine(), LoopConfig(seed=0, candidates=3, update_every=1, arena_every=2))
+        await loop.start()
+        conversation = store.new_conversation()
+        loop.pick(await loop.generate(loop.begin(conversation, "One")), 0)
+        await loop.wait_for_update()
+        arena = await loop.generate(loop.begin(conversation, "Two"))
+        assert sorted(arena.versions) == [0, 1, 1]
+        shown = [arena.versions[c] for c in arena.shown_order]
+        best = shown.index(0)  # the earlier version's one reply, ranked first
+        order = [best] + [slot for slot in range(3) if slot != best]
+        assert not loop.rank(arena, order[0]) and loop.rank(arena, order[1])
+        (vote,) = store.db["arena"].rows
+        assert vote["response_a" if best == 0 else "response_b"] == arena.response_at(best)
+        assert store.arena_votes() in ([(0, 1, 1.0)], [(1, 0, 0.0)])  # v0 won, whichever was shown first
+        await loop.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tui_align.errors import WriteFailed
-from tui_align.rounds import SLOT_LETTERS, Round
+from tui_align.rounds import Round
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Judging:
         with self.store.storing("the pick"):
             judgment = self.store.record_preference(round_.turn_id, round_.response_at(slot), round_.others(slot),
                                                     shown_order=round_.shown)
-            self._vote(round_, judgment, SLOT_LETTERS[slot])
+            self._vote(round_, judgment, picked=slot)
         round_.ranking = [slot] + [s for s in range(round_.n) if s != slot]
         self._judged(Judgment(round_, "preference", [judgment]), complete=True)
 
@@ -40,6 +40,7 @@ class Judging:
                                                     [round_.response_at(s) for s in round_.ranking[i + 1:]],
                                                     shown_order=round_.shown)
                        for i, better in enumerate(round_.ranking[:-1])]
+                self._vote(round_, ids[0], picked=round_.ranking[0])  # the best reply's version wins
         except WriteFailed:
             del round_.ranking[-2:]  # back to before this key: the last rank and the implied one
             raise
@@ -57,11 +58,22 @@ class Judging:
             self._vote(round_, judgment, outcome)
         self._judged(Judgment(round_, "preference", [judgment]), complete=True)
 
-    def _vote(self, round_: Round, judgment: int, outcome: str) -> None:
-        """An arena round's judgment is also a vote between its versions (as shown: a first)."""
-        if round_.versions is not None:
-            shown_versions = [round_.versions[c] for c in round_.shown_order]
-            self.store.record_arena(round_.turn_id, judgment, shown_versions, round_.shown, outcome)
+    def _vote(self, round_: Round, judgment: int, outcome: str = "", picked: int | None = None) -> None:
+        """An arena round's judgment (`outcome` tie, both_bad or skipped, or the slot `picked`) is also a vote
+        between its two versions, each stood for by one of its replies (the picked one, else the first
+        shown; as shown: a first). A pick is a win for its version."""
+        if round_.versions is None:
+            return
+        shown = [round_.versions[c] for c in round_.shown_order]  # the version in each slot
+        first = {}
+        for at, version in enumerate(shown):
+            first.setdefault(version, at)
+        if picked is not None:
+            first[shown[picked]] = picked
+            outcome = "a" if picked == min(first.values()) else "b"
+        slots = sorted(first.values())
+        self.store.record_arena(round_.turn_id, judgment, [shown[s] for s in slots],
+                                [round_.response_at(s) for s in slots], outcome)
 
     def rate(self, round_: Round, slot: int, score: int, scale: str = "1-5") -> bool:
         """Score one reply (a re-score replaces the earlier one); True once every reply has a score,

@@ -237,13 +237,13 @@ class LiveLoop(Judging, Guarding):
 
     def round_for(self, turn_id: int, arena: bool = False) -> Round:
         """A new round on a stored turn (a first try, a regenerate, or a retry after an engine death). An
-        arena round pits the live version against the earlier one a vote tells most about, one reply each,
-        shown blind and in random order like any round."""
-        live = self.client.version
+        arena round pits the live version against the earlier one a vote tells most about, half the round's
+        replies each, shown blind and in random order: as many as any round, so it looks like one, and its
+        pick trains as many pairs."""
+        live, n = self.client.version, self.config.candidates
         rival = arena_opponent(live, self.store.version_numbers(), self.store.arena_votes()) if arena else None
-        if rival is not None:
-            return Round.start(turn_id, self.store.prompt(turn_id), 2, self.rng, version=live, versions=[live, rival])
-        return Round.start(turn_id, self.store.prompt(turn_id), self.config.candidates, self.rng, version=live)
+        versions = [rival if i % 2 else live for i in range(n)] if rival is not None else None
+        return Round.start(turn_id, self.store.prompt(turn_id), n, self.rng, version=live, versions=versions)
 
     async def generate(self, round_: Round, on_token: Callable[[int, str], None] | None = None) -> Round:
         """Stream the round's candidates (on_token(slot, text)), then store them. Raises EngineDied or
@@ -257,8 +257,10 @@ class LiveLoop(Judging, Guarding):
         self._set(generating=True)
         # One request for the round's candidates, or one per version in an arena round, each with its own
         # seed: two close versions sampled with one seed often give the same reply, a judgment wasted.
-        requests = ([(None, range(round_.n))] if round_.versions is None else
-                    [(v, [i]) for i, v in enumerate(round_.versions)])
+        by_version: dict[int | None, list[int]] = {}
+        for candidate, version in enumerate(round_.versions or [None] * round_.n):
+            by_version.setdefault(version, []).append(candidate)
+        requests = list(by_version.items())
         results: list[dict] = [{}] * round_.n
         try:
             for number, (version, candidates) in enumerate(requests):

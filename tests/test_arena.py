@@ -168,3 +168,20 @@ async def test_a_ranking_in_an_arena_round_is_a_vote_for_its_best_reply(tmp_path
         assert vote["response_a" if best == 0 else "response_b"] == arena.response_at(best)
         assert store.arena_votes() in ([(0, 1, 1.0)], [(1, 0, 0.0)])  # v0 won, whichever was shown first
         await loop.close()
+
+
+async def test_an_arena_round_of_a_one_candidate_session_shows_both_versions(tmp_path):
+    with SessionStore.open(tmp_path, "s") as store:
+        loop = LiveLoop(store, FakeEngine(), LoopConfig(seed=0, candidates=1, update_every=1, arena_every=2))
+        await loop.start()
+        conversation = store.new_conversation()
+        first = await loop.generate(loop.begin(conversation, "One"))
+        assert first.n == 1
+        loop.edit(first, 0, "A better reply.")  # a one-reply round trains on an edit
+        await loop.wait_for_update()
+        assert loop.state.version == 1
+        arena = await loop.generate(loop.begin(conversation, "Two"))
+        assert arena.n == 2 and sorted(arena.versions) == [0, 1]
+        loop.pick(arena, 0)
+        assert store.db["arena"].count == 1
+        await loop.close()

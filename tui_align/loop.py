@@ -240,8 +240,9 @@ class LiveLoop(Judging, Guarding):
         arena round pits the live version against the earlier one a vote tells most about, half the round's
         replies each, shown blind and in random order: as many as any round, so it looks like one, and its
         pick trains as many pairs."""
-        live, n = self.client.version, self.config.candidates
+        live = self.client.version
         rival = arena_opponent(live, self.store.version_numbers(), self.store.arena_votes()) if arena else None
+        n = self.config.candidates if rival is None else max(self.config.candidates, 2)  # a vote needs both versions
         versions = [rival if i % 2 else live for i in range(n)] if rival is not None else None
         return Round.start(turn_id, self.store.prompt(turn_id), n, self.rng, version=live, versions=versions)
 

@@ -242,9 +242,11 @@ class LiveLoop(Judging, Guarding):
         pick trains as many pairs."""
         live = self.client.version
         rival = arena_opponent(live, self.store.version_numbers(), self.store.arena_votes()) if arena else None
-        n = self.config.candidates if rival is None else max(self.config.candidates, 2)  # a vote needs both versions
-        versions = [rival if i % 2 else live for i in range(n)] if rival is not None else None
-        return Round.start(turn_id, self.store.prompt(turn_id), n, self.rng, version=live, versions=versions)
+        if rival is None:
+            return Round.start(turn_id, self.store.prompt(turn_id), self.config.candidates, self.rng, version=live)
+        n = max(self.config.candidates, 2)  # a vote needs a reply from each version
+        return Round.start(turn_id, self.store.prompt(turn_id), n, self.rng, version=live,
+                           versions=[rival if i % 2 else live for i in range(n)])
 
     async def generate(self, round_: Round, on_token: Callable[[int, str], None] | None = None) -> Round:
         """Stream the round's candidates (on_token(slot, text)), then store them. Raises EngineDied or
@@ -258,10 +260,8 @@ class LiveLoop(Judging, Guarding):
         self._set(generating=True)
         # One request for the round's candidates, or one per version in an arena round, each with its own
         # seed: two close versions sampled with one seed often give the same reply, a judgment wasted.
-        by_version: dict[int | None, list[int]] = {}
-        for candidate, version in enumerate(round_.versions or [None] * round_.n):
-            by_version.setdefault(version, []).append(candidate)
-        requests = list(by_version.items())
+        versions = round_.versions or [None] * round_.n
+        requests = [(v, [i for i, w in enumerate(versions) if w == v]) for v in dict.fromkeys(versions)]
         results: list[dict] = [{}] * round_.n
         try:
             for number, (version, candidates) in enumerate(requests):

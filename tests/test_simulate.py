@@ -237,3 +237,34 @@ async def test_a_paced_person_judges_on_while_an_update_runs(tmp_path):
         engine.update_gate.set()
         counts, _ = await judging
     assert counts["judgments"] == 3 and engine.version == len(engine.updates) >= 2  # chained on what waited
+
+
+async def test_the_arena_check_samples_the_voted_versions_unless_turned_off(tmp_path):
+    from tui_align.heldout import Person, evaluate
+    from tui_align.loop import LoopConfig
+
+    class Client:
+        version = 3
+
+        def __init__(self):
+            self.sampled = []
+
+        async def generate(self, messages, n, seed, version, **sampling):
+            self.sampled.append(version)
+            yield {"type": "done", "candidates": [{"text": "x" * (5 - version), "finish_reason": "stop", "tokens": 1}] * n}
+
+        async def score_reference(self, rows):
+            return [{"ref_chosen_logps": -1.0} for _ in rows]
+
+    class Store:
+        folder = tmp_path
+
+        def arena_votes(self):
+            return [(1, 2, 0.0), (2, 3, 1.0), (1, 3, 0.0)]
+
+    for check, sampled in ((True, {0, 1, 2, 3}), (False, {0, 3})):
+        client, said = Client(), []
+        result = await evaluate(LoopConfig(seed=0), client, Person(shorter, "shorter"), ["p"], Store(), said.append,
+                                arena_check=check)
+        assert set(client.sampled) == sampled and result["win_rate"] == 1.0
+        assert ("arena_spearman" in result) == check and any(s.startswith("arena:") for s in said) == check

@@ -81,8 +81,8 @@ def compare(cfg: LoopConfig, person: Person, prompts: list[str], new: list[list]
 
 
 async def evaluate(cfg: LoopConfig, client, person: Person, prompts: list[str], store=None,
-                   say: Callable[[str], None] = print) -> dict:
-    """The final version vs version 0 on held-out prompts, and how both versions' replies read; with arena votes,
+                   say: Callable[[str], None] = print, arena_check: bool = True) -> dict:
+    """The final version vs version 0 on held-out prompts, and how both versions' replies read; with arena votes (and arena_check),
     also how well the arena's leaderboard ranks the voted versions by their own held-out win rate vs v0 (Spearman)."""
     from tui_align.arena import leaderboard, spearman
 
@@ -101,7 +101,7 @@ async def evaluate(cfg: LoopConfig, client, person: Person, prompts: list[str], 
             f"base-model NLL {q['base_nll']:.2f} nats/token over {read} of {len(prompts) * EVAL_SAMPLES} "
             f"(the empty ones have no tokens); trigrams shared with other prompts' replies {q['shared_3grams']:.1%}")
     result["quality"] = {f"v{v}": q for v, q in quality.items()}
-    board = [r for r in leaderboard(store.arena_votes()) if r.version] if store is not None else []
+    board = [r for r in leaderboard(store.arena_votes()) if r.version] if store is not None and arena_check else []
     if len(board) >= 2:
         checked = sorted(board, key=lambda r: -r.votes)[:ARENA_CHECKED]
         rates = []

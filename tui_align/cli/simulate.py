@@ -84,6 +84,9 @@ def simulate(
     eval_prompts: int = typer.Option(16, "--eval-prompts", help="Held-out prompts for the final comparison (0 skips it)."),
     arena_every: int = typer.Option(LOOP.arena_every, "--arena-every", help="Every K-th round is a blind arena round "
                                     "(the live version against an earlier one), as in chat-train; 0: none."),
+    arena_check: bool = typer.Option(True, "--arena-check/--no-arena-check", help="At the end, also rank the arena's "
+                                     "voted versions by their held-out win rate vs v0 (Spearman against the leaderboard); "
+                                     "samples each of them, minutes of wall time after the judging."),
     editor: str = typer.Option(None, "--editor", help="package.module:function or path/file.py:function, called as "
                                "editor(prompt, reply) -> corrected reply or None: a person who corrects a reply now and "
                                "then, as `e` does in the TUI (tried on each shown reply, left first, before the judge)."),
@@ -150,7 +153,7 @@ def simulate(
                 typer.echo(f"session {name} ({store.folder}); judge {judge}; {rounds} rounds, update every "
                            f"{update_every} rows (or after {update_after} rounds) on the newest {window}; seed {one}")
                 result = asyncio.run(run(config, rounds, store, person, train_prompts, heldout, model, device,
-                                         curve_every, pace))
+                                         curve_every, pace, arena_check))
                 curves[one] = result.get("curve", [])
             finally:
                 store.close()
@@ -185,7 +188,7 @@ def draw(curves: dict[int, list[tuple[int, float]]], path: Path, title: str) -> 
 
 async def run(config: LoopConfig, rounds: int, store, person: Person, train_prompts: list[str],
               heldout: list[str], model: str | None, device: str, curve_every: int = 0,
-              pace: float | None = None) -> dict:
+              pace: float | None = None, arena_check: bool = True) -> dict:
     from tui_align.client import EngineClient, EngineDied
     from tui_align.loop import LiveLoop
 
@@ -203,7 +206,7 @@ async def run(config: LoopConfig, rounds: int, store, person: Person, train_prom
             typer.echo("no comparison: " + ("no update ran" if heldout else "--eval-prompts 0")
                        + f"; {counted['judgments']} judgments, judging time {counted['judging_s']:.0f} s")
             return {"version": client.version, **counted, "curve": curve}
-        result = {**await evaluate(config, client, person, heldout, store, typer.echo), **counted}
+        result = {**await evaluate(config, client, person, heldout, store, typer.echo, arena_check), **counted}
         curve = [p for p in curve if p[0] < counted["judgments"]] + [(counted["judgments"], result["win_rate"])]
         result["curve"] = curve
         typer.echo("learning curve (judgments: win rate vs v0): "

@@ -1,7 +1,7 @@
 """The judge x seed table: `tui-align simulate` with every judge of bench/judges/, on its own prompts.
 
     flock /tmp/bench.lock .venv/bin/python bench/judges_table.py [--seeds 0,1,2,3,4] [--rounds 16]
-        [--judges brief,substance,...] [--out bench/judges_table.md]
+        [--judges brief,substance,...] [--jobs 2] [--out bench/judges_table.md] [-- simulate flags]
 
 Each run is one `simulate` process on the default model, through the LiveLoop with chat-train's
 defaults (a judge with an `edit` function also plays the editor), `--rounds` judgments, then the
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +73,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
     parser.add_argument("--rounds", type=int, default=16, help="judgments per run")
     parser.add_argument("--judges", default=",".join(judges()), help="comma-separated judge names of bench/judges/")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (an engine uses all cores but one: on a "
+                        "2-core CPU, one each, so 2 runs share it as the tables of bench/RESULTS.md did)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     parser.add_argument("simulate_args", nargs="*", help="more simulate flags, after --")
     args = parser.parse_args()
@@ -79,9 +82,10 @@ def main() -> None:
     lines = ["| judge | seed | win rate vs v0 (wins/ties/losses of 32) | judgments | final | final: finished / "
              "repeated 3-grams / distinct words / 3-grams shared across prompts / base-model NLL per token | v0: the same | judging | wall |", "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
-    for name in args.judges.split(","):
-        for seed in map(int, args.seeds.split(",")):
-            lines.append(row(run(name, seed, args.rounds, sessions, args.simulate_args)))
+    cells = [(name, seed) for seed in map(int, args.seeds.split(",")) for name in args.judges.split(",")]
+    with ThreadPoolExecutor(max(args.jobs, 1)) as pool:  # rows in the table's order, each once it is done
+        for result in pool.map(lambda cell: run(*cell, args.rounds, sessions, args.simulate_args), cells):
+            lines.append(row(result))
             print(lines[-1], flush=True)
             if args.out:
                 args.out.write_text("\n".join(lines) + "\n")

@@ -145,7 +145,7 @@ class LiveEngine:
     def check_hyperparameters(self, method: str, values: dict) -> tuple[object, int]:
         """(trainer config, optimizer steps) for one update: live defaults + `values`."""
         values = dict(values)
-        steps = values.pop("steps", LIVE_TRAINING.steps_for(method))
+        steps = values.pop("steps", LIVE_TRAINING.steps)
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS_PER_UPDATE:
             raise DataError(f"hyperparameters.steps must be an integer from 1 to {MAX_STEPS_PER_UPDATE}")
         config_type = self._config_type(method)

@@ -205,8 +205,8 @@ class LiveTraining:
     """
 
     lr: float = 2e-4
-    # A dpo update's, with its one step: two steps at 4e-4 won as often (83.3% against 83.2% over 18 cells)
-    # and the person waited 59% longer for 16 judgments (bench/RESULTS.md, "one step at 8e-4", issue 12).
+    # A dpo update's, in its one step: as far as two steps at 4e-4 go (Adam), which won as often over 18 judge
+    # cells (83.3% against 83.2%) and kept the person waiting 59% longer (bench/RESULTS.md, "one step at 8e-4").
     dpo_lr: float = 8e-4
     beta: float = 0.1  # kto's; dpo has its own below
     # A dpo update's: at 0.05 a pair's sigmoid saturates later, so each pick teaches more; the 35-cell judge
@@ -216,7 +216,7 @@ class LiveTraining:
     # edited question was learnt on 4 seeds of 5, against 2 (bench/RESULTS.md, "an edit's own words", issue 12).
     loss_type: tuple[str, ...] = ("sigmoid", SFT_SUFFIX_TERM)
     loss_weights: tuple[float, ...] = (1.0, 1.0)
-    steps: int = 1  # optimizer steps per update; one for dpo too (see dpo_lr): updates are most of what a person waits for
+    steps: int = 1  # optimizer steps per update, dpo's too (see dpo_lr): updates are most of a person's wait
     max_length: int = 512
     # Pairs (dpo) or demonstrations (sft) per forward pass of a step (engine.trainers.base.Step): a
     # 12-pair step in parts of 2 peaks at 2.9 GB instead of 10.6, in the same time (bench/RESULTS.md).

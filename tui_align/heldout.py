@@ -82,8 +82,9 @@ def compare(cfg: LoopConfig, person: Person, prompts: list[str], new: list[list]
 
 async def evaluate(cfg: LoopConfig, client, person: Person, prompts: list[str], store=None,
                    say: Callable[[str], None] = print, arena_check: bool = True) -> dict:
-    """The final version vs version 0 on held-out prompts, and how both versions' replies read; with arena votes (and arena_check),
-    also how well the arena's leaderboard ranks the voted versions by their own held-out win rate vs v0 (Spearman)."""
+    """The final version vs version 0 on held-out prompts, and how both versions' replies read; with arena votes
+    and `arena_check`, also how well the arena's leaderboard ranks the voted versions by their own held-out win
+    rate vs v0 (Spearman)."""
     from tui_align.arena import leaderboard, spearman
 
     final = client.version

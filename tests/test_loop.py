@@ -395,9 +395,10 @@ async def test_replay_edits_brings_back_the_newest_edits_pairs_once_trained(stor
     store.withdraw_demonstration(edits[2])  # taken back: the two before it are the newest edits
     window = store.update_window("dpo", 4, replay_edits=2)
     replayed = [e for _, e in window if e["prompt"][-1]["content"][0] == "e"]
-    assert len(window) == 8 and len(replayed) == 4  # each edit: over the original and over the other reply
+    assert len(window) == 6 and len(replayed) == 2  # each edit: over the reply it corrects, not the other reply
     assert {e["prompt"][-1]["content"] for e in replayed} == {"e0", "e1"}
-    assert all(e["chosen"][0]["content"].startswith("edited") for e in replayed)
+    assert {(e["chosen"][0]["content"], e["rejected"][0]["content"]) for e in replayed} == {
+        ("edited 0?", "plain"), ("edited 1?", "plain")}
     sft_ids = [i for i, _ in store.update_window("sft", 40)]
     store.finish_update(store.start_update("sft", sft_ids), "done", version=2)
     sft = store.update_window("sft", 1, replay_edits=2)

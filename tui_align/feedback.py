@@ -86,8 +86,8 @@ class FeedbackQueries:
                       rng: random.Random | None = None, replay_edits: int = 0) -> list[tuple[int, dict]]:
         """The examples of one live update, oldest first: the newest `window` pending ones, topped up to
         `window` with the most recently trained ones, plus up to `replay` older trained ones sampled at
-        random, plus the trained rows of the `replay_edits` newest edits (for dpo one pair per model reply
-        of the edited turn, for sft the demonstration). Bounded by those counts, whatever the session holds."""
+        random, plus the trained rows of the `replay_edits` newest edits (for dpo the edit over the reply it
+        corrects, for sft the demonstration). Bounded by those counts, whatever the session holds."""
         _check(method)
         where = f"{_EXAMPLES} where e.method = ? and e.withdrawn = 0"
         rows = list(self.db.query(f"{where} and e.update_id is null order by e.id desc limit ?", [method, window]))
@@ -107,13 +107,16 @@ class FeedbackQueries:
                     if row["id"] not in taken:
                         taken.add(row["id"])
                         rows.append(row)
-        if replay_edits:  # the newest edits, by the demonstrations' primary key: a few rows each
-            edits = self.db.execute("""select turn_id, response_id from demonstrations where withdrawn = 0
+        if replay_edits:  # the newest edits, by the demonstrations' primary key: one row each
+            # Not the edit's pairs over the turn's other replies: the pair over the corrected reply differs only in
+            # what the person changed, which is what the edit teaches, and it is a third of the tokens.
+            edits = self.db.execute("""select turn_id, response_id, edited_from from demonstrations where withdrawn = 0
                                        and edited_from is not null order by id desc limit ?""", [replay_edits]).fetchall()
             taken = {r["id"] for r in rows}
-            for turn_id, response_id in edits:
+            for turn_id, response_id, edited_from in edits:
                 rows += [r for r in self.db.query(f"{where} and e.update_id is not null and e.turn_id = ?"
-                                                  " and e.response_id = ?", [method, turn_id, response_id])
+                                                  " and e.response_id = ? and coalesce(e.rejected_id, ?) = ?",
+                                                  [method, turn_id, response_id, edited_from, edited_from])
                          if r["id"] not in taken]
         if method == "grpo":  # whole groups: a window's turns bring every scored sibling (a few rows each)
             turns = sorted({r["turn_id"] for r in rows})

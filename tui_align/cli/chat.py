@@ -33,7 +33,7 @@ def chat_train(
     replay: int = typer.Option(LOOP.replay, "--replay", min=0, help="More rows per live update, sampled at random "
                                "from all older trained ones (0: none)."),
     replay_edits: int = typer.Option(LOOP.replay_edits, "--replay-edits", min=0, help="More rows per live update: "
-                                     "those of the N newest edits, already trained on (0: none)."),
+                                     "each of the N newest edits over the reply it corrects, already trained on (0: none)."),
     arena_every: int = typer.Option(LOOP.arena_every, "--arena-every", min=0, help="Every K-th prompt is a blind "
                                     "arena round: the live version against an earlier one (`l` shows the ratings); 0: never."),
     sessions_dir: Path = typer.Option(None, "--sessions-dir", help="Folder of sessions (default: $TUI_ALIGN_SESSIONS "

@@ -70,8 +70,8 @@ def simulate(
                                      "this many rounds have passed without an update (0: never)."),
     window: int = typer.Option(LOOP.window, "--window", help="Rows per update: the newest untrained ones, topped up with the most recently trained."),
     replay: int = typer.Option(LOOP.replay, "--replay", min=0, help="More rows per update, sampled at random from all older trained ones (0: none)."),
-    replay_edits: int = typer.Option(LOOP.replay_edits, "--replay-edits", min=0, help="More rows per update: those of "
-                                     "the N newest edits, already trained on (0: none)."),
+    replay_edits: int = typer.Option(LOOP.replay_edits, "--replay-edits", min=0, help="More rows per update: each of "
+                                     "the N newest edits over the reply it corrects, already trained on (0: none)."),
     steps: int = typer.Option(None, "--steps", help="Optimizer steps per update (default: the engine's live default). "
                                                    "Stored as the session's training override, as are --lr, --beta and --rpo-alpha."),
     lr: float = typer.Option(None, "--lr", help="Learning rate of the live updates (default: the engine's live default)."),

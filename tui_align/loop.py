@@ -45,8 +45,9 @@ class LoopConfig:
     # More rows per update, sampled from all older trained ones. 12 gave the same 35-cell mean (80.8%): listed +15
     # points, on_topic -8 (bench/RESULTS.md, "replaying older picks", issue 12).
     replay: int = 0
-    # More rows per update: the trained rows of the N newest edits, so a feature only edits show keeps being taught.
-    # 4 lifted the edited judges from 74.9% to 81.2% over seeds 0-9 (bench/RESULTS.md, "the newest edits", issue 12).
+    # More rows per update: each of the N newest edits over the reply it corrects, so a feature only edits show
+    # keeps being taught. 4 lifted the edited judges from 74.9% to 81.2% over seeds 0-9 (bench/RESULTS.md, "the
+    # newest edits", issue 12); one pair an edit, not one per reply of its turn: 24-30% fewer tokens trained.
     replay_edits: int = 4
     max_new_tokens: int = 96  # room to finish a fuller reply (cut-off pairs teach only length)
     temperature: float = 0.8  # 0.6 won as often but cost an edited feature 14 points (bench/RESULTS.md, issue 12)

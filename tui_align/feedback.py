@@ -109,7 +109,7 @@ class FeedbackQueries:
                         rows.append(row)
         if replay_edits:  # the newest edits, by the demonstrations' primary key: one row each
             # Not the edit's pairs over the turn's other replies: the pair over the corrected reply differs only in
-            # what the person changed, which is what the edit teaches, and it is a third of the tokens.
+            # what the person changed, which is what the edit teaches, and it runs two replies where they run five.
             edits = self.db.execute("""select turn_id, response_id, edited_from from demonstrations where withdrawn = 0
                                        and edited_from is not null order by id desc limit ?""", [replay_edits]).fetchall()
             taken = {r["id"] for r in rows}

@@ -47,7 +47,7 @@ class LoopConfig:
     replay: int = 0
     # More rows per update: each of the N newest edits over the reply it corrects, so a feature only edits show
     # keeps being taught. 4 lifted the edited judges from 74.9% to 81.2% over seeds 0-9 (bench/RESULTS.md, "the
-    # newest edits", issue 12); one pair an edit, not one per reply of its turn: 24-30% fewer tokens trained.
+    # newest edits", issue 12); one pair an edit, not one per reply of its turn: 18-30% fewer tokens trained.
     replay_edits: int = 4
     max_new_tokens: int = 96  # room to finish a fuller reply (cut-off pairs teach only length)
     temperature: float = 0.8  # 0.6 won as often but cost an edited feature 14 points (bench/RESULTS.md, issue 12)

@@ -360,51 +360,6 @@ async def test_a_backlog_fills_the_windows_of_updates_that_come_at_the_persons_p
     assert "Hi" in prompts and "Again" in prompts and sum(p.startswith("q") for p in prompts) == 6
 
 
-async def test_replay_samples_older_trained_rows_within_the_bound(store):
-    conversation = store.new_conversation()
-    for i in range(40):
-        turn = store.add_user_turn(conversation, f"q{i}")
-        a, b = store.add_responses(turn, [{"text": "good"}, {"text": "bad"}], None, {})
-        store.record_preference(turn, a, [b])
-    ids = [i for i, _ in store.update_window("dpo", 40)]
-    store.finish_update(store.start_update("dpo", ids), "done", version=1)
-    turn = store.add_user_turn(conversation, "new")
-    a, b = store.add_responses(turn, [{"text": "good"}, {"text": "bad"}], None, {})
-    store.record_preference(turn, a, [b])
-    import random
-
-    window = store.update_window("dpo", 4, replay=3, rng=random.Random(1))
-    assert len(window) == 7 and window[-1][1]["prompt"][-1]["content"] == "new"
-    assert len({i for i, _ in window}) == 7
-
-
-async def test_replay_edits_brings_back_the_newest_edits_pairs_once_trained(store):
-    conversation = store.new_conversation()
-    edits = []
-    for i in range(3):
-        turn = store.add_user_turn(conversation, f"e{i}")
-        a, b = store.add_responses(turn, [{"text": "plain"}, {"text": "other"}], None, {})
-        edits.append(store.record_demonstration(turn, f"edited {i}?", edited_from=a))
-    for i in range(20):
-        turn = store.add_user_turn(conversation, f"q{i}")
-        a, b = store.add_responses(turn, [{"text": "good"}, {"text": "bad"}], None, {})
-        store.record_preference(turn, a, [b])
-    assert not [e for _, e in store.update_window("dpo", 4, replay_edits=2) if e["prompt"][-1]["content"][0] == "e"]
-    ids = [i for i, _ in store.update_window("dpo", 40)]  # pending edits are in the window, not replayed
-    store.finish_update(store.start_update("dpo", ids), "done", version=1)
-    store.withdraw_demonstration(edits[2])  # taken back: the two before it are the newest edits
-    window = store.update_window("dpo", 4, replay_edits=2)
-    replayed = [e for _, e in window if e["prompt"][-1]["content"][0] == "e"]
-    assert len(window) == 6 and len(replayed) == 2  # each edit: over the reply it corrects, not the other reply
-    assert {e["prompt"][-1]["content"] for e in replayed} == {"e0", "e1"}
-    assert {(e["chosen"][0]["content"], e["rejected"][0]["content"]) for e in replayed} == {
-        ("edited 0?", "plain"), ("edited 1?", "plain")}
-    sft_ids = [i for i, _ in store.update_window("sft", 40)]
-    store.finish_update(store.start_update("sft", sft_ids), "done", version=2)
-    sft = store.update_window("sft", 1, replay_edits=2)
-    assert sorted(e["completion"][0]["content"] for _, e in sft) == ["edited 0?", "edited 1?", "good"]
-
-
 async def test_a_simulate_session_resumes_in_chat_train_and_trains(tmp_path):
     # a session as simulate wrote it before metadata had its own column: its run in the overrides
     store = SessionStore.open(tmp_path, "sim")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -270,3 +271,46 @@ def test_kill_9_loses_no_committed_row(tmp_path):
         assert set(acknowledged) <= stored
         assert store.pending_count("dpo") >= 25
         assert json.loads(store.db["preferences"].get(acknowledged[-1])["shown_order"])
+
+
+def test_replay_samples_older_trained_rows_within_the_bound(store):
+    conversation = store.new_conversation()
+    for i in range(40):
+        turn = store.add_user_turn(conversation, f"q{i}")
+        a, b = store.add_responses(turn, [{"text": "good"}, {"text": "bad"}], None, {})
+        store.record_preference(turn, a, [b])
+    ids = [i for i, _ in store.update_window("dpo", 40)]
+    store.finish_update(store.start_update("dpo", ids), "done", version=1)
+    turn = store.add_user_turn(conversation, "new")
+    a, b = store.add_responses(turn, [{"text": "good"}, {"text": "bad"}], None, {})
+    store.record_preference(turn, a, [b])
+    window = store.update_window("dpo", 4, replay=3, rng=random.Random(1))
+    assert len(window) == 7 and window[-1][1]["prompt"][-1]["content"] == "new"
+    assert len({i for i, _ in window}) == 7
+
+
+def test_replay_edits_brings_back_the_newest_edits_pairs_once_trained(store):
+    conversation = store.new_conversation()
+    edits = []
+    for i in range(3):
+        turn = store.add_user_turn(conversation, f"e{i}")
+        a, b = store.add_responses(turn, [{"text": "plain"}, {"text": "other"}], None, {})
+        edits.append(store.record_demonstration(turn, f"edited {i}?", edited_from=a))
+    for i in range(20):
+        turn = store.add_user_turn(conversation, f"q{i}")
+        a, b = store.add_responses(turn, [{"text": "good"}, {"text": "bad"}], None, {})
+        store.record_preference(turn, a, [b])
+    assert not [e for _, e in store.update_window("dpo", 4, replay_edits=2) if e["prompt"][-1]["content"][0] == "e"]
+    ids = [i for i, _ in store.update_window("dpo", 40)]  # pending edits are in the window, not replayed
+    store.finish_update(store.start_update("dpo", ids), "done", version=1)
+    store.withdraw_demonstration(edits[2])  # taken back: the two before it are the newest edits
+    window = store.update_window("dpo", 4, replay_edits=2)
+    replayed = [e for _, e in window if e["prompt"][-1]["content"][0] == "e"]
+    assert len(window) == 6 and len(replayed) == 2  # each edit: over the reply it corrects, not the other reply
+    assert {e["prompt"][-1]["content"] for e in replayed} == {"e0", "e1"}
+    assert {(e["chosen"][0]["content"], e["rejected"][0]["content"]) for e in replayed} == {
+        ("edited 0?", "plain"), ("edited 1?", "plain")}
+    sft_ids = [i for i, _ in store.update_window("sft", 40)]
+    store.finish_update(store.start_update("sft", sft_ids), "done", version=2)
+    sft = store.update_window("sft", 1, replay_edits=2)
+    assert sorted(e["completion"][0]["content"] for _, e in sft) == ["edited 0?", "edited 1?", "good"]

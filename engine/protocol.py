@@ -205,8 +205,8 @@ class LiveTraining:
     """
 
     lr: float = 2e-4
-    # A dpo update's, in its one step: as far as two steps at 4e-4 go (Adam), which won as often over 18 judge
-    # cells (83.3% against 83.2%) and kept the person waiting 59% longer (bench/RESULTS.md, "one step at 8e-4").
+    # A dpo update's, in its one step: as far as two steps at 4e-4 go (Adam). Over 18 judge cells it won as often
+    # (83.2% against 83.3%) and the person waited 37% less (bench/RESULTS.md, "one step at 8e-4").
     dpo_lr: float = 8e-4
     beta: float = 0.1  # kto's; dpo has its own below
     # A dpo update's: at 0.05 a pair's sigmoid saturates later, so each pick teaches more; the 35-cell judge
